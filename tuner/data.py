@@ -1,0 +1,199 @@
+"""CIFAR-10 as uint8 arrays: read the `cifar-10-batches-py` files, split, download, write synthetic copies.
+
+The batches are read once, straight into N x 32 x 32 x 3 uint8 arrays (about 150 MB for the 50,000
+training images); no per-image PIL anywhere. The validation split is carved from the training images,
+stratified and seeded. The official test batch is optional: the search never reads it, only
+evaluation and promotion do (`load_test`).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tuner.errors import UserError
+
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_FILE = "test_batch"
+META_FILE = "batches.meta"
+LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+PIXELS = 32 * 32 * 3
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images as N x 32 x 32 x 3 uint8 (RGB, HWC) and labels as N int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    train: ImageSet
+    val: ImageSet
+
+    def fingerprint(self) -> str:
+        """Short hash of the exact pixels and labels of both splits, for lineage tags."""
+        digest = hashlib.sha256()
+        for part in (self.train, self.val):
+            digest.update(np.ascontiguousarray(part.images).data)
+            digest.update(part.labels.astype(np.int64).data)
+        return digest.hexdigest()[:16]
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches only: numpy arrays and builtins, never arbitrary callables."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_batch(path: Path) -> ImageSet:
+    """One `data_batch_*`/`test_batch` file as an ImageSet; a malformed file is a UserError naming it."""
+    fix = f"replace {path} with an intact copy (e.g. delete it and run again to download)"
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise UserError(f"{path} is not a readable CIFAR-10 batch ({err}): {fix}") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{path} is not a CIFAR-10 batch (no dict inside): {fix}")
+    data, labels = batch.get(b"data", batch.get("data")), batch.get(b"labels", batch.get("labels"))
+    if not isinstance(data, np.ndarray) or labels is None:
+        raise UserError(f"{path} has no 'data' array or no 'labels': {fix}")
+    if data.ndim != 2 or data.shape[1] != PIXELS or data.dtype != np.uint8:
+        raise UserError(f"{path} holds data of shape {data.shape} {data.dtype}, expected N x {PIXELS} uint8: {fix}")
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(data) or (len(labels) and (labels.min() < 0 or labels.max() > 9)):
+        raise UserError(f"{path} has {len(labels)} labels for {len(data)} images or labels outside 0..9: {fix}")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # stored as RGB planes; we keep HWC
+    return ImageSet(np.ascontiguousarray(images), labels)
+
+
+def locate(data_dir: str | Path, download: bool = True) -> Path:
+    """The `cifar-10-batches-py` folder under data_dir; downloaded (md5-verified) if absent."""
+    root = Path(data_dir).expanduser()
+    batches = root / BATCH_DIR
+    if all((batches / name).exists() for name in TRAIN_FILES):
+        return batches  # present files are trusted but validated when read (no md5: copies get rebuilt)
+    where = f"put the python-version CIFAR-10 batches in {batches} (data_batch_1..5, optional test_batch)"
+    if not download:
+        raise UserError(f"CIFAR-10 not found in {batches}: {where}, or allow the download")
+    try:
+        from torchvision.datasets import CIFAR10
+
+        CIFAR10(str(root), train=True, download=True)
+    except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
+        raise UserError(f"CIFAR-10 not found in {batches} and the download failed ({type(err).__name__}): {where}") from None
+    return batches
+
+
+def load_train(data_dir: str | Path, download: bool = True) -> ImageSet:
+    """The 50,000 official training images (or whatever data_batch_1..5 hold), in file order."""
+    batches = locate(data_dir, download)
+    parts = [read_batch(batches / name) for name in TRAIN_FILES]
+    return ImageSet(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
+
+
+def load_test(data_dir: str | Path) -> ImageSet | None:
+    """The official test batch when present, else None: the test split is optional everywhere."""
+    path = Path(data_dir).expanduser() / BATCH_DIR / TEST_FILE
+    return read_batch(path) if path.exists() else None
+
+
+def split_train_val(images: ImageSet, val_size: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    """Stratified, seeded split: each class gives val_size/10 (+-1) images to validation.
+
+    Both parts keep the original order of the images, so `subset` takes "the first N" of them.
+    """
+    if not 0 < val_size < len(images):
+        raise UserError(f"val_size={val_size} must be between 1 and {len(images) - 1} (the training images)")
+    rng = np.random.default_rng(seed)
+    classes = np.unique(images.labels)
+    per_class = np.full(len(classes), val_size // len(classes))
+    per_class[: val_size % len(classes)] += 1
+    val_index = []
+    for label, count in zip(classes, per_class):
+        members = np.flatnonzero(images.labels == label)
+        val_index.append(rng.choice(members, size=min(count, len(members)), replace=False))
+    is_val = np.zeros(len(images), dtype=bool)
+    is_val[np.concatenate(val_index)] = True
+    return images.take(np.flatnonzero(~is_val)), images.take(np.flatnonzero(is_val))
+
+
+def load_splits(
+    data_dir: str | Path = "data",
+    val_size: int = 5000,
+    subset: int | None = None,
+    seed: int = 0,
+    download: bool = True,
+) -> DataSplits:
+    """Train/validation splits of the training images; `subset` keeps the first N training images."""
+    train, val = split_train_val(load_train(data_dir, download), val_size, seed)
+    if subset is not None:
+        if subset <= 0:
+            raise UserError(f"subset={subset} must be a positive number of training images")
+        train = train.take(np.arange(min(subset, len(train))))
+    return DataSplits(train, val)
+
+
+def write_synthetic_cifar10(
+    out_dir: str | Path, n_train: int = 1000, n_test: int = 0, seed: int = 0, batches: int = 5
+) -> Path:
+    """Write a small, learnable CIFAR-10 look-alike in the official file format; returns its folder.
+
+    Each class is a coloured blob at its own place on noise, so a few epochs learn it well above
+    chance: tests can tell a working trainer from a broken one without the real data.
+    """
+    rng = np.random.default_rng(seed)
+    out = Path(out_dir) / BATCH_DIR
+    out.mkdir(parents=True, exist_ok=True)
+
+    def make(n: int) -> tuple[np.ndarray, list[int]]:
+        labels = rng.integers(0, 10, size=n)
+        images = rng.integers(0, 90, size=(n, 32, 32, 3), dtype=np.int64)
+        for i, label in enumerate(labels):
+            y, x = 4 + 6 * (label // 4), 4 + 7 * (label % 4)
+            colour = np.array([(label * 70) % 256, (label * 130) % 256, 255 - label * 20])
+            dy, dx = rng.integers(-2, 3, size=2)
+            images[i, y + dy : y + dy + 8, x + dx : x + dx + 8] = colour
+        rows = images.astype(np.uint8).transpose(0, 3, 1, 2).reshape(n, -1)
+        return np.ascontiguousarray(rows), [int(v) for v in labels]
+
+    per_batch = -(-n_train // batches)
+    for b in range(batches):
+        count = max(0, min(per_batch, n_train - b * per_batch))
+        data, labels = make(count)
+        _dump(out / TRAIN_FILES[b], {b"batch_label": f"synthetic {b + 1}".encode(), b"labels": labels, b"data": data})
+    if n_test:
+        data, labels = make(n_test)
+        _dump(out / TEST_FILE, {b"batch_label": b"synthetic test", b"labels": labels, b"data": data})
+    _dump(out / META_FILE, {b"num_cases_per_batch": per_batch, b"label_names": [n.encode() for n in LABEL_NAMES]})
+    return out
+
+
+def _dump(path: Path, obj: dict) -> None:
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)

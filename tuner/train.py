@@ -1,0 +1,540 @@
+"""Train one ModifiedResNet configuration on CIFAR-10: `fit(config, data, on_epoch) -> FitResult`.
+
+Framework-free (no Ray, no MLflow): the Ray adapter and `python -m tuner.train` both call `fit`.
+Where the speed comes from: the whole split lives on the training device as uint8 and every batch is
+sliced, augmented and normalised there (no DataLoader, no PIL); bf16 autocast and channels_last on
+CUDA; optional torch.compile. Measured figures are in docs/benchmarks.md.
+
+One epoch, as a story: shuffle indices with the run's own generator, and for every batch slice the
+images, augment them, take an SGD step at the scheduled learning rate; then evaluate on the validation
+split (with flip test-time augmentation), let the plateau schedule see the validation loss, and hand
+the epoch's metrics and a lazily built checkpoint to `on_epoch`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from tuner import augment
+from tuner.data import DataSplits, ImageSet
+from tuner.errors import UserError, suggest
+from tuner.model import build_model
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("onecycle", "cosine", "plateau")
+PRECISIONS = ("auto", "bf16", "fp32")
+CHECKPOINT_FORMAT = 1
+# Per-channel statistics of the CIFAR-10 training images, the usual normalisation.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+EVAL_BATCH = 1024
+# Checking the loss for NaN forces a host sync; every few steps keeps that cost negligible.
+DIVERGENCE_CHECK_EVERY = 10
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of one training run. The defaults are our best recipe."""
+
+    # architecture: stem width = widths[0]; stride 2 entering every stage after the first
+    widths: tuple[int, ...] = (64, 128, 256)
+    blocks: tuple[int, ...] = (2, 2, 2)
+    # optimisation
+    optimizer: str = "sgd"
+    lr: float = 0.2
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    epochs: int = 15
+    schedule: str = "onecycle"
+    warmup_epochs: float = 2.0
+    plateau_patience: int = 2
+    plateau_factor: float = 0.5
+    label_smoothing: float = 0.1
+    # augmentation (on the device, batched)
+    crop_padding: int = 4
+    flip: bool = True
+    color_jitter: float = 0.0
+    rotation: float = 0.0
+    translate: float = 0.0
+    # evaluation
+    tta_flip: bool = True
+    # execution
+    seed: int = 0
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """Build and validate from plain values (YAML, MLflow params, checkpoints).
+
+        Unknown names and wrong types are UserErrors that say where (`source`) and what is valid.
+        """
+        names = cls.field_names()
+        for key in values:
+            if key not in names:
+                raise UserError(
+                    f"{source}: unknown field '{key}'{suggest(key, names)}; valid fields: {', '.join(names)}"
+                )
+        defaults = cls()
+        coerced = {key: _coerce(key, value, getattr(defaults, key), source) for key, value in values.items()}
+        config = dataclasses.replace(defaults, **coerced)
+        config.validate(source)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in dataclasses.asdict(self).items()}
+
+    def validate(self, source: str = "config") -> None:
+        """Raise a UserError naming the first impossible value and the fix."""
+        def bad(name: str, rule: str) -> UserError:
+            return UserError(f"{source}: {name}={getattr(self, name)!r} is invalid: {rule}")
+
+        if not self.widths or any(w <= 0 for w in self.widths):
+            raise bad("widths", "give one positive channel count per stage, e.g. [64, 128, 256]")
+        if len(self.blocks) != len(self.widths) or any(b <= 0 for b in self.blocks):
+            raise bad("blocks", f"give one positive block count for each of the {len(self.widths)} stages")
+        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"choose one of {', '.join(allowed)}")
+        checks = (
+            ("lr", self.lr > 0, "must be > 0"),
+            ("batch_size", self.batch_size > 0, "must be a positive number of images"),
+            ("epochs", self.epochs > 0, "must be at least 1"),
+            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
+            ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "must be between 0 and epochs"),
+            ("plateau_patience", self.plateau_patience >= 0, "must be >= 0"),
+            ("plateau_factor", 0 < self.plateau_factor < 1, "must be in (0, 1)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("crop_padding", 0 <= self.crop_padding <= 16, "must be between 0 and 16 pixels"),
+            ("color_jitter", 0 <= self.color_jitter <= 1, "must be in [0, 1]"),
+            ("rotation", 0 <= self.rotation <= 180, "must be between 0 and 180 degrees"),
+            ("translate", 0 <= self.translate <= 0.5, "must be a fraction of the image in [0, 0.5]"),
+        )
+        for name, ok, rule in checks:
+            if not ok:
+                raise bad(name, rule)
+
+
+def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
+    """Values from YAML or MLflow params into the field's type; a wrong type is a UserError."""
+    expected = type(default).__name__
+    try:
+        if isinstance(default, tuple):
+            items = value.strip("[]()").split(",") if isinstance(value, str) else list(value)
+            return tuple(int(v) for v in items if str(v).strip() != "")
+        if isinstance(default, bool):
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise TypeError
+            return int(float(value))
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{source}: {name}={value!r} is not a valid {expected}; e.g. {name}={default!r}") from None
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    epoch_seconds: float
+    images_per_s: float
+
+    def as_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FitResult:
+    status: Literal["completed", "diverged"]
+    history: list[EpochMetrics] = field(default_factory=list)
+    checkpoint: dict[str, Any] | None = None  # full training state after the last epoch run
+
+    @property
+    def best(self) -> EpochMetrics | None:
+        return max(self.history, key=lambda m: m.val_acc, default=None)
+
+
+# on_epoch(metrics, checkpoint) where checkpoint() builds the full training state only when asked.
+EpochCallback = Callable[[EpochMetrics, Callable[[], dict[str, Any]]], None]
+
+
+class LrSchedule:
+    """Learning rate per step: linear warmup, then one-cycle (linear to 0), cosine, or plateau steps."""
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int) -> None:
+        self.config = config
+        self.total = config.epochs * steps_per_epoch
+        self.warmup = int(round(config.warmup_epochs * steps_per_epoch))
+        self.plateau_scale, self.plateau_best, self.plateau_bad = 1.0, math.inf, 0
+
+    def lr(self, step: int) -> float:
+        peak = self.config.lr
+        if step < self.warmup:
+            return peak * (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        if self.config.schedule == "onecycle":
+            return peak * max(0.0, 1 - progress)
+        if self.config.schedule == "cosine":
+            return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return peak * self.plateau_scale
+
+    def end_epoch(self, val_loss: float) -> None:
+        """ReduceLROnPlateau on the validation loss (mode min, relative threshold 1e-4)."""
+        if self.config.schedule != "plateau":
+            return
+        if val_loss < self.plateau_best * (1 - 1e-4):
+            self.plateau_best, self.plateau_bad = val_loss, 0
+        else:
+            self.plateau_bad += 1
+            if self.plateau_bad > self.config.plateau_patience:
+                self.plateau_scale *= self.config.plateau_factor
+                self.plateau_bad = 0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"scale": self.plateau_scale, "best": self.plateau_best, "bad": self.plateau_bad}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.plateau_scale, self.plateau_best, self.plateau_bad = state["scale"], state["best"], int(state["bad"])
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU (so trials run on CPU-only nodes too)."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class _DeviceImages:
+    """A split resident on the device as uint8 NCHW, normalised per batch (4x less memory than float)."""
+
+    def __init__(self, images: ImageSet, device: torch.device) -> None:
+        self.images = torch.from_numpy(images.images).to(device).permute(0, 3, 1, 2).contiguous()
+        self.labels = torch.from_numpy(images.labels).to(device)
+        self.mean = torch.tensor(CIFAR_MEAN, device=device)[None, :, None, None]
+        self.std = torch.tensor(CIFAR_STD, device=device)[None, :, None, None]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def normalise(self, unit: torch.Tensor) -> torch.Tensor:
+        return (unit - self.mean) / self.std
+
+
+def _augment(config: TrainConfig, unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    unit = augment.batch_color_jitter(unit, config.color_jitter, generator)
+    unit = augment.batch_affine(unit, config.rotation, config.translate, generator)
+    unit = augment.batch_crop(unit, config.crop_padding, generator)
+    return augment.batch_flip_lr(unit, generator) if config.flip else unit
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, split: _DeviceImages, tta_flip: bool, autocast: torch.dtype | None, channels_last: bool
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on a resident split; flip TTA averages logits of both views."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    device = split.images.device
+    for start in range(0, len(split), EVAL_BATCH):
+        x = split.normalise(split.images[start : start + EVAL_BATCH].float() / 255)
+        y = split.labels[start : start + EVAL_BATCH]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            logits = model(x).float()
+            if tta_flip:
+                logits = (logits + model(x.flip(3)).float()) / 2
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss_sum / len(split), correct / len(split)
+
+
+def fit(
+    config: TrainConfig,
+    data: DataSplits,
+    on_epoch: EpochCallback | None = None,
+    resume: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+) -> FitResult:
+    """Train `config` on `data`; resume from a checkpoint made by this function if given."""
+    device = torch.device(device) if device is not None else pick_device()
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(config.seed)
+    channels_last = config.channels_last and device.type == "cuda"  # on CPU it measured no faster
+    autocast = _autocast_dtype(config, device)
+
+    model = build_model(config).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if config.compile else model
+    optimizer = make_optimizer(config, model)
+    train, val = _DeviceImages(data.train, device), _DeviceImages(data.val, device)
+    batch_size = min(config.batch_size, len(train))
+    steps_per_epoch = len(train) // batch_size  # drop the ragged last batch: every step sees a full batch
+    schedule = LrSchedule(config, steps_per_epoch)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    history: list[EpochMetrics] = []
+    first_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        generator.set_state(resume["rng"]["generator"].to("cpu"))
+        torch.set_rng_state(resume["rng"]["torch"])
+        history = [EpochMetrics(**m) for m in resume["history"]]
+        first_epoch = int(resume["epoch"]) + 1
+
+    def checkpoint(epoch: int) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": config.to_dict(),
+            "epoch": epoch,
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            "optimizer": _to_cpu(optimizer.state_dict()),
+            "schedule": schedule.state_dict(),
+            "rng": {"generator": generator.get_state().cpu(), "torch": torch.get_rng_state()},
+            "history": [m.as_dict() for m in history],
+        }
+
+    for epoch in range(first_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train), generator=generator, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        step0 = (epoch - 1) * steps_per_epoch
+        for step in range(steps_per_epoch):
+            lr = schedule.lr(step0 + step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            index = order[step * batch_size : (step + 1) * batch_size]
+            x = train.normalise(_augment(config, train.images[index].float() / 255, generator))
+            y = train.labels[index]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                logits = forward(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 or step + 1 == steps_per_epoch:
+                if not torch.isfinite(loss_sum).item():
+                    return FitResult("diverged", history, None)
+        seen = steps_per_epoch * batch_size
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - started
+        val_loss, val_acc = evaluate(model, val, config.tta_flip, autocast, channels_last)
+        if not math.isfinite(val_loss):
+            return FitResult("diverged", history, None)
+        schedule.end_epoch(val_loss)
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=loss_sum.item() / seen,
+            train_acc=correct.item() / seen,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            lr=lr,
+            epoch_seconds=time.perf_counter() - started,
+            images_per_s=seen / train_seconds,
+        )
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics, lambda epoch=epoch: checkpoint(epoch))
+    return FitResult("completed", history, checkpoint(config.epochs))
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """Write atomically (temp file + rename) so a killed process never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(dict(state), partial)
+    partial.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`; tensors and plain values only (weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist: give the path of a .pt file written by tuner")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}): it is corrupt or not a tuner checkpoint") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"checkpoint {path} is not a tuner checkpoint (no model/config inside)")
+    return state
+
+
+def model_from_checkpoint(state: Mapping[str, Any]) -> tuple[nn.Module, TrainConfig]:
+    """The trained network (eval mode, CPU) and its config from a checkpoint dict."""
+    config = TrainConfig.from_dict(state["config"], source="checkpoint config")
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    return model.eval(), config
+
+
+def evaluate_images(
+    model: nn.Module, images: ImageSet, tta_flip: bool = True, device: str | torch.device | None = None
+) -> tuple[float, float]:
+    """(loss, accuracy) of a trained model on any ImageSet, e.g. the test split at promotion."""
+    device = torch.device(device) if device is not None else pick_device()
+    model = model.to(device)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    return evaluate(model, _DeviceImages(images, device), tta_flip, autocast, channels_last=False)
+
+
+def preprocess(images: np.ndarray) -> torch.Tensor:
+    """uint8 N x 32 x 32 x 3 RGB images -> the normalised float batch the network expects."""
+    unit = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(CIFAR_MEAN)[None, :, None, None]
+    std = torch.tensor(CIFAR_STD)[None, :, None, None]
+    return (unit - mean) / std
+
+
+def config_from_file(path: str | Path) -> dict[str, Any]:
+    """TrainConfig fields from a YAML file (a mapping of field names to values)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist: give the path of a YAML file of TrainConfig fields") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a mapping of TrainConfig fields, e.g. 'lr: 0.1'")
+    return values
+
+
+def _parser() -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tuner.train",
+        description="Train one ModifiedResNet configuration on CIFAR-10 and save its final checkpoint.",
+        epilog="example: python -m tuner.train --widths 32,64,128 --subset 10000 --epochs 10 --out runs/proxy.pt",
+    )
+    parser.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
+    parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default: data)")
+    parser.add_argument("--val-size", type=int, default=5000, help="validation images carved from training")
+    parser.add_argument("--subset", type=int, help="train on the first N training images only")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the stratified train/val split")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    parser.add_argument("--out", default="runs/train/final.pt", help="where the final checkpoint goes")
+    parser.add_argument("--resume", help="checkpoint to continue from")
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=f"default: {default}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from tuner.data import load_splits, load_test
+    from tuner.errors import exit_on_user_error
+
+    @exit_on_user_error
+    def run() -> None:
+        args = _parser().parse_args(argv)
+        values = config_from_file(args.config) if args.config else {}
+        values.update({k: getattr(args, k) for k in TrainConfig.field_names() if getattr(args, k) is not None})
+        config = TrainConfig.from_dict(values, source=args.config or "flags")
+        data = load_splits(args.data_dir, args.val_size, args.subset, args.split_seed)
+        resume = load_checkpoint(args.resume) if args.resume else None
+        print(f"train {len(data.train)} / val {len(data.val)} images; config {config.to_dict()}", flush=True)
+
+        def show(m: EpochMetrics, _: Callable[[], dict[str, Any]]) -> None:
+            print(f"epoch {m.epoch:3d}  train loss {m.train_loss:.4f} acc {m.train_acc:.4f}  "
+                  f"val loss {m.val_loss:.4f} acc {m.val_acc:.4f}  lr {m.lr:.4g}  "
+                  f"{m.epoch_seconds:.1f}s  {m.images_per_s:.0f} img/s", flush=True)
+
+        result = fit(config, data, show, resume=resume, device=args.device)
+        if result.status == "diverged":
+            print(f"diverged: loss became NaN/inf after epoch {len(result.history)}; lower lr or use warmup")
+            raise SystemExit(1)
+        print(f"saved {save_checkpoint(result.checkpoint, args.out)}  best val acc {result.best.val_acc:.4f}")
+        test = load_test(args.data_dir)
+        if test is None:
+            print("no test_batch in the data folder: test accuracy not measured")
+        else:
+            model, _ = model_from_checkpoint(result.checkpoint)
+            _, accuracy = evaluate_images(model, test, config.tta_flip, args.device)
+            print(f"test acc {accuracy:.4f} ({len(test)} images, flip TTA {config.tta_flip})")
+
+    run()
+
+
+if __name__ == "__main__":
+    main()
