@@ -62,6 +62,8 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),
+        ("__builtin__", "bytes"),  # protocol 2 writes an empty array's buffer as bytes() (empty batches)
+        ("builtins", "bytes"),
     }
 
     def find_class(self, module: str, name: str) -> object:
@@ -76,7 +78,7 @@ def read_batch(path: Path) -> ImageSet:
     try:
         with open(path, "rb") as f:
             batch = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+    except Exception as err:  # noqa: BLE001 - garbage bytes make pickle raise almost anything (Overflow, Index...)
         raise UserError(f"{path} is not a readable CIFAR-10 batch ({err}): {fix}") from None
     if not isinstance(batch, dict):
         raise UserError(f"{path} is not a CIFAR-10 batch (no dict inside): {fix}")
@@ -106,7 +108,8 @@ def locate(data_dir: str | Path, download: bool = True) -> Path:
 
         CIFAR10(str(root), train=True, download=True)
     except Exception as err:  # noqa: BLE001 - any download failure gets the same advice
-        raise UserError(f"CIFAR-10 not found in {batches} and the download failed ({type(err).__name__}): {where}") from None
+        failure = type(err).__name__
+        raise UserError(f"CIFAR-10 not found in {batches} and the download failed ({failure}): {where}") from None
     return batches
 
 
@@ -179,7 +182,7 @@ def write_synthetic_cifar10(
             colour = np.array([(label * 70) % 256, (label * 130) % 256, 255 - label * 20])
             dy, dx = rng.integers(-2, 3, size=2)
             images[i, y + dy : y + dy + 8, x + dx : x + dx + 8] = colour
-        rows = images.astype(np.uint8).transpose(0, 3, 1, 2).reshape(n, -1)
+        rows = images.astype(np.uint8).transpose(0, 3, 1, 2).reshape(n, PIXELS)  # -1 fails when n == 0
         return np.ascontiguousarray(rows), [int(v) for v in labels]
 
     per_batch = -(-n_train // batches)

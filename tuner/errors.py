@@ -4,7 +4,8 @@ from __future__ import annotations
 import difflib
 import functools
 import sys
-from typing import Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 EXIT_USER_ERROR = 2
 

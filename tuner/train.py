@@ -16,9 +16,11 @@ import dataclasses
 import math
 import os
 import time
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,6 +42,9 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 EVAL_BATCH = 1024
 # Checking the loss for NaN forces a host sync; every few steps keeps that cost negligible.
 DIVERGENCE_CHECK_EVERY = 10
+# A mean training loss this far above chance (ln 10 = 2.3) is divergence even while it stays finite:
+# Adam at lr 1e9, or SGD at lr 1e6 without weight decay, trains on at losses of 1e15..1e18.
+DIVERGED_LOSS = 1e4
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,7 @@ class TrainConfig:
             ("epochs", self.epochs > 0, "must be at least 1"),
             ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
-            ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, "must be between 0 and epochs"),
+            ("warmup_epochs", self.warmup_epochs >= 0, "must be >= 0 (it is capped at epochs)"),
             ("plateau_patience", self.plateau_patience >= 0, "must be >= 0"),
             ("plateau_factor", 0 < self.plateau_factor < 1, "must be in (0, 1)"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
@@ -196,7 +201,7 @@ class LrSchedule:
     def __init__(self, config: TrainConfig, steps_per_epoch: int) -> None:
         self.config = config
         self.total = config.epochs * steps_per_epoch
-        self.warmup = int(round(config.warmup_epochs * steps_per_epoch))
+        self.warmup = min(self.total, int(round(config.warmup_epochs * steps_per_epoch)))
         self.plateau_scale, self.plateau_best, self.plateau_bad = 1.0, math.inf, 0
 
     def lr(self, step: int) -> float:
@@ -256,7 +261,10 @@ class _DeviceImages:
     """A split resident on the device as uint8 NCHW, normalised per batch (4x less memory than float)."""
 
     def __init__(self, images: ImageSet, device: torch.device) -> None:
-        self.images = torch.from_numpy(images.images).to(device).permute(0, 3, 1, 2).contiguous()
+        with warnings.catch_warnings():
+            # Arrays from the Ray object store are read-only; nothing writes to them (contiguous() copies).
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.images = torch.from_numpy(images.images).to(device).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.from_numpy(images.labels).to(device)
         self.mean = torch.tensor(CIFAR_MEAN, device=device)[None, :, None, None]
         self.std = torch.tensor(CIFAR_STD, device=device)[None, :, None, None]
@@ -306,9 +314,19 @@ def fit(
 ) -> FitResult:
     """Train `config` on `data`; resume from a checkpoint made by this function if given."""
     device = torch.device(device) if device is not None else pick_device()
+    # Deterministic mode is process-wide; restore it so a reused Ray worker's next trial is unaffected.
+    previous = torch.are_deterministic_algorithms_enabled()
     if config.deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    try:
+        return _fit(config, data, on_epoch, resume, device)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, resume: Mapping[str, Any] | None,
+         device: torch.device) -> FitResult:
     torch.manual_seed(config.seed)
     channels_last = config.channels_last and device.type == "cuda"  # on CPU it measured no faster
     autocast = _autocast_dtype(config, device)
@@ -371,7 +389,7 @@ def fit(
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 or step + 1 == steps_per_epoch:
-                if not torch.isfinite(loss_sum).item():
+                if not loss_sum.item() / ((step + 1) * batch_size) < DIVERGED_LOSS:  # also NaN / inf
                     return FitResult("diverged", history, None)
         seen = steps_per_epoch * batch_size
         if device.type == "cuda":
@@ -425,7 +443,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}): it is corrupt or not a tuner checkpoint") from None
+        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}): "
+                        "it is corrupt or not a tuner checkpoint") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"checkpoint {path} is not a tuner checkpoint (no model/config inside)")
     return state
@@ -465,7 +484,7 @@ def config_from_file(path: str | Path) -> dict[str, Any]:
     try:
         values = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist: give the path of a YAML file of TrainConfig fields") from None
+        raise UserError(f"config file {path} does not exist: give a YAML file of TrainConfig fields") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -1,0 +1,218 @@
+"""Registering a sweep's best checkpoint, promoting versions to champion, predicting with them: real
+tiny checkpoints (synthetic CIFAR-10, two trainings of a few seconds) on a real mlflow server."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from tuner import predict, promote
+from tuner.data import LABEL_NAMES, load_splits, load_test, write_synthetic_cifar10
+from tuner.tracking import SweepRun, TrialRun, mlflow_globals, trial_run_name
+from tuner.train import TrainConfig, fit, preprocess
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Registry:
+    uri: str
+    client: MlflowClient
+    name: str  # registered model name, unique to this module
+    bad: str  # version of a barely trained model (sweep `bad_sweep`)
+    good: str  # version of a trained model (sweep `good_sweep`)
+    bad_sweep: str
+    good_sweep: str
+    good_val_acc: float
+    data_dir: Path  # with test_batch
+    no_test_dir: Path  # without
+
+
+def train_and_register(uri: str, tmp: Path, data, config: TrainConfig, sweep_name: str, model_name: str):
+    space = tmp / f"{sweep_name}.yaml"
+    space.write_text("parameters: {}\n")
+    sweep = SweepRun.start(uri, sweep_name, space, {"num_samples": 1},
+                           {"tuner.git_commit": "c0ffee", "tuner.data_fingerprint": data.fingerprint()})
+    trial = TrialRun(uri, sweep.run_id, "t_0", trial_run_name(0, config), config, {})
+    result = fit(config, data, lambda m, _: trial.log_epoch(m.as_dict(), m.epoch), device="cpu")
+    trial.finish("completed")
+    version = sweep.register_best(result.checkpoint, "t_0", result.best.val_acc, model_name=model_name)
+    sweep.end()
+    return version, result.best.val_acc
+
+
+@pytest.fixture(scope="module")
+def registry(mlflow_server, tmp_path_factory) -> Registry:
+    tmp = tmp_path_factory.mktemp("registry")
+    data_dir, no_test_dir = tmp / "data", tmp / "data-no-test"
+    write_synthetic_cifar10(data_dir, n_train=600, n_test=200)
+    write_synthetic_cifar10(no_test_dir, n_train=600)
+    data = load_splits(data_dir, val_size=100)
+    suffix = uuid.uuid4().hex[:6]
+    name = f"resnet-test-{suffix}"
+    base = dict(widths=(8, 16, 32), blocks=(1, 1, 1), batch_size=50, warmup_epochs=0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two shared cores: one thread trains these tiny nets fastest
+    try:
+        bad, _ = train_and_register(mlflow_server.uri, tmp, data, TrainConfig(**base, lr=1e-5, epochs=1),
+                                    f"bad-{suffix}", name)
+        good, good_val = train_and_register(mlflow_server.uri, tmp, data, TrainConfig(**base, lr=0.05, epochs=2),
+                                            f"good-{suffix}", name)
+    finally:
+        torch.set_num_threads(threads)
+    return Registry(mlflow_server.uri, MlflowClient(mlflow_server.uri), name, bad, good,
+                    f"bad-{suffix}", f"good-{suffix}", good_val, data_dir, no_test_dir)
+
+
+def run_promote(registry: Registry, *args: str, data_dir: Path | None = None) -> None:
+    promote.main(["--model-name", registry.name, "--mlflow-uri", registry.uri,
+                  "--data-dir", str(data_dir or registry.data_dir), *args])
+
+
+def champion(registry: Registry) -> str | None:
+    try:
+        return registry.client.get_model_version_by_alias(registry.name, "champion").version
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def reset_champion(registry: Registry) -> None:
+    if champion(registry) is not None:
+        registry.client.delete_registered_model_alias(registry.name, "champion")
+
+
+def user_error(capsys, call) -> str:
+    """Run `call`, expect exit 2 and exactly one `error: ...` line on stderr; return it."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        call()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_registered_version_carries_lineage_and_predicts_like_the_trained_model(registry):
+    version = registry.client.get_model_version(registry.name, registry.good)
+    tags = version.tags
+    assert tags["sweep"] == registry.good_sweep and tags["trial_id"] == "t_0"
+    assert float(tags["val_acc"]) == pytest.approx(registry.good_val_acc, abs=1e-6)
+    assert tags["git_commit"] == "c0ffee" and len(tags["data_fingerprint"]) == 16
+    assert json.loads(tags["config"])["widths"] == [8, 16, 32]
+    assert int(tags["params"]) > 0 and int(tags["macs"]) > 0
+    assert tags["checkpoint_uri"].endswith("/checkpoint/checkpoint.pt")
+
+    uri = f"models:/{registry.name}/{registry.good}"
+    with mlflow_globals(registry.uri):
+        info = mlflow.models.get_model_info(uri)
+        model = mlflow.pytorch.load_model(uri)
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
+    test = load_test(registry.data_dir)
+    with torch.no_grad():
+        logits = model(preprocess(test.images[:64]))
+    assert logits.shape == (64, 10)
+    accuracy = (logits.argmax(1).numpy() == test.labels[:64]).mean()
+    assert accuracy > 0.15  # trained: well above chance (0.1) on the learnable synthetic classes
+
+
+def test_champion_moves_only_to_a_better_version_unless_forced(registry, capsys):
+    reset_champion(registry)
+    run_promote(registry, "--version", registry.bad)
+    assert champion(registry) == registry.bad  # no champion before: the first candidate wins
+    capsys.readouterr()
+
+    run_promote(registry, "--sweep", registry.good_sweep)
+    out = capsys.readouterr().out
+    assert champion(registry) == registry.good
+    assert "candidate" in out and "champion" in out and "promoted" in out
+    tags = registry.client.get_model_version(registry.name, registry.good).tags
+    assert float(tags["eval.test_acc"]) > float(
+        registry.client.get_model_version(registry.name, registry.bad).tags["eval.test_acc"])
+    assert tags["eval.images"] == "200" and len(tags["eval.data_fingerprint"]) == 16
+
+    run_promote(registry, "--version", registry.bad)
+    assert "kept" in capsys.readouterr().out
+    assert champion(registry) == registry.good
+
+    run_promote(registry, "--version", registry.bad, "--force")
+    assert champion(registry) == registry.bad
+
+
+def test_without_test_split_promotion_needs_allow_val(registry, capsys):
+    reset_champion(registry)
+    line = user_error(capsys, lambda: run_promote(registry, "--version", registry.good,
+                                                  data_dir=registry.no_test_dir))
+    assert "test_batch" in line and "--allow-val" in line
+    assert champion(registry) is None
+
+    run_promote(registry, "--version", registry.good, "--allow-val", data_dir=registry.no_test_dir)
+    out = capsys.readouterr().out
+    assert "no test split" in out and "val_acc" in out
+    assert champion(registry) == registry.good
+
+
+def test_bad_promotion_requests_are_one_line_errors(registry, capsys):
+    line = user_error(capsys, lambda: run_promote(registry, "--version", "99"))
+    assert "no version 99" in line
+    line = user_error(capsys, lambda: promote.main(["--model-name", "no-such-model", "--version", "1",
+                                                     "--mlflow-uri", registry.uri]))
+    assert "unknown registered model 'no-such-model'" in line
+    line = user_error(capsys, lambda: run_promote(registry, "--sweep", "never-ran"))
+    assert "sweep 'never-ran' registered no version" in line
+
+    # a version whose run holds no training checkpoint
+    client = registry.client
+    run = client.create_run(client.get_experiment_by_name("tuner").experiment_id, run_name="not-a-sweep")
+    client.set_terminated(run.info.run_id)
+    version = client.create_model_version(registry.name, source=f"runs:/{run.info.run_id}/model",
+                                          run_id=run.info.run_id).version
+    line = user_error(capsys, lambda: run_promote(registry, "--version", version))
+    assert f"version {version}" in line and "no training checkpoint" in line
+
+
+def test_predict_prints_label_and_probability_per_image(registry, tmp_path, capsys):
+    test = load_test(registry.data_dir)
+    png, jpeg = tmp_path / "a.png", tmp_path / "b.jpg"
+    Image.fromarray(test.images[0]).save(png)
+    Image.fromarray(test.images[1]).resize((64, 48)).save(jpeg, quality=95)  # not 32x32: resized
+    registry.client.set_registered_model_alias(registry.name, "champion", registry.good)
+    result = subprocess.run(
+        [sys.executable, "-m", "tuner.predict", str(png), str(jpeg),
+         "--model-uri", f"models:/{registry.name}@champion", "--mlflow-uri", registry.uri],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, path in zip(lines, (png, jpeg)):
+        shown_path, label, probability = line.split()
+        assert shown_path == str(path) and label in LABEL_NAMES and 0.1 <= float(probability) <= 1.0
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image\n")
+    line = user_error(capsys, lambda: predict.main([str(png), str(text), "--mlflow-uri", registry.uri]))
+    assert str(text) in line and "not an image" in line
+
+    line = user_error(capsys, lambda: predict.main([str(png), "--model-uri", f"models:/{registry.name}@nobody",
+                                                    "--mlflow-uri", registry.uri]))
+    assert "cannot load model" in line
+
+
+def test_classify_matches_argmax_of_the_network():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    images = np.random.default_rng(1).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    indices, probabilities = predict.classify(model, images, tta_flip=False)
+    with torch.no_grad():
+        expected = torch.softmax(model(preprocess(images)), 1)
+    assert (indices == expected.argmax(1).numpy()).all()
+    assert np.allclose(probabilities, expected.max(1).values.numpy(), atol=1e-6)

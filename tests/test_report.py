@@ -1,0 +1,83 @@
+"""tuner.report: a sweep's trials to Parquet/CSV and PNG plots, logged back to the sweep's parent run."""
+from __future__ import annotations
+
+import uuid
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tuner import report
+from tuner.tracking import SweepRun, TrialRun, stopped_outcome, trial_run_name
+from tuner.train import TrainConfig
+
+pytestmark = pytest.mark.integration
+
+PLOTS = ["learning_curves.png", "parallel_coordinates.png", "pareto.png", "param_importances.png"]
+TABLES = ["trials.parquet", "trials.csv", "epochs.parquet", "epochs.csv"]
+
+
+@pytest.fixture(scope="module")
+def sweep(mlflow_server, tmp_path_factory) -> SweepRun:
+    """Five trials of different widths and learning rates: three complete 3 epochs, one is stopped by
+    ASHA after 1, one diverges after 2 (metrics are made up: no training needed)."""
+    space = tmp_path_factory.mktemp("report") / "space.yaml"
+    space.write_text("parameters: {lr: {low: 0.01, high: 0.4, log: true}}\n")
+    sweep = SweepRun.start(mlflow_server.uri, f"report-{uuid.uuid4().hex[:8]}", space, {"num_samples": 5}, {})
+    trials = [
+        ((8, 16, 32), 0.02, 3, "completed", 0.50),
+        ((16, 32, 64), 0.05, 3, "completed", 0.62),
+        ((32, 64, 128), 0.1, 3, "completed", 0.70),
+        ((16, 32, 64), 0.3, 1, stopped_outcome(1), 0.20),
+        ((32, 64, 128), 0.4, 2, "diverged", 0.15),
+    ]
+    for index, (widths, lr, epochs, outcome, final) in enumerate(trials):
+        config = TrainConfig(widths=widths, blocks=(1, 1, 1), lr=lr, epochs=3)
+        trial = TrialRun(sweep.uri, sweep.run_id, f"t_{index}", trial_run_name(index, config), config, {})
+        for epoch in range(1, epochs + 1):
+            trial.log_epoch({"val_acc": final * epoch / epochs, "val_loss": 2.0 - epoch * 0.3, "lr": lr}, epoch)
+        trial.finish(outcome, {"tuner.gpu_seconds": str(3.0 * epochs)})
+    sweep.end()
+    return sweep
+
+
+def test_report_writes_tables_and_plots_and_logs_them_to_the_sweep(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    report.main(["--sweep", sweep.sweep_name, "--out", str(out), "--mlflow-uri", sweep.uri])
+    printed = capsys.readouterr().out
+    assert "5 trials" in printed and "t002 w32-64-128" in printed  # the best trial
+
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert len(trials) == 5 and len(pd.read_csv(out / "trials.csv")) == 5
+    row = trials.set_index("trial_id").loc["t_3"]
+    assert row["outcome"] == "stopped_by_asha_at_epoch_1" and row["epochs_run"] == 1
+    best = trials.set_index("trial_id").loc["t_2"]
+    assert best["best_val_acc"] == pytest.approx(0.70) and best["final_val_acc"] == pytest.approx(0.70)
+    assert best["widths"] == "32,64,128" and best["lr"] == pytest.approx(0.1) and best["gpu_seconds"] == 9.0
+    assert best["params_count"] > trials.set_index("trial_id").loc["t_0", "params_count"]
+
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    assert len(epochs) == 3 + 3 + 3 + 1 + 2 and len(pd.read_csv(out / "epochs.csv")) == len(epochs)
+    assert sorted(epochs[epochs["trial_id"] == "t_4"]["epoch"]) == [1, 2]
+
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    logged = {a.path for a in MlflowClient(sweep.uri).list_artifacts(sweep.run_id, "report")}
+    assert logged == {f"report/{name}" for name in PLOTS + TABLES}
+
+
+def test_report_of_an_unknown_sweep_is_one_line_error(sweep, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--sweep", sweep.sweep_name + "x", "--mlflow-uri", sweep.uri])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and f"no sweep named '{sweep.sweep_name}x'" in error and sweep.sweep_name in error
+
+
+def test_pareto_front_keeps_only_trials_no_smaller_model_beats():
+    trials = pd.DataFrame({
+        "run_name": list("abcde"),
+        "params_count": [100, 200, 300, 400, 150],
+        "best_val_acc": [0.5, 0.7, 0.6, 0.8, 0.4],
+    })
+    assert list(report.pareto_front(trials)["run_name"]) == ["a", "b", "d"]

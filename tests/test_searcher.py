@@ -1,0 +1,107 @@
+"""The searcher's bookkeeping, driven the way Ray Tune drives it: suggest, results, completion."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tuner.searcher import SpaceSearcher, create_study, warm_start
+from tuner.space import load_space
+from tuner.train import TrainConfig
+
+SPACE = """
+fixed: {blocks: [1, 1]}
+parameters:
+  widths: {choices: [[4, 8], [8, 16], [32, 64], [48, 96]]}
+  lr: {type: float, low: 0.01, high: 0.3, log: true}
+search: {seed: 3, startup_trials: 4}
+scheduler: {type: asha, max_epochs: 4, grace_period: 1, reduction_factor: 2}
+constraints: {max_params: 30000}
+"""
+
+
+@pytest.fixture
+def space(tmp_path: Path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(SPACE))
+    return load_space(path)
+
+
+def test_infeasible_configs_never_become_trials(space) -> None:
+    study = create_study(space, None, "s")
+    rejected: list[tuple[int, TrainConfig, str]] = []
+    searcher = SpaceSearcher(space, study, on_rejected=lambda i, c, r: rejected.append((i, c, r)))
+    configs = [searcher.suggest(f"trial_{i}") for i in range(12)]
+    for config in configs:
+        assert space.constraints.violation(TrainConfig.from_dict(config["train"])) is None
+    assert searcher.rejected > 0 and len(rejected) == searcher.rejected
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == searcher.rejected
+    assert all("max_params" in t.user_attrs["infeasible"] for t in failed)
+    assert {tuple(c["train"]["widths"]) for c in configs} <= {(4, 8), (8, 16)}
+
+
+def test_asha_stopped_trial_is_pruned_not_complete(space) -> None:
+    study = create_study(space, None, "s")
+    searcher = SpaceSearcher(space, study)
+    for trial_id in ("stopped", "finished", "diverged", "crashed"):
+        searcher.suggest(trial_id)
+    for epoch in (1, 2):
+        searcher.on_trial_result("stopped", {"val_acc": 0.2 * epoch, "epoch": epoch})
+    searcher.on_trial_complete("stopped", {"val_acc": 0.4, "epoch": 2})
+    for epoch in range(1, 5):
+        searcher.on_trial_result("finished", {"val_acc": 0.1 * epoch, "epoch": epoch})
+    searcher.on_trial_complete("finished", {"val_acc": 0.4, "epoch": 4})
+    searcher.on_trial_result("diverged", {"val_acc": 0.1, "epoch": 1})
+    searcher.on_trial_complete("diverged", {"val_acc": 0.0, "epoch": 2, "diverged": True})
+    searcher.on_trial_complete("crashed", None, error=True)
+
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials() if "ray_trial_id" in t.user_attrs}
+    stopped = by_id["stopped"]
+    assert stopped.state == TrialState.PRUNED
+    assert stopped.intermediate_values == {1: 0.2, 2: 0.4}
+    assert stopped.user_attrs["stopped_at_epoch"] == 2
+    assert by_id["finished"].state == TrialState.COMPLETE and by_id["finished"].value == pytest.approx(0.4)
+    assert set(by_id["finished"].intermediate_values) == {1, 2, 3, 4}
+    assert by_id["diverged"].state == TrialState.FAIL and by_id["diverged"].user_attrs["diverged"]
+    assert by_id["crashed"].state == TrialState.FAIL
+
+
+def test_stock_optuna_search_would_have_called_it_complete(space) -> None:
+    """The bug we guard against: Ray's OptunaSearch tells an ASHA-stopped trial COMPLETE."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    stock = OptunaSearch(space={"lr": optuna.distributions.FloatDistribution(0.01, 0.3, log=True)},
+                         metric="val_acc", mode="max")
+    stock.suggest("stopped")
+    stock.on_trial_result("stopped", {"val_acc": 0.3, "training_iteration": 1})
+    stock.on_trial_complete("stopped", {"val_acc": 0.3, "training_iteration": 1})
+    assert stock._ot_study.get_trials()[0].state == TrialState.COMPLETE
+
+
+def test_searcher_state_pickles_for_resume(space, tmp_path: Path) -> None:
+    study = create_study(space, f"sqlite:///{tmp_path / 'optuna.db'}", "s")
+    searcher = SpaceSearcher(space, study)
+    first = searcher.suggest("a")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = SpaceSearcher(space, create_study(space, f"sqlite:///{tmp_path / 'optuna.db'}", "s"))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("a") == first  # a restored trial keeps its config
+    restored.on_trial_complete("a", {"val_acc": 0.5, "epoch": 4})
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[-1].state \
+        == TrialState.COMPLETE
+
+
+def test_warm_start_copies_finished_trials(space) -> None:
+    old = create_study(space, None, "old")
+    searcher = SpaceSearcher(space, old)
+    searcher.suggest("x")
+    searcher.on_trial_result("x", {"val_acc": 0.3, "epoch": 1})
+    searcher.on_trial_complete("x", {"val_acc": 0.3, "epoch": 1})
+    new = create_study(space, None, "new")
+    assert warm_start(new, old) == 1
+    copied = new.get_trials()[0]
+    assert copied.state == TrialState.PRUNED and copied.intermediate_values == {1: 0.3}

@@ -1,0 +1,121 @@
+"""Search-space files: shipped spaces parse, bad files fail with one clear line, sampling obeys the space."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tuner.errors import UserError
+from tuner.model import count_params
+from tuner.space import SPACES_DIR, describe, estimate_epochs, load_space
+
+SHIPPED = ("smoke.yaml", "widths.yaml", "recipe.yaml", "full.yaml")
+
+VALID = """
+name: t
+fixed:
+  batch_size: 64
+parameters:
+  lr: {type: float, low: 0.01, high: 0.5, log: true}
+  optimizer: [sgd, adamw]
+  momentum: {type: float, low: 0.8, high: 0.95, when: {optimizer: sgd}}
+  widths: {type: int, low: 8, high: 64, step: 8, per_stage: 3}
+  blocks: {type: int, low: 1, high: 2, per_stage: 3}
+scheduler: {type: asha, max_epochs: 9, grace_period: 1, reduction_factor: 3}
+budget: {trials: 5}
+constraints: {max_params: 300000}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_spaces_parse_and_describe(name: str) -> None:
+    space = load_space(name)  # a bare name resolves against search_spaces/
+    assert space.path.resolve() == (SPACES_DIR / name).resolve()
+    text = describe(space)
+    assert "rungs at epochs" in text and f"trials: {space.budget.trials}" in text
+
+
+def test_widths_space_has_a_five_million_parameter_budget_and_fixed_recipe() -> None:
+    space = load_space("widths.yaml")
+    assert space.constraints.max_params == 5_000_000
+    assert {p.name for p in space.parameters} == {"widths", "blocks"}
+
+
+def test_sampling_respects_conditions_and_ranges(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, VALID))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen_optimizers = set()
+    for _ in range(40):
+        trial = study.ask()
+        config = space.sample(trial)
+        seen_optimizers.add(config.optimizer)
+        assert 0.01 <= config.lr <= 0.5
+        assert config.batch_size == 64 and config.epochs == 9
+        assert len(config.widths) == 3 and all(w % 8 == 0 and 8 <= w <= 64 for w in config.widths)
+        # momentum is a parameter only when the optimizer is sgd
+        assert ("momentum" in trial.params) == (config.optimizer == "sgd")
+        study.tell(trial, 0.5)
+    assert seen_optimizers == {"sgd", "adamw"}
+
+
+def test_rung_schedule_and_epoch_estimate(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, VALID))
+    assert space.scheduler.rungs() == [1, 3]
+    # 5 trials to epoch 1, 5/3 continue to epoch 3, 5/9 run to 9
+    assert estimate_epochs(space) == pytest.approx(5 * 1 + 5 / 3 * 2 + 5 / 9 * 6)
+
+
+BAD_FILES = {
+    "syntax": ("parameters:\n  lr: {type: float, low: 0.1\n", r"space.yaml:\d+: YAML syntax error"),
+    "unknown_top_key": (VALID + "schedular: {}\n", "unknown key 'schedular'.*did you mean 'scheduler'"),
+    "unknown_field": (VALID.replace("  lr:", "  lrr:"), r"unknown TrainConfig field 'lrr'.*did you mean 'lr'"),
+    "unknown_param_key": (VALID.replace("log: true", "logg: true"), "unknown key 'logg'.*did you mean 'log'"),
+    "inverted": (VALID.replace("low: 0.01, high: 0.5", "low: 0.5, high: 0.01"), "range is inverted"),
+    "empty": (VALID.replace("low: 0.01, high: 0.5", "low: 0.1, high: 0.1"), "range is empty"),
+    "log_low_zero": (VALID.replace("low: 0.01, high: 0.5", "low: 0.0, high: 0.5"), "log range needs low > 0"),
+    "impossible_constraint": (VALID.replace("max_params: 300000", "max_params: 1000"),
+                              "no configuration can meet the constraints"),
+    "bad_choice": (VALID.replace("[sgd, adamw]", "[sgd, lion]"), "choice 'lion' is invalid"),
+    "epochs_searched": (VALID.replace("  lr:", "  epochs: [5, 10]\n  lr:"), "scheduler.max_epochs"),
+    "condition_on_unknown": (VALID.replace("when: {optimizer: sgd}", "when: {optimiser: sgd}"),
+                             "condition on unknown field 'optimiser'"),
+    "fixed_bad_value": (VALID.replace("batch_size: 64", "batch_size: 0"), "batch_size=0 is invalid"),
+    "negative_gpus": (VALID + "resources: {cpus: 1, gpus: -1}\n", "resources need"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_space_files_fail_with_one_clear_line(tmp_path: Path, case: str) -> None:
+    text, pattern = BAD_FILES[case]
+    path = write(tmp_path, text)
+    with pytest.raises(UserError, match=pattern) as info:
+        load_space(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+
+
+def test_errors_point_at_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID.replace("low: 0.01, high: 0.5", "low: 0.5, high: 0.01"))
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith("lr:"))
+    with pytest.raises(UserError, match=rf"space.yaml:{line}:"):
+        load_space(path)
+
+
+def test_missing_space_lists_the_shipped_ones() -> None:
+    with pytest.raises(UserError, match="smoke.yaml"):
+        load_space("no-such-space.yaml")
+
+
+def test_constraint_violation_is_computed_analytically(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, VALID))
+    small, large = space.corner_configs()
+    assert space.constraints.violation(small) is None
+    assert count_params(large) > 300_000 and "max_params" in space.constraints.violation(large)

@@ -1,0 +1,186 @@
+"""End to end: `python -m tuner.run` against a real Ray node and a real mlflow server, on generated data."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from tests.ray_nodes import RayNode, new_token, ray_env
+from tuner.data import write_synthetic_cifar10
+
+pytestmark = pytest.mark.integration
+
+TINY = """
+name: tiny
+fixed: {batch_size: 50, warmup_epochs: 0, blocks: [1, 1], crop_padding: 2, tta_flip: false}
+parameters:
+  widths: {choices: [[4, 8], [8, 16], [32, 64], [48, 96]]}
+  lr: {type: float, low: 0.005, high: 0.5, log: true}
+search: {seed: 3, startup_trials: 3, max_concurrent: 2}
+scheduler: {type: asha, max_epochs: 4, grace_period: 1, reduction_factor: 2}
+resources: {cpus: 1, gpus: 0}
+budget: {trials: 7}
+constraints: {max_params: 30000}
+data: {val_size: 200}
+"""
+MAX_EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayNode]:
+    node = RayNode(tmp_path_factory.mktemp("ray") / "head.log", new_token(), cpus=2)
+    try:
+        node.wait_ready()
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sweep")
+    write_synthetic_cifar10(root / "data", n_train=700, seed=1)
+    (root / "tiny.yaml").write_text(textwrap.dedent(TINY))
+    return root
+
+
+def tuner_run(workdir: Path, head: RayNode, mlflow_uri: str, *args: str, **popen: object) -> subprocess.Popen:
+    command = [sys.executable, "-m", "tuner.run", "--address", head.address, "--mlflow-uri", mlflow_uri,
+               "--storage", str(workdir / "runs"), "--data-dir", str(workdir / "data"), *args]
+    env = {**ray_env(head.token), "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **popen)
+
+
+def finish(process: subprocess.Popen, timeout_s: float = 400) -> str:
+    out, _ = process.communicate(timeout=timeout_s)
+    assert process.returncode == 0, out[-4000:]
+    return out
+
+
+def study_of(workdir: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'runs' / name / 'optuna.db'}")
+
+
+def child_runs(uri: str, sweep: str) -> list:
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    parent = client.search_runs(experiments, f"tags.`tuner.sweep` = '{sweep}' and tags.`mlflow.parentRunId` IS NULL")
+    assert len(parent) == 1, f"one parent run per sweep, found {len(parent)}"
+    return client.search_runs(experiments, f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'",
+                              max_results=1000)
+
+
+def test_sweep_with_asha_prunes_some_and_tells_optuna_pruned(workdir: Path, ray_head: RayNode, mlflow_server) -> None:
+    out = finish(tuner_run(workdir, ray_head, mlflow_server.uri, "--space", str(workdir / "tiny.yaml"),
+                           "--name", "asha"))
+    study = study_of(workdir, "asha")
+    launched = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
+    assert len(launched) == 7
+    pruned = [t for t in launched if t.state == TrialState.PRUNED]
+    complete = [t for t in launched if t.state == TrialState.COMPLETE]
+    assert pruned, "ASHA stopped no trial"
+    assert complete, "no trial ran to max_epochs"
+    for trial in pruned:  # told PRUNED with the epochs it ran, never COMPLETE with a low-epoch score
+        assert max(trial.intermediate_values) < MAX_EPOCHS
+    for trial in complete:
+        assert sorted(trial.intermediate_values) == list(range(1, MAX_EPOCHS + 1))
+    # infeasible samples were rejected before launch and counted
+    rejected = [t for t in study.trials if "infeasible" in t.user_attrs]
+    assert all(t.params["widths"] in ("4,8", "8,16") for t in launched)
+    assert f"{len(rejected)} infeasible configs rejected before launch" in out
+
+    runs = child_runs(mlflow_server.uri, "asha")
+    trial_runs = [r for r in runs if r.data.tags.get("tuner.outcome") != "infeasible"]
+    assert len(trial_runs) == 7 and len({r.data.tags["tuner.trial_id"] for r in trial_runs}) == 7
+    assert len(runs) - len(trial_runs) == len(rejected)
+    client = MlflowClient(mlflow_server.uri)
+    outcomes = {r.data.tags["tuner.outcome"] for r in trial_runs}
+    assert "completed" in outcomes and any(o.startswith("stopped_by_asha_at_epoch_") for o in outcomes)
+    for run in trial_runs:
+        epochs = int(run.data.tags["tuner.epochs_run"])
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+        assert "val_acc" not in run.data.params and run.data.params["widths"] in ("4,8", "8,16")
+    assert "registered as model version" in out
+
+
+def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_head: RayNode,
+                                                            mlflow_server) -> None:
+    driver = tuner_run(workdir, ray_head, mlflow_server.uri, "--space", str(workdir / "tiny.yaml"),
+                       "--name", "killed", start_new_session=True)
+    seen = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = driver.stdout.readline()
+        seen.append(line)
+        if line.startswith("[3/7]"):
+            break
+    else:
+        driver.kill()
+        pytest.fail("the sweep did not finish 3 trials in time:\n" + "".join(seen[-50:]))
+    time.sleep(2)  # let Ray write its experiment state once more, as it would in a real crash
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    finished_before = {line.split()[2] for line in seen if line.startswith("[")}
+
+    out = finish(tuner_run(workdir, ray_head, mlflow_server.uri, "--resume", "killed"))
+    study = study_of(workdir, "killed")
+    told = [t for t in study.trials if "ray_trial_id" in t.user_attrs and t.state != TrialState.RUNNING]
+    assert len({t.user_attrs["ray_trial_id"] for t in told}) == 7
+    runs = [r for r in child_runs(mlflow_server.uri, "killed") if r.data.tags.get("tuner.outcome") != "infeasible"]
+    trial_ids = [r.data.tags["tuner.trial_id"] for r in runs]
+    assert len(trial_ids) == len(set(trial_ids)) == 7, "a trial was rerun or logged twice"
+    assert finished_before <= set(trial_ids)
+    client = MlflowClient(mlflow_server.uri)
+    for run in runs:
+        assert run.data.tags.get("tuner.outcome"), f"trial {run.data.tags['tuner.trial_id']} has no outcome"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert len(steps) == len(set(steps)), "an epoch was logged twice"
+    assert "best trial" in out
+
+
+def test_dry_run_starts_no_trial(tmp_path: Path, workdir: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "tuner.run", "--space", str(workdir / "tiny.yaml"), "--dry-run",
+                             "--storage", str(tmp_path / "runs")], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "rungs at epochs [1, 2]" in result.stdout and "trials: 7" in result.stdout
+    assert "no trial started" in result.stdout
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+    assert time.monotonic() - started < 60
+
+
+def test_unreachable_tracking_server_fails_before_any_trial(tmp_path: Path, workdir: Path) -> None:
+    from tests.ray_nodes import free_port
+
+    result = subprocess.run([sys.executable, "-m", "tuner.run", "--space", str(workdir / "tiny.yaml"),
+                             "--mlflow-uri", f"http://127.0.0.1:{free_port()}", "--storage", str(tmp_path / "runs"),
+                             "--data-dir", str(workdir / "data")], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error:")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resources_no_node_has_fail_clearly(tmp_path: Path, workdir: Path, ray_head: RayNode) -> None:
+    space = (workdir / "tiny.yaml").read_text().replace("gpus: 0}", "gpus: 1}")
+    (tmp_path / "gpu.yaml").write_text(space)
+    process = tuner_run(workdir, ray_head, f"sqlite:///{tmp_path / 'mlflow.db'}",
+                        "--space", str(tmp_path / "gpu.yaml"), "--name", "needs-gpu")
+    out, _ = process.communicate(timeout=180)
+    assert process.returncode == 2, out[-3000:]
+    assert "resources.gpus=1.0 per trial but the largest node has 0 GPU" in out
+    assert "Traceback" not in out
+

@@ -1,0 +1,499 @@
+"""Training one config: validation of TrainConfig, learning, schedules, exact resume, divergence, checkpoints.
+
+Everything runs on CPU with tiny networks (widths like 8,16,32) on synthetic blobs, one thread.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tuner import train as train_module
+from tuner.data import DataSplits, load_splits, write_synthetic_cifar10
+from tuner.errors import UserError
+from tuner.train import (
+    DIVERGENCE_CHECK_EVERY,
+    OPTIMIZERS,
+    SCHEDULES,
+    EpochMetrics,
+    LrSchedule,
+    TrainConfig,
+    evaluate_images,
+    fit,
+    load_checkpoint,
+    model_from_checkpoint,
+    preprocess,
+    save_checkpoint,
+)
+
+TINY = dict(widths=(8,), blocks=(1,), batch_size=32, epochs=2, warmup_epochs=0.5, lr=0.1)
+# The fields of EpochMetrics that a rerun must reproduce exactly (the others are wall-clock timings).
+REPRODUCIBLE = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny networks gain nothing from threads, and on a shared 2-core machine threads fight."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def restore_determinism() -> Iterator[None]:
+    """fit(deterministic=True) switches torch into deterministic mode for the process; undo it after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory: pytest.TempPathFactory) -> DataSplits:
+    """800 training / 200 validation synthetic images: enough for a tiny net to learn in a few epochs."""
+    root = tmp_path_factory.mktemp("blobs")
+    write_synthetic_cifar10(root, n_train=1000, seed=0)
+    return load_splits(root, val_size=200, seed=0, download=False)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> DataSplits:
+    """160 training / 40 validation images: 5 steps of 32 per epoch, for tests that only need it to run."""
+    root = tmp_path_factory.mktemp("small")
+    write_synthetic_cifar10(root, n_train=200, seed=1)
+    return load_splits(root, val_size=40, seed=0, download=False)
+
+
+def tiny(**overrides: Any) -> TrainConfig:
+    return TrainConfig.from_dict({**TINY, **overrides})
+
+
+# --- TrainConfig -----------------------------------------------------------------------------------
+
+
+def test_unknown_field_is_refused_with_a_suggestion_and_the_valid_names() -> None:
+    with pytest.raises(UserError) as caught:
+        TrainConfig.from_dict({"lrr": 0.1}, source="space.yaml")
+    message = str(caught.value)
+    assert "space.yaml" in message and "'lrr'" in message
+    assert "did you mean 'lr'" in message
+    assert "weight_decay" in message  # the valid names are listed
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"lr": -0.1}, "lr"),
+        ({"lr": 0}, "lr"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"epochs": 0}, "epochs"),
+        ({"widths": [0, 16]}, "widths"),
+        ({"widths": "0,16"}, "widths"),
+        ({"widths": [-8]}, "widths"),
+        ({"widths": []}, "widths"),
+        ({"widths": [8, 16], "blocks": [1, 1, 1]}, "blocks"),
+        ({"blocks": [2, 0, 2]}, "blocks"),
+        ({"optimizer": "sgdd"}, "optimizer"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"precision": "fp8"}, "precision"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"warmup_epochs": -1}, "warmup_epochs"),
+        ({"crop_padding": -1}, "crop_padding"),
+        ({"translate": 0.9}, "translate"),
+    ],
+)
+def test_impossible_values_are_user_errors_naming_the_field(values: dict[str, Any], field: str) -> None:
+    with pytest.raises(UserError, match=rf"config: {field}="):
+        TrainConfig.from_dict(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"lr": "fast"}, "lr"),
+        ({"lr": True}, "lr"),
+        ({"batch_size": 1.5}, "batch_size"),
+        ({"batch_size": "many"}, "batch_size"),
+        ({"epochs": True}, "epochs"),
+        ({"flip": "maybe"}, "flip"),
+        ({"flip": 1}, "flip"),
+        ({"widths": "a,b"}, "widths"),
+        ({"widths": 64}, "widths"),
+        ({"lr": None}, "lr"),
+    ],
+)
+def test_wrong_types_are_user_errors_naming_the_field(values: dict[str, Any], field: str) -> None:
+    with pytest.raises(UserError, match=rf"config: {field}=.* is not a valid"):
+        TrainConfig.from_dict(values)
+
+
+@pytest.mark.parametrize("widths", [[32, 64, 128], (32, 64, 128), "32,64,128", "[32, 64, 128]", " 32, 64,128 "])
+def test_widths_are_accepted_as_a_list_or_a_comma_string(widths: Any) -> None:
+    assert TrainConfig.from_dict({"widths": widths}).widths == (32, 64, 128)
+
+
+def test_to_dict_and_from_dict_round_trip() -> None:
+    config = TrainConfig.from_dict(
+        {"widths": [16, 32], "blocks": [1, 3], "optimizer": "adamw", "lr": 3e-3, "flip": False, "color_jitter": 0.2}
+    )
+    values = config.to_dict()
+    assert values["widths"] == [16, 32]  # plain lists, ready for YAML / JSON / MLflow
+    assert TrainConfig.from_dict(values) == config
+
+
+def test_string_values_as_mlflow_logs_them_round_trip() -> None:
+    config = TrainConfig.from_dict({"widths": [16, 32, 48], "blocks": [1, 2, 1], "nesterov": False, "epochs": 7})
+    as_strings = {key: str(value) for key, value in config.to_dict().items()}
+    assert TrainConfig.from_dict(as_strings) == config
+
+
+def test_defaults_are_valid_and_form_the_report_network() -> None:
+    config = TrainConfig()
+    config.validate()
+    assert config.widths == (64, 128, 256) and config.blocks == (2, 2, 2)
+
+
+# --- learning-rate schedule ------------------------------------------------------------------------
+
+
+def test_warmup_rises_linearly_to_the_peak() -> None:
+    schedule = LrSchedule(tiny(lr=1.0, epochs=10, warmup_epochs=2, schedule="onecycle"), steps_per_epoch=5)
+    warm = [schedule.lr(step) for step in range(10)]
+    assert warm == pytest.approx([0.1 * (i + 1) for i in range(10)])
+    assert schedule.lr(10) == pytest.approx(1.0)
+
+
+def test_onecycle_falls_linearly_to_nearly_zero() -> None:
+    schedule = LrSchedule(tiny(lr=0.4, epochs=10, warmup_epochs=2, schedule="onecycle"), steps_per_epoch=5)
+    after = [schedule.lr(step) for step in range(10, 50)]
+    steps = [a - b for a, b in zip(after, after[1:])]
+    assert steps == pytest.approx([steps[0]] * len(steps))  # a straight line
+    assert after[0] == pytest.approx(0.4)
+    assert 0 < after[-1] <= 0.4 / 40 + 1e-12
+
+
+def test_cosine_falls_as_a_half_cosine() -> None:
+    schedule = LrSchedule(tiny(lr=1.0, epochs=10, warmup_epochs=0, schedule="cosine"), steps_per_epoch=10)
+    lrs = [schedule.lr(step) for step in range(100)]
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[50] == pytest.approx(0.5)
+    assert lrs[25] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert lrs[-1] < 1e-3
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_plateau_cuts_lr_after_patience_epochs_without_improvement() -> None:
+    schedule = LrSchedule(tiny(lr=1.0, schedule="plateau", plateau_patience=2, plateau_factor=0.5,
+                               warmup_epochs=0), steps_per_epoch=5)
+    schedule.end_epoch(1.0)  # first epoch sets the best
+    schedule.end_epoch(1.0)
+    schedule.end_epoch(1.0)  # two epochs without improvement: still patient
+    assert schedule.lr(0) == pytest.approx(1.0)
+    schedule.end_epoch(1.0)  # the third one: cut
+    assert schedule.lr(0) == pytest.approx(0.5)
+    schedule.end_epoch(0.5)  # improvement resets the count
+    schedule.end_epoch(0.6)
+    schedule.end_epoch(0.6)
+    assert schedule.lr(0) == pytest.approx(0.5)
+
+
+def test_plateau_state_survives_a_checkpoint() -> None:
+    config = tiny(lr=1.0, schedule="plateau", plateau_patience=1, plateau_factor=0.5, warmup_epochs=0)
+    original = LrSchedule(config, steps_per_epoch=5)
+    for loss in (1.0, 1.0, 1.0, 0.9, 0.95):  # one cut, a new best, then one bad epoch pending
+        original.end_epoch(loss)
+    restored = LrSchedule(config, steps_per_epoch=5)
+    restored.load_state_dict(original.state_dict())
+    for loss in (0.95, 0.95, 0.95):
+        original.end_epoch(loss)
+        restored.end_epoch(loss)
+        assert restored.lr(0) == original.lr(0)
+    assert restored.state_dict() == original.state_dict()
+    assert original.lr(0) == pytest.approx(0.125)
+
+
+def test_plateau_matches_torch_reduce_lr_on_plateau() -> None:
+    losses = [2.0, 1.5, 1.5, 1.49999, 1.6, 1.4, 1.4, 1.4, 1.4, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.2]
+    for patience in (0, 1, 2):
+        config = tiny(lr=1.0, schedule="plateau", plateau_patience=patience, plateau_factor=0.3, warmup_epochs=0)
+        ours = LrSchedule(config, steps_per_epoch=1)
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        theirs = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=patience)
+        for loss in losses:
+            ours.end_epoch(loss)
+            theirs.step(loss)
+            assert ours.lr(100) == pytest.approx(optimizer.param_groups[0]["lr"])
+
+
+# --- fit ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def learned(blobs: DataSplits) -> tuple[TrainConfig, Any, list[EpochMetrics]]:
+    """One real (tiny) training run shared by the tests that inspect its results."""
+    config = TrainConfig.from_dict(
+        dict(widths=(8, 16, 32), blocks=(1, 1, 1), epochs=4, batch_size=32, lr=0.4, warmup_epochs=1)
+    )
+    seen: list[EpochMetrics] = []
+    result = fit(config, blobs, lambda metrics, _checkpoint: seen.append(metrics), device="cpu")
+    return config, result, seen
+
+
+def test_fit_learns_the_synthetic_blobs_well_above_chance(learned: tuple[TrainConfig, Any, list]) -> None:
+    config, result, _ = learned
+    assert result.status == "completed"
+    assert len(result.history) == config.epochs
+    assert result.history[-1].val_acc > 0.5  # chance is 0.1
+    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.best.val_acc == max(m.val_acc for m in result.history)
+
+
+def test_on_epoch_is_called_once_per_epoch_with_finite_metrics(learned: tuple[TrainConfig, Any, list]) -> None:
+    config, result, seen = learned
+    assert [m.epoch for m in seen] == list(range(1, config.epochs + 1))
+    assert seen == result.history
+    for metrics in seen:
+        assert all(math.isfinite(value) for value in metrics.as_dict().values())
+        assert 0 <= metrics.train_acc <= 1 and 0 <= metrics.val_acc <= 1
+        assert metrics.lr > 0 and metrics.epoch_seconds > 0 and metrics.images_per_s > 0
+
+
+def test_final_checkpoint_evaluates_to_the_last_val_accuracy(
+    learned: tuple[TrainConfig, Any, list], blobs: DataSplits, tmp_path: Path
+) -> None:
+    config, result, _ = learned
+    path = save_checkpoint(result.checkpoint, tmp_path / "final.pt")
+    model, restored = model_from_checkpoint(load_checkpoint(path))
+    assert restored == config
+    assert not model.training
+    loss, accuracy = evaluate_images(model, blobs.val, tta_flip=config.tta_flip, device="cpu")
+    assert accuracy == result.history[-1].val_acc
+    assert loss == pytest.approx(result.history[-1].val_loss, rel=1e-5)
+
+
+def test_preprocess_feeds_a_restored_model_like_evaluation_does(
+    learned: tuple[TrainConfig, Any, list], blobs: DataSplits
+) -> None:
+    _, result, _ = learned
+    model, _ = model_from_checkpoint(result.checkpoint)
+    with torch.no_grad():
+        predictions = model(preprocess(blobs.val.images)).argmax(1).numpy()
+    _, accuracy = evaluate_images(model, blobs.val, tta_flip=False, device="cpu")
+    assert (predictions == blobs.val.labels).mean() == pytest.approx(accuracy)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_each_optimizer_trains(small: DataSplits, optimizer: str) -> None:
+    lr = 0.05 if optimizer == "sgd" else 3e-3
+    result = fit(tiny(optimizer=optimizer, lr=lr), small, device="cpu")
+    assert result.status == "completed" and len(result.history) == 2
+    assert result.checkpoint["optimizer"]["state"]  # the optimizer really stepped
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_each_schedule_trains_and_reports_its_lr(small: DataSplits, schedule: str) -> None:
+    result = fit(tiny(schedule=schedule, lr=0.1, epochs=3, warmup_epochs=0), small, device="cpu")
+    assert result.status == "completed" and len(result.history) == 3
+    last_lr = result.history[-1].lr
+    steps = len(small.train) // 32
+    if schedule == "onecycle":
+        assert last_lr == pytest.approx(0.1 / (3 * steps))
+    elif schedule == "cosine":
+        assert last_lr == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * (3 * steps - 1) / (3 * steps))))
+    else:
+        assert last_lr == pytest.approx(0.1)  # patience 2: no cut can happen before the third epoch
+
+
+def test_fit_with_report_augmentation_trains(small: DataSplits) -> None:
+    config = tiny(color_jitter=0.2, rotation=15, translate=0.1, tta_flip=False, flip=False, crop_padding=0)
+    assert fit(config, small, device="cpu").status == "completed"
+
+
+def test_fit_uses_the_whole_split_when_batch_exceeds_it(small: DataSplits) -> None:
+    result = fit(tiny(batch_size=10_000, epochs=1, warmup_epochs=0), small, device="cpu")
+    assert result.status == "completed"
+    assert result.history[0].images_per_s > 0
+
+
+# --- exact resume ------------------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+def resume_config(optimizer: str, schedule: str) -> TrainConfig:
+    # every source of randomness in play: shuffling, crop, flip, jitter, rotation, translation
+    return TrainConfig.from_dict(dict(
+        widths=(8, 16), blocks=(1, 1), epochs=3, batch_size=32, warmup_epochs=0.5, optimizer=optimizer,
+        lr=0.05 if optimizer == "sgd" else 2e-3, schedule=schedule, plateau_patience=0,
+        color_jitter=0.2, rotation=15, translate=0.1, deterministic=True, seed=7,
+    ))
+
+
+@pytest.mark.parametrize(("optimizer", "schedule"), [("sgd", "onecycle"), ("adam", "plateau")])
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(
+    small: DataSplits, tmp_path: Path, restore_determinism: None, optimizer: str, schedule: str
+) -> None:
+    config = resume_config(optimizer, schedule)
+    uninterrupted = fit(config, small, device="cpu")
+
+    def crash_after_epoch_1(metrics: EpochMetrics, checkpoint: Callable[[], dict[str, Any]]) -> None:
+        save_checkpoint(checkpoint(), tmp_path / "epoch1.pt")
+        raise Interrupted  # the process dies right after saving its checkpoint
+
+    with pytest.raises(Interrupted):
+        fit(config, small, crash_after_epoch_1, device="cpu")
+    torch.manual_seed(12345)  # a different process state before resuming must not matter
+    torch.rand(100)
+
+    state = load_checkpoint(tmp_path / "epoch1.pt")
+    assert state["epoch"] == 1
+    epochs_seen: list[int] = []
+    resumed = fit(config, small, lambda m, _: epochs_seen.append(m.epoch), resume=state, device="cpu")
+
+    assert epochs_seen == [2, 3]  # epoch 1 is not run again
+    assert resumed.status == "completed"
+    final, expected = resumed.checkpoint["model"], uninterrupted.checkpoint["model"]
+    assert final.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(final[name], expected[name]), name
+    assert _tensors(resumed.checkpoint["optimizer"]) == _tensors(uninterrupted.checkpoint["optimizer"])
+    assert [_reproducible(m) for m in resumed.history] == [_reproducible(m) for m in uninterrupted.history]
+
+
+def _reproducible(metrics: EpochMetrics) -> tuple[float, ...]:
+    return tuple(getattr(metrics, name) for name in REPRODUCIBLE)
+
+
+def _tensors(value: Any) -> list[tuple[float, ...]]:
+    """Every tensor in a nested state dict, flattened to exact values in a stable order."""
+    if isinstance(value, torch.Tensor):
+        return [tuple(value.flatten().tolist())]
+    if isinstance(value, dict):
+        return [t for key in sorted(value, key=str) for t in _tensors(value[key])]
+    if isinstance(value, list):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+def test_checkpoint_is_plain_tensors_and_values(small: DataSplits, tmp_path: Path) -> None:
+    result = fit(tiny(epochs=1, warmup_epochs=0), small, device="cpu")
+    path = save_checkpoint(result.checkpoint, tmp_path / "run" / "final.pt")
+    assert path.exists() and not path.with_name("final.pt.partial").exists()
+    state = torch.load(path, map_location="cpu", weights_only=True)  # loads under the safe loader
+    assert state["config"] == tiny(epochs=1, warmup_epochs=0).to_dict()
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+
+
+# --- divergence --------------------------------------------------------------------------------------
+
+
+def count_training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make fit's model count its forward passes in training mode."""
+    calls = [0]
+    build = train_module.build_model
+
+    def counting_build(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = build(*args, **kwargs)
+
+        def hook(module: torch.nn.Module, *_: Any) -> None:
+            calls[0] += module.training
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", counting_build)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(optimizer="sgd", lr=1e6), dict(optimizer="adam", lr=1e9), dict(optimizer="sgd", lr=1e6, weight_decay=0)],
+    ids=["sgd-1e6", "adam-1e9", "sgd-1e6-no-decay"],
+)
+def test_huge_lr_is_reported_as_diverged_and_stops_at_once(
+    tiny_steps: DataSplits, monkeypatch: pytest.MonkeyPatch, overrides: dict[str, Any]
+) -> None:
+    steps = count_training_steps(monkeypatch)
+    config = tiny(epochs=3, warmup_epochs=0, batch_size=8, **overrides)
+    epochs_seen: list[int] = []
+    result = fit(config, tiny_steps, lambda m, _: epochs_seen.append(m.epoch), device="cpu")
+    assert result.status == "diverged"
+    assert len(result.history) < config.epochs and epochs_seen == [m.epoch for m in result.history]
+    assert result.checkpoint is None
+    assert steps[0] <= DIVERGENCE_CHECK_EVERY  # stopped at the first check, not at the end of the run
+
+
+@pytest.fixture(scope="module")
+def tiny_steps(small: DataSplits) -> DataSplits:
+    """The small split with batch 8 gives 20 steps per epoch: room to show the run stops early."""
+    assert len(small.train) // 8 > DIVERGENCE_CHECK_EVERY
+    return small
+
+
+# --- checkpoint files --------------------------------------------------------------------------------
+
+
+def test_loading_a_missing_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_loading_a_corrupt_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.pt"
+    path.write_bytes(os.urandom(2000))
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_loading_a_truncated_checkpoint_is_a_user_error(small: DataSplits, tmp_path: Path) -> None:
+    state = {"config": tiny().to_dict(), "model": {"w": torch.ones(1000)}}
+    path = save_checkpoint(state, tmp_path / "ok.pt")
+    path.write_bytes(path.read_bytes()[:-500])
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_a_file_that_is_not_a_tuner_checkpoint_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(UserError, match="not a tuner checkpoint"):
+        load_checkpoint(path)
+
+
+class _RunsCommand:
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (self.command,)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "hostile.pt"
+    torch.save({"model": {}, "config": _RunsCommand(f"touch {marker}")}, path)
+    with pytest.raises(UserError):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_fit_result_best_is_none_without_history() -> None:
+    assert train_module.FitResult("diverged").best is None
+
+
+def test_warmup_longer_than_the_run_is_capped_not_rejected() -> None:
+    schedule = LrSchedule(tiny(lr=1.0, epochs=1, warmup_epochs=2), steps_per_epoch=4)
+    assert [schedule.lr(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+
+
+def test_deterministic_mode_does_not_leak_out_of_fit(small) -> None:
+    before = torch.are_deterministic_algorithms_enabled()
+    fit(tiny(deterministic=True, epochs=1), small, device="cpu")
+    assert torch.are_deterministic_algorithms_enabled() == before

@@ -1,0 +1,156 @@
+"""`python -m tuner.train` as a user runs it: one line per epoch, a checkpoint, and one-line errors (exit 2)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tuner.data import BATCH_DIR, write_synthetic_cifar10
+from tuner.train import load_checkpoint
+
+TIMEOUT_S = 120
+TINY_FLAGS = ["--widths", "8,16", "--blocks", "1,1", "--batch-size", "32", "--warmup-epochs", "0.5",
+              "--val-size", "40", "--device", "cpu"]
+
+
+def start_train(*args: str | Path, cwd: Path) -> subprocess.Popen[str]:
+    # One thread: the runs are tiny and the test machine is shared.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuner.train", *map(str, args)],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def finish(process: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_train(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return finish(start_train(*args, cwd=cwd))
+
+
+@pytest.fixture(scope="module")
+def with_test(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("with-test")
+    write_synthetic_cifar10(root, n_train=200, n_test=50)
+    return root
+
+
+@pytest.fixture(scope="module")
+def without_test(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("without-test")
+    write_synthetic_cifar10(root, n_train=200, n_test=0)
+    return root
+
+
+def epoch_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("epoch ")]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def test_training_prints_each_epoch_saves_a_checkpoint_and_measures_test_accuracy(
+    with_test: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "runs" / "final.pt"
+    result = run_train("--data-dir", with_test, *TINY_FLAGS, "--epochs", "2", "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = epoch_lines(result.stdout)
+    assert [line.split()[1] for line in lines] == ["1", "2"]
+    assert all("val loss" in line and "img/s" in line for line in lines)
+    assert out.exists()
+    state = load_checkpoint(out)
+    assert state["epoch"] == 2 and state["config"]["widths"] == [8, 16]
+    assert f"saved {out}" in result.stdout
+    assert "test acc" in result.stdout and "(50 images" in result.stdout
+    assert "not measured" not in result.stdout
+
+
+def test_config_file_sets_fields_and_flags_override_it_and_no_test_batch_is_reported(
+    without_test: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text("widths: [8, 16]\nblocks: [1, 1]\nbatch_size: 32\nepochs: 3\nwarmup_epochs: 0.5\n")
+    out = tmp_path / "final.pt"
+    result = run_train("--config", config, "--data-dir", without_test, "--val-size", "40", "--device", "cpu",
+                       "--epochs", "1", "--no-flip", "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(epoch_lines(result.stdout)) == 1  # --epochs 1 beat the file's 3
+    state = load_checkpoint(out)
+    assert state["config"]["batch_size"] == 32 and state["config"]["flip"] is False
+    assert "test accuracy not measured" in result.stdout
+    assert "test acc " not in result.stdout
+
+
+def test_help_shows_an_example(tmp_path: Path) -> None:
+    result = run_train("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "example: python -m tuner.train" in result.stdout
+
+
+@dataclass(frozen=True)
+class BadRuns:
+    """Results of every bad invocation, by case name, and the folder their files live in."""
+
+    root: Path
+    results: dict[str, subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(with_test: Path, tmp_path_factory: pytest.TempPathFactory) -> BadRuns:
+    """All bad invocations, started together: each only imports torch and stops, so they overlap well."""
+    root = tmp_path_factory.mktemp("bad-runs")
+    blocker = root / "not-a-folder"  # a data dir under a plain file: the download fails at once, offline or not
+    blocker.write_text("")
+    (root / "typo.yaml").write_text("lrr: 0.1\n")
+    (root / "broken.yaml").write_text("lr: 0.1\nbatch_size: 32\n  epochs: 2\n")
+    cases = {
+        "missing-data": ["--data-dir", blocker / "data", *TINY_FLAGS, "--epochs", "1"],
+        "unknown-key": ["--config", root / "typo.yaml", "--data-dir", with_test],
+        "yaml-syntax": ["--config", root / "broken.yaml", "--data-dir", with_test],
+        "negative-lr": ["--data-dir", with_test, "--epochs", "2", "--lr=-0.1"],
+        "zero-batch": ["--data-dir", with_test, "--epochs", "2", "--batch-size", "0"],
+        "zero-width": ["--data-dir", with_test, "--epochs", "2", "--widths", "0,16"],
+    }
+    running = {name: start_train(*args, cwd=root) for name, args in cases.items()}
+    return BadRuns(root, {name: finish(process) for name, process in running.items()})
+
+
+def test_missing_data_says_where_to_put_the_files(bad_runs: BadRuns) -> None:
+    batches = bad_runs.root / "not-a-folder" / "data" / BATCH_DIR
+    assert_one_line_error(bad_runs.results["missing-data"], str(batches), "put the python-version CIFAR-10 batches in")
+
+
+def test_unknown_key_in_the_config_file_is_named_with_a_suggestion(bad_runs: BadRuns) -> None:
+    config = bad_runs.root / "typo.yaml"
+    assert_one_line_error(bad_runs.results["unknown-key"], str(config), "'lrr'", "did you mean 'lr'")
+
+
+def test_yaml_syntax_error_names_the_file_and_line(bad_runs: BadRuns) -> None:
+    assert_one_line_error(bad_runs.results["yaml-syntax"], f"{bad_runs.root / 'broken.yaml'}:3", "invalid YAML")
+
+
+@pytest.mark.parametrize(
+    ("case", "field"), [("negative-lr", "lr="), ("zero-batch", "batch_size="), ("zero-width", "widths=")]
+)
+def test_impossible_flags_are_one_line_errors_and_nothing_is_trained(bad_runs: BadRuns, case: str, field: str) -> None:
+    assert_one_line_error(bad_runs.results[case], f"flags: {field}")
+    assert not (bad_runs.root / "runs").exists()  # nothing trained, nothing saved

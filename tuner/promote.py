@@ -1,0 +1,247 @@
+"""Promote a registered model version to `champion` if it beats the current one on the same data.
+
+    python -m tuner.promote --sweep widths-0412        # the version that sweep registered
+    python -m tuner.promote --version 7 --force        # move the alias whatever the comparison says
+
+The candidate and the champion are rebuilt from the raw checkpoints logged with them
+(`checkpoint/checkpoint.pt`) and evaluated on the official test split with flip test-time
+augmentation. The result is recorded on each version as tags (`eval.test_acc`, `eval.test_loss`,
+`eval.data_fingerprint`, `eval.images`, `eval.tta_flip`, `eval.at`), so a champion already evaluated
+on identical data is not evaluated again. The alias moves only if the candidate is strictly better,
+or with --force. Without a test split the command says so and, with --allow-val only, compares the
+validation accuracies recorded at registration (tag `val_acc`).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from tuner.data import BATCH_DIR, TEST_FILE, ImageSet, load_test
+from tuner.errors import UserError, exit_on_user_error, suggest
+from tuner.tracking import (
+    CHAMPION_ALIAS,
+    CHECKPOINT_ARTIFACT,
+    DEFAULT_MODEL_NAME,
+    data_fingerprint,
+    open_client,
+)
+from tuner.train import evaluate_images, load_checkpoint, model_from_checkpoint
+
+
+@dataclass(frozen=True)
+class Score:
+    """One version's accuracy on the comparison data."""
+
+    version: str
+    metric: str  # test_acc or val_acc
+    accuracy: float
+    loss: float | None = None
+    reused: bool = False  # taken from an earlier evaluation recorded on the version
+
+
+def registered_model_names(client: MlflowClient) -> list[str]:
+    return [m.name for m in client.search_registered_models(max_results=1000)]
+
+
+def require_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        names = registered_model_names(client)
+        known = f"registered models: {', '.join(names)}" if names else "no model is registered yet: run a sweep first"
+        raise UserError(f"unknown registered model '{name}'{suggest(name, names)}; {known}") from None
+
+
+def all_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
+    return list(client.search_model_versions(f"name = '{name}'", max_results=10000))
+
+
+def find_version(client: MlflowClient, name: str, version: str | None, sweep: str | None) -> ModelVersion:
+    """The candidate: `--version N`, or the newest version whose tag `sweep` equals `--sweep NAME`."""
+    require_model(client, name)
+    versions = all_versions(client, name)
+    numbers = sorted(int(v.version) for v in versions)
+    if version is not None:
+        if not version.isdigit():
+            raise UserError(f"--version {version!r} is not a version number; versions of '{name}': "
+                            f"{', '.join(map(str, numbers))}")
+        for v in versions:
+            if v.version == version:
+                return v
+        raise UserError(f"model '{name}' has no version {version}; its versions are "
+                        f"{', '.join(map(str, numbers)) or 'none'}")
+    matching = [v for v in versions if v.tags.get("sweep") == sweep]
+    if not matching:
+        sweeps = sorted({v.tags["sweep"] for v in versions if "sweep" in v.tags})
+        hint = f"sweeps with versions: {', '.join(sweeps)}" if sweeps else "no version carries a sweep tag"
+        raise UserError(f"sweep '{sweep}' registered no version of '{name}'{suggest(sweep, sweeps)}; {hint} "
+                        f"(a sweep registers its best trial when it ends; or pass --version N)")
+    return max(matching, key=lambda v: int(v.version))
+
+
+def champion(client: MlflowClient, name: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+            return None
+        raise
+
+
+def checkpoint_of(client: MlflowClient, uri: str, version: ModelVersion, name: str) -> dict:
+    """The training checkpoint logged beside a version (tag checkpoint_uri, else the version's run)."""
+    source = version.tags.get("checkpoint_uri") or (
+        f"runs:/{version.run_id}/{CHECKPOINT_ARTIFACT}" if version.run_id else None
+    )
+    fix = (f"version {version.version} of '{name}' has no training checkpoint ({CHECKPOINT_ARTIFACT}); "
+           f"only versions registered by a tuner sweep can be evaluated; choose another with --version")
+    if source is None or not source.startswith("runs:/"):
+        raise UserError(fix)
+    run_id, _, artifact = source[len("runs:/"):].partition("/")
+    folder, _, filename = artifact.rpartition("/")
+    try:
+        present = {Path(f.path).name for f in client.list_artifacts(run_id, folder)}
+    except MlflowException:
+        present = set()
+    if filename not in present:
+        raise UserError(fix)
+    with tempfile.TemporaryDirectory() as tmp:
+        import mlflow
+
+        path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=uri)
+        return load_checkpoint(path)
+
+
+def score_on_test(client: MlflowClient, uri: str, version: ModelVersion, name: str,
+                  test: ImageSet, fingerprint: str) -> Score:
+    """Test accuracy (flip TTA); reuses an evaluation recorded on the version for the same data."""
+    tags = version.tags
+    if tags.get("eval.data_fingerprint") == fingerprint and "eval.test_acc" in tags:
+        return Score(version.version, "test_acc", float(tags["eval.test_acc"]),
+                     float(tags["eval.test_loss"]) if "eval.test_loss" in tags else None, reused=True)
+    model, _ = model_from_checkpoint(checkpoint_of(client, uri, version, name))
+    loss, accuracy = evaluate_images(model, test, tta_flip=True)
+    record = {
+        "eval.test_acc": f"{accuracy:.6f}",
+        "eval.test_loss": f"{loss:.6f}",
+        "eval.data_fingerprint": fingerprint,
+        "eval.images": str(len(test)),
+        "eval.tta_flip": "true",
+        "eval.at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    for key, value in record.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    return Score(version.version, "test_acc", accuracy, loss)
+
+
+def score_on_val(version: ModelVersion, name: str) -> Score:
+    if "val_acc" not in version.tags:
+        raise UserError(f"version {version.version} of '{name}' has no val_acc tag to compare: "
+                        f"add test_batch to the data folder to evaluate it on the test split")
+    return Score(version.version, "val_acc", float(version.tags["val_acc"]))
+
+
+def table(rows: list[tuple[str, Score | None]]) -> str:
+    lines = [f"{'':10s} {'version':>7s}  {'metric':8s} {'accuracy':>8s}  {'loss':>7s}  source"]
+    for role, score in rows:
+        if score is None:
+            lines.append(f"{role:10s} {'-':>7s}  {'-':8s} {'-':>8s}  {'-':>7s}  (no champion yet)")
+            continue
+        loss = f"{score.loss:.4f}" if score.loss is not None else "-"
+        source = "recorded earlier" if score.reused else ("evaluated now" if score.metric == "test_acc" else
+                                                          "recorded at registration")
+        lines.append(f"{role:10s} {score.version:>7s}  {score.metric:8s} {score.accuracy:8.4f}  {loss:>7s}  {source}")
+    return "\n".join(lines)
+
+
+def promote(
+    name: str, version: str | None, sweep: str | None, data_dir: str | Path, force: bool, allow_val: bool,
+    mlflow_uri: str | None,
+) -> bool:
+    """Evaluate, compare, move the alias when better (or forced); True when the candidate is champion."""
+    client, uri = open_client(mlflow_uri)
+    candidate = find_version(client, name, version, sweep)
+    current = champion(client, name)
+    test = load_test(data_dir)
+    if test is None:
+        where = Path(data_dir) / BATCH_DIR / TEST_FILE
+        print(f"no test split: {where} does not exist")
+        if not allow_val:
+            raise UserError(f"no test split at {where}: put the CIFAR-10 test_batch there, or pass --allow-val "
+                            f"to compare the validation accuracies recorded at registration")
+        print("comparing the validation accuracy recorded at registration (--allow-val); "
+              "val splits of different sweeps may differ")
+        new = score_on_val(candidate, name)
+        old = score_on_val(current, name) if current is not None else None
+    else:
+        fingerprint = data_fingerprint(test)
+        new = score_on_test(client, uri, candidate, name, test, fingerprint)
+        old = None
+        if current is not None:
+            if current.version == candidate.version:
+                old = new
+            else:
+                try:
+                    old = score_on_test(client, uri, current, name, test, fingerprint)
+                except UserError as err:
+                    if not force:
+                        raise UserError(f"cannot evaluate the current champion: {err}; pass --force to "
+                                        f"replace it without a comparison") from None
+    print(table([("candidate", new), ("champion", old)]))
+    if current is not None and current.version == candidate.version:
+        print(f"version {candidate.version} already holds the '{CHAMPION_ALIAS}' alias")
+        return True
+    better = old is None or new.accuracy > old.accuracy
+    if better or force:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, candidate.version)
+        client.set_model_version_tag(name, candidate.version, "promoted.at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        if old is not None:
+            client.set_model_version_tag(name, candidate.version, "promoted.over", old.version)
+        why = "forced" if force and not better else (
+            "no champion before" if old is None else f"{new.accuracy - old.accuracy:+.4f} {new.metric}")
+        print(f"promoted: '{name}@{CHAMPION_ALIAS}' -> version {candidate.version} ({why})")
+        return True
+    print(f"kept: version {old.version} stays '{CHAMPION_ALIAS}' ({new.accuracy - old.accuracy:+.4f} {new.metric}); "
+          f"pass --force to promote version {candidate.version} anyway")
+    return False
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m tuner.promote",
+        description="Evaluate a registered version on the test split and move the 'champion' alias if it is better.",
+        epilog="example: python -m tuner.promote --sweep widths-0412 --data-dir data "
+               "--mlflow-uri http://127.0.0.1:5000",
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sweep", help="candidate = the newest version registered by this sweep")
+    which.add_argument("--version", help="candidate = this version number")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
+                        help=f"registered model (default: {DEFAULT_MODEL_NAME})")
+    parser.add_argument("--data-dir", default="data",
+                        help="folder holding cifar-10-batches-py/test_batch (default: data)")
+    parser.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
+    parser.add_argument("--allow-val", action="store_true",
+                        help="without a test split, compare the validation accuracy recorded at registration")
+    parser.add_argument("--mlflow-uri",
+                        help="tracking server or store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    return parser
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    promote(args.model_name, args.version, args.sweep, args.data_dir, args.force, args.allow_val, args.mlflow_uri)
+
+
+if __name__ == "__main__":
+    main()

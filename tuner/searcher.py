@@ -1,0 +1,120 @@
+"""Optuna TPE as a Ray Tune searcher, with constraints at sampling time and honest multi-fidelity bookkeeping.
+
+Two things the stock `OptunaSearch` does not do:
+- Constraints. A sampled configuration whose analytic params/MACs break `constraints` is told to Optuna
+  as FAIL (user attribute `infeasible`) and sampled again, inside `suggest`: it never becomes a Ray trial.
+- Pruning. Stock OptunaSearch tells a trial that ASHA stopped at epoch 3 as COMPLETE with its epoch-3
+  accuracy, so TPE compares a 3-epoch score with 15-epoch scores. Here such a trial is told as PRUNED (its
+  per-epoch values are already reported as intermediate values), and only trials that ran every epoch are
+  COMPLETE. A diverged trial is FAIL with user attribute `diverged`.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.space import SearchSpace
+from tuner.train import TrainConfig
+
+logger = logging.getLogger(__name__)
+MAX_REJECTIONS = 1000
+EPOCH = "epoch"
+
+
+def create_study(space: SearchSpace, storage_url: str | None, study_name: str) -> optuna.Study:
+    """The sweep's Optuna study (persisted when storage_url is a database URL)."""
+    if space.search.algorithm == "random":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=space.search.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=space.search.seed, n_startup_trials=space.search.startup_trials,
+                                             constant_liar=True)  # concurrent trials should not all pick alike
+    direction = "maximize" if space.mode == "max" else "minimize"
+    return optuna.create_study(storage=storage_url, study_name=study_name, sampler=sampler, direction=direction,
+                               load_if_exists=True)
+
+
+def _sampled_in_suggest(trial: optuna.Trial) -> None:
+    """Placeholder define-by-run function: SpaceSearcher.suggest samples from the SearchSpace itself."""
+
+
+class SpaceSearcher(OptunaSearch):
+    """OptunaSearch driven by a SearchSpace; the trial config is {"train": TrainConfig fields, "index": n}."""
+
+    def __init__(self, space: SearchSpace, study: optuna.Study,
+                 on_rejected: Callable[[int, TrainConfig, str], None] | None = None) -> None:
+        """on_rejected(index, config, reason) records an infeasible sample; it must pickle (Ray saves the
+        searcher in the experiment checkpoint for --resume)."""
+        super().__init__(space=_sampled_in_suggest, metric=space.metric, mode=space.mode)
+        self._space_spec = space
+        self._ot_study = study
+        self._max_epochs = space.scheduler.max_epochs
+        self._on_rejected = on_rejected
+        self._configs: dict[str, dict[str, Any]] = {}
+        self.suggested = 0
+        self.rejected = 0
+
+    def _setup_study(self, mode: Any) -> None:
+        """The study is made by create_study (persisted, with our sampler); nothing to set up here."""
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if trial_id in self._ot_trials:  # Ray may ask again for a trial it already has (restore)
+            return self._configs[trial_id]
+        for _ in range(MAX_REJECTIONS):
+            ot_trial = self._ot_study.ask()
+            config = self._space_spec.sample(ot_trial)
+            reason = self._space_spec.constraints.violation(config)
+            if reason is None:
+                self.suggested += 1
+                ot_trial.set_user_attr("ray_trial_id", trial_id)
+                self._ot_trials[trial_id] = ot_trial
+                result = {"train": config.to_dict(), "index": self.suggested + self.rejected}
+                self._configs[trial_id] = result
+                return result
+            self.rejected += 1
+            ot_trial.set_user_attr("infeasible", reason)
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            logger.info("rejected infeasible config before launch: %s", reason)
+            if self._on_rejected is not None:
+                self._on_rejected(self.suggested + self.rejected, config, reason)
+        raise RuntimeError(f"{MAX_REJECTIONS} samples in a row broke the constraints; loosen them")
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or self.metric not in result:
+            return
+        ot_trial.report(result[self.metric], int(result[EPOCH]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        if error:
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif result and result.get("diverged"):
+            ot_trial.set_user_attr("diverged", True)
+            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        elif result and int(result.get(EPOCH, 0)) >= self._max_epochs and self.metric in result:
+            self._ot_study.tell(ot_trial, result[self.metric], state=TrialState.COMPLETE)
+        else:
+            ot_trial.set_user_attr("stopped_at_epoch", int(result.get(EPOCH, 0)) if result else 0)
+            # PRUNED takes the last intermediate value as the trial's value.
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def warm_start(study: optuna.Study, previous: optuna.Study) -> int:
+    """Copy finished trials (COMPLETE and PRUNED, with their intermediate values) from an earlier sweep."""
+    copied = 0
+    for trial in previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        study.add_trial(optuna.trial.create_trial(
+            state=trial.state, value=trial.value, params=trial.params, distributions=trial.distributions,
+            user_attrs={**trial.user_attrs, "warm_start_from": previous.study_name},
+            intermediate_values=trial.intermediate_values,
+        ))
+        copied += 1
+    return copied

@@ -1,0 +1,99 @@
+"""The Ray Tune function trainable: one trial = one `tuner.train.fit` call, reported every epoch.
+
+Thin on purpose (the Ray Tune function-trainable pattern): read the TrainConfig from the trial, take
+the dataset from the object store (put there once by the driver, shared by every trial on a node),
+resume from `tune.get_checkpoint()`, and `tune.report(metrics, checkpoint)` after each epoch. Metrics
+also go straight from the worker to MLflow (`tracking.TrialRun`), so no shared filesystem is needed.
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from tuner.data import DataSplits
+from tuner.model import count_macs, count_params
+from tuner.train import FitResult, TrainConfig, fit, load_checkpoint, save_checkpoint
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a sweep shares besides the data (plain values: Ray pickles it)."""
+
+    gpus: float
+    metric: str
+    tracking_uri: str | None = None
+    parent_run_id: str | None = None
+
+
+def worst_value(metric: str) -> float:
+    return 0.0 if metric == "val_acc" else math.inf
+
+
+def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings) -> None:
+    """Ray Tune entry point; `data` and `settings` are bound with tune.with_parameters."""
+    train_config = TrainConfig.from_dict(config["train"], source="trial config")
+    trial_id = tune.get_context().get_trial_id()
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    earlier_seconds = float(resume.get("trial_seconds", 0.0)) if resume else 0.0
+    started = time.monotonic()
+    run = _open_tracking(settings, trial_id, int(config.get("index", 0)), train_config)
+    size = {"params": count_params(train_config), "macs": count_macs(train_config)}
+
+    def seconds() -> float:
+        return earlier_seconds + time.monotonic() - started
+
+    def on_epoch(metrics: Any, make_checkpoint: Any) -> None:
+        values = {**metrics.as_dict(), **size, "gpu_seconds": settings.gpus * seconds(),
+                  "trial_seconds": seconds(), "diverged": False}
+        if run is not None:
+            run.log_epoch(metrics.as_dict(), metrics.epoch)
+        state = make_checkpoint()
+        state["trial_seconds"] = seconds()
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
+            tune.report(values, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    outcome, result = "completed", None
+    try:
+        result = fit(train_config, data, on_epoch, resume=resume)
+    except torch.cuda.OutOfMemoryError:
+        # Not raised on: Ray would retry it on the same GPU share and fail the same way.
+        outcome = "errored_out_of_gpu_memory"
+        tune.report({"epoch": _epochs_run(result, resume) + 1, settings.metric: worst_value(settings.metric),
+                     "diverged": False, "error": outcome, **size, "gpu_seconds": settings.gpus * seconds()})
+    else:
+        if result.status == "diverged":
+            outcome = "diverged"
+            # Reported as a result, not raised: a diverged config is a finding, not a crash to retry.
+            tune.report({"epoch": len(result.history) + 1, settings.metric: worst_value(settings.metric),
+                         "diverged": True, **size, "gpu_seconds": settings.gpus * seconds()})
+    if run is not None:
+        run.finish(outcome, {"tuner.gpu_seconds": f"{settings.gpus * seconds():.1f}"})
+
+
+def _epochs_run(result: FitResult | None, resume: dict | None) -> int:
+    if result is not None:
+        return len(result.history)
+    return int(resume["epoch"]) if resume else 0
+
+
+def _open_tracking(settings: TrialSettings, trial_id: str, index: int, config: TrainConfig) -> Any:
+    if settings.tracking_uri is None or settings.parent_run_id is None:
+        return None
+    from tuner import tracking  # MLflow is needed only where trials are tracked
+
+    return tracking.TrialRun(settings.tracking_uri, settings.parent_run_id, trial_id,
+                             tracking.trial_run_name(index, config), config, {"tuner.index": str(index)})
