@@ -38,10 +38,22 @@ def test_infeasible_configs_never_become_trials(space) -> None:
     for config in configs:
         assert space.constraints.violation(TrainConfig.from_dict(config["train"])) is None
     assert searcher.rejected > 0 and len(rejected) == searcher.rejected
-    failed = study.get_trials(states=(TrialState.FAIL,))
-    assert len(failed) == searcher.rejected
-    assert all("max_params" in t.user_attrs["infeasible"] for t in failed)
+    infeasible = [t for t in study.trials if "infeasible" in t.user_attrs]
+    assert len(infeasible) == searcher.rejected
+    assert all(t.state == TrialState.PRUNED and not t.intermediate_values for t in infeasible)
+    assert all("max_params" in t.user_attrs["infeasible"] for t in infeasible)
     assert {tuple(c["train"]["widths"]) for c in configs} <= {(4, 8), (8, 16)}
+
+
+def test_tpe_keeps_finding_feasible_configs_after_startup(space) -> None:
+    """Infeasible samples must teach TPE: it may not get stuck proposing the infeasible half of the space."""
+    study = create_study(space, None, "s")
+    searcher = SpaceSearcher(space, study)
+    for i in range(30):
+        config = searcher.suggest(f"t{i}")
+        searcher.on_trial_result(f"t{i}", {"val_acc": config["train"]["lr"], "epoch": 4})
+        searcher.on_trial_complete(f"t{i}", {"val_acc": config["train"]["lr"], "epoch": 4})
+    assert searcher.rejected < 60
 
 
 def test_asha_stopped_trial_is_pruned_not_complete(space) -> None:
@@ -49,11 +61,11 @@ def test_asha_stopped_trial_is_pruned_not_complete(space) -> None:
     searcher = SpaceSearcher(space, study)
     for trial_id in ("stopped", "finished", "diverged", "crashed"):
         searcher.suggest(trial_id)
-    for epoch in (1, 2):
-        searcher.on_trial_result("stopped", {"val_acc": 0.2 * epoch, "epoch": epoch})
+    searcher.on_trial_result("stopped", {"val_acc": 0.2, "epoch": 1})
     searcher.on_trial_complete("stopped", {"val_acc": 0.4, "epoch": 2})
-    for epoch in range(1, 5):
+    for epoch in range(1, 4):
         searcher.on_trial_result("finished", {"val_acc": 0.1 * epoch, "epoch": epoch})
+    # As in Ray: the last result reaches only on_trial_complete.
     searcher.on_trial_complete("finished", {"val_acc": 0.4, "epoch": 4})
     searcher.on_trial_result("diverged", {"val_acc": 0.1, "epoch": 1})
     searcher.on_trial_complete("diverged", {"val_acc": 0.0, "epoch": 2, "diverged": True})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,10 +130,11 @@ def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_
     else:
         driver.kill()
         pytest.fail("the sweep did not finish 3 trials in time:\n" + "".join(seen[-50:]))
-    time.sleep(2)  # let Ray write its experiment state once more, as it would in a real crash
+    time.sleep(3)  # past one snapshot period (TUNE_GLOBAL_CHECKPOINT_S=2 in tuner.run)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    finished_before = {line.split()[2] for line in seen if line.startswith("[")}
+    finished_before = {m.group(1) for line in seen if (m := re.match(r"\[\d+/\d+\] trial (\S+)", line))}
+    assert len(finished_before) >= 3
 
     out = finish(tuner_run(workdir, ray_head, mlflow_server.uri, "--resume", "killed"))
     study = study_of(workdir, "killed")
@@ -181,6 +183,6 @@ def test_resources_no_node_has_fail_clearly(tmp_path: Path, workdir: Path, ray_h
                         "--space", str(tmp_path / "gpu.yaml"), "--name", "needs-gpu")
     out, _ = process.communicate(timeout=180)
     assert process.returncode == 2, out[-3000:]
-    assert "resources.gpus=1.0 per trial but the largest node has 0 GPU" in out
+    assert "resources.gpus=1 per trial but the largest node has 0 GPU" in out
     assert "Traceback" not in out
 

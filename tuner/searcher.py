@@ -2,7 +2,8 @@
 
 Two things the stock `OptunaSearch` does not do:
 - Constraints. A sampled configuration whose analytic params/MACs break `constraints` is told to Optuna
-  as FAIL (user attribute `infeasible`) and sampled again, inside `suggest`: it never becomes a Ray trial.
+  as PRUNED before its first epoch (user attribute `infeasible`) and sampled again, inside `suggest`: it
+  never becomes a Ray trial.
 - Pruning. Stock OptunaSearch tells a trial that ASHA stopped at epoch 3 as COMPLETE with its epoch-3
   accuracy, so TPE compares a 3-epoch score with 15-epoch scores. Here such a trial is told as PRUNED (its
   per-epoch values are already reported as intermediate values), and only trials that ran every epoch are
@@ -22,6 +23,7 @@ from tuner.space import SearchSpace
 from tuner.train import TrainConfig
 
 logger = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial drowns the sweep's progress
 MAX_REJECTIONS = 1000
 EPOCH = "epoch"
 
@@ -77,22 +79,39 @@ class SpaceSearcher(OptunaSearch):
                 return result
             self.rejected += 1
             ot_trial.set_user_attr("infeasible", reason)
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+            # PRUNED with no intermediate value ranks below every trial that ran, so TPE learns to avoid the
+            # region; FAIL would be ignored by TPE, which then proposes the same infeasible region again.
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
             logger.info("rejected infeasible config before launch: %s", reason)
             if self._on_rejected is not None:
                 self._on_rejected(self.suggested + self.rejected, config, reason)
         raise RuntimeError(f"{MAX_REJECTIONS} samples in a row broke the constraints; loosen them")
 
+    def _finished_in_study(self, trial_id: str) -> bool:
+        """True when the study already holds this trial's end: after --resume, Ray's older snapshot of
+        the searcher may not know what the (synchronously written) study already recorded."""
+        ot_trial = self._ot_trials[trial_id]
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
+            return True
+        return False
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials or self.metric not in result:
             return
+        if self._finished_in_study(trial_id):
+            return
         ot_trial.report(result[self.metric], int(result[EPOCH]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._finished_in_study(trial_id):
             return
         ot_trial = self._ot_trials[trial_id]
+        if result and self.metric in result and not result.get("diverged") and EPOCH in result:
+            # Ray hands a trial's last result (the one that ends it, or the one ASHA stops it on) only to
+            # on_trial_complete, never to on_trial_result: record it as that epoch's intermediate value.
+            self.on_trial_result(trial_id, result)
         if error:
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif result and result.get("diverged"):

@@ -425,6 +425,7 @@ class TrialRun:
         }
         self._params = config_params(config)
         self._setup_done = False
+        self._logged_steps: set[int] = set()
         self._metrics: list[Metric] = []
         self._final_tags: dict[str, str] = {}
         self._end_status: str | None = None
@@ -476,9 +477,13 @@ class TrialRun:
                 if TAG_OUTCOME in run.data.tags:
                     client.delete_tag(run.info.run_id, TAG_OUTCOME)
                 client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in self._tags.items()])
+                # Epochs that reached the store before the trial was interrupted: a resumed trial may run
+                # its last epoch again (Ray resumes from the last checkpoint it recorded), keep one value.
+                self._logged_steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_acc")}
             self.run_id = run.info.run_id
             _log_params_once(client, run, self._params, f"trial {self.trial_id}")
             self._setup_done = True
+        self._metrics[:] = [m for m in self._metrics if m.step not in self._logged_steps]
         _send_metrics(client, self.run_id, self._metrics, f"trial {self.trial_id}")
         if self._final_tags:
             client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._final_tags.items()])
