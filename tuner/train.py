@@ -241,8 +241,19 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """oneDNN runs bf16 natively here (AVX512-BF16 or AMX); elsewhere bf16 on CPU is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda"):
+    """bf16 autocast on CUDA, and on CPUs with native bf16 (measured 2.0x fp32 there: docs/benchmarks.md)."""
+    if config.precision == "bf16":
+        return torch.bfloat16
+    if config.precision == "auto" and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())):
         return torch.bfloat16
     return None
 
@@ -328,7 +339,8 @@ def fit(
 def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, resume: Mapping[str, Any] | None,
          device: torch.device) -> FitResult:
     torch.manual_seed(config.seed)
-    channels_last = config.channels_last and device.type == "cuda"  # on CPU it measured no faster
+    # channels_last suits oneDNN too: on a 2-core Zen 4 CPU it measured 1.5x NCHW in fp32 (docs/benchmarks.md).
+    channels_last = config.channels_last
     autocast = _autocast_dtype(config, device)
 
     model = build_model(config).to(device)
@@ -463,9 +475,9 @@ def evaluate_images(
 ) -> tuple[float, float]:
     """(loss, accuracy) of a trained model on any ImageSet, e.g. the test split at promotion."""
     device = torch.device(device) if device is not None else pick_device()
-    model = model.to(device)
-    autocast = torch.bfloat16 if device.type == "cuda" else None
-    return evaluate(model, _DeviceImages(images, device), tta_flip, autocast, channels_last=False)
+    model = model.to(device, memory_format=torch.channels_last)  # as fit evaluates, so figures agree
+    autocast = _autocast_dtype(TrainConfig(), device)
+    return evaluate(model, _DeviceImages(images, device), tta_flip, autocast, channels_last=True)
 
 
 def preprocess(images: np.ndarray) -> torch.Tensor:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -50,7 +51,9 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
     earlier_seconds = float(resume.get("trial_seconds", 0.0)) if resume else 0.0
     started = time.monotonic()
     run = _open_tracking(settings, trial_id, int(config.get("index", 0)), train_config)
-    size = {"params": count_params(train_config), "macs": count_macs(train_config)}
+    # node_id: which Ray node ran the epoch (multi-node checks, and where a resumed trial moved to)
+    size = {"params": count_params(train_config), "macs": count_macs(train_config),
+            "node_id": ray.get_runtime_context().get_node_id()}
 
     def seconds() -> float:
         return earlier_seconds + time.monotonic() - started
