@@ -6,6 +6,7 @@ exactly the processes this test started: every process whose session id is the n
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -72,6 +73,10 @@ class RayNode:
             time.sleep(0.5)
         raise TimeoutError(f"ray node not ready after {timeout_s} s; see {self.log.name}")
 
+    def pids(self) -> set[int]:
+        """This node's processes now: its raylet, object store, GCS (head) and the Ray workers it started."""
+        return set(session_pids(self.process.pid))
+
     def stop(self) -> None:
         """End every process of this node's session: SIGTERM, then SIGKILL what is left."""
         sid = self.process.pid
@@ -101,3 +106,23 @@ def _alive(pid: int) -> bool:
 
 def new_token() -> str:
     return secrets.token_hex(32)
+
+
+def trial_results(experiment_dir: Path) -> dict[str, list[dict]]:
+    """What Ray recorded per trial, in order: `<storage>/<sweep>/*/result.json`, one JSON object per line
+    (our metrics plus Ray's trial_id, pid, timestamp, time_this_iter_s, iterations_since_restore ...)."""
+    trials: dict[str, list[dict]] = {}
+    for path in sorted(Path(experiment_dir).glob("*/result.json")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            trials[rows[0]["trial_id"]] = rows
+    return trials
+
+
+def trial_failures(experiment_dir: Path) -> dict[str, int]:
+    """Each trial's num_failures (crashes Ray restarted it from) in the newest experiment snapshot."""
+    snapshot = max(Path(experiment_dir).glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    failures = {}
+    for trial_json, runtime_json in json.loads(snapshot.read_text())["trial_data"]:
+        failures[json.loads(trial_json)["trial_id"]] = json.loads(runtime_json)["num_failures"]
+    return failures

@@ -159,7 +159,8 @@ def table(rows: list[tuple[str, Score | None]]) -> str:
         loss = f"{score.loss:.4f}" if score.loss is not None else "-"
         source = "recorded earlier" if score.reused else ("evaluated now" if score.metric == "test_acc" else
                                                           "recorded at registration")
-        lines.append(f"{role:10s} {score.version:>7s}  {score.metric:8s} {score.accuracy:8.4f}  {loss:>7s}  {source}")
+        version = str(score.version)  # int from a database store, str over REST
+        lines.append(f"{role:10s} {version:>7s}  {score.metric:8s} {score.accuracy:8.4f}  {loss:>7s}  {source}")
     return "\n".join(lines)
 
 

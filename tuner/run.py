@@ -137,19 +137,24 @@ def connect_ray(address: str | None) -> str:
     return address or "local"
 
 
-class GpuBudgetStopper:
-    """Stops the whole sweep once the trials' GPU-seconds (GPU share x wall time) reach budget.gpu_hours."""
+class BudgetStopper:
+    """Stops the whole sweep once the trials' GPU-seconds (GPU share x wall time) reach budget.gpu_hours,
+    or their epochs together reach budget.epochs. Plain values only: Tune pickles it for --resume."""
 
-    def __init__(self, gpu_hours: float | None) -> None:
+    def __init__(self, gpu_hours: float | None, epochs: int | None) -> None:
         self.limit_s = gpu_hours * 3600 if gpu_hours else None
+        self.limit_epochs = epochs
         self.spent: dict[str, float] = {}
+        self.epochs: dict[str, int] = {}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         self.spent[trial_id] = float(result.get("gpu_seconds", 0.0))
+        self.epochs[trial_id] = int(result.get("epoch", 0))
         return False
 
     def stop_all(self) -> bool:
-        return self.limit_s is not None and sum(self.spent.values()) >= self.limit_s
+        return (self.limit_s is not None and sum(self.spent.values()) >= self.limit_s) or (
+            self.limit_epochs is not None and sum(self.epochs.values()) >= self.limit_epochs)
 
 
 # The driver's SweepRun by parent run id. Tune pickles callbacks and the searcher into its experiment
@@ -312,9 +317,10 @@ def run_sweep(plan: SweepPlan, data: Any, sweep: Any) -> SweepSummary:
                 num_samples=space.budget.trials, max_concurrent_trials=space.search.max_concurrent,
                 time_budget_s=space.budget.wall_time_s,
                 reuse_actors=True,  # a fresh worker per trial re-imports torch and MLflow: seconds per trial
+                trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=plan.name, storage_path=plan.storage, stop=_stopper(space.budget.gpu_hours),
+                name=plan.name, storage_path=plan.storage, stop=_stopper(space.budget),
                 callbacks=[_tune_callback(recorder)], verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode),
@@ -327,12 +333,17 @@ def run_sweep(plan: SweepPlan, data: Any, sweep: Any) -> SweepSummary:
     return summarise(plan, results, sweep, started, CHECKPOINT_FILE, load_checkpoint)
 
 
-def _stopper(gpu_hours: float | None) -> Any:
+def trial_dirname(trial: Any) -> str:
+    """`t007-1a2b3c4d`: Ray's default folder name spells out the whole config (hundreds of characters)."""
+    return f"t{int(trial.config.get('index', 0)):03d}-{trial.trial_id}"
+
+
+def _stopper(budget: Any) -> Any:
     from ray import tune
 
-    class _GpuBudget(tune.Stopper):
+    class _Budget(tune.Stopper):
         def __init__(self) -> None:
-            self.budget = GpuBudgetStopper(gpu_hours)
+            self.budget = BudgetStopper(budget.gpu_hours, budget.epochs)
 
         def __call__(self, trial_id: str, result: dict) -> bool:
             return self.budget(trial_id, result)
@@ -340,7 +351,7 @@ def _stopper(gpu_hours: float | None) -> Any:
         def stop_all(self) -> bool:
             return self.budget.stop_all()
 
-    return _GpuBudget()
+    return _Budget()
 
 
 def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float, checkpoint_file: str,

@@ -135,6 +135,7 @@ class Budget:
     trials: int = 16
     wall_time_s: float | None = None
     gpu_hours: float | None = None
+    epochs: int | None = None   # total epochs over all trials (equal-budget comparisons)
 
 
 @dataclass(frozen=True)
@@ -424,7 +425,7 @@ class _SpaceParser:
                              "resources need cpus > 0 and gpus >= 0 (a fraction below 1, or a whole number)")
         if budget.trials < 1:
             raise self.error(raw.get("budget"), "trials", "budget.trials must be at least 1")
-        for key in ("wall_time_s", "gpu_hours"):
+        for key in ("wall_time_s", "gpu_hours", "epochs"):
             if getattr(budget, key) is not None and getattr(budget, key) <= 0:
                 raise self.error(raw.get("budget"), key.replace("_s", ""), f"budget.{key} must be positive")
         try:
@@ -478,7 +479,8 @@ def describe(space: SearchSpace) -> str:
     b = space.budget
     lines.append(f"trials: {b.trials} (max {space.search.max_concurrent} at once, {space.search.algorithm}, "
                  f"seed {space.search.seed})" + (f", wall time {b.wall_time_s:.0f}s" if b.wall_time_s else "")
-                 + (f", GPU budget {b.gpu_hours} h" if b.gpu_hours else ""))
+                 + (f", GPU budget {b.gpu_hours} h" if b.gpu_hours else "")
+                 + (f", epoch budget {b.epochs}" if b.epochs else ""))
     lines.append(f"network size in this space: {count_params(small):,} to {count_params(large):,} params, "
                  f"{count_macs(small) / 1e6:.1f} to {count_macs(large) / 1e6:.1f} M MACs per image")
     c = space.constraints

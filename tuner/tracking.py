@@ -678,17 +678,19 @@ class SweepRun:
                 serialization_format="pt2",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
-        try:
-            self._client.create_registered_model(
-                model_name, description="ModifiedResNet on CIFAR-10, registered by tuner sweeps")
-        except MlflowException as err:
-            if err.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        version = self._client.create_model_version(
-            model_name, source=info.model_uri, run_id=run_id, tags=lineage, model_id=info.model_id,
-            description=(f"sweep {self.sweep_name}, trial {trial_id}: val acc {float(val_acc):.4f}, "
-                         f"{count_params(config):,} params; widths {config.widths} blocks {config.blocks}"),
-        )
+            # Still inside: a database registry looks the logged model up through the *global* tracking
+            # URI, so with the local sqlite store it must point at our store here too.
+            try:
+                self._client.create_registered_model(
+                    model_name, description="ModifiedResNet on CIFAR-10, registered by tuner sweeps")
+            except MlflowException as err:
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+            version = self._client.create_model_version(
+                model_name, source=info.model_uri, run_id=run_id, tags=lineage, model_id=info.model_id,
+                description=(f"sweep {self.sweep_name}, trial {trial_id}: val acc {float(val_acc):.4f}, "
+                             f"{count_params(config):,} params; widths {config.widths} blocks {config.blocks}"),
+            )
         self._client.set_tag(self.run_id, "tuner.registered_version", f"{model_name}/{version.version}")
         return str(version.version)
 

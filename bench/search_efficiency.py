@@ -1,0 +1,152 @@
+"""Search efficiency: Optuna TPE + ASHA vs random search without early stopping, same total epoch budget.
+
+Both run through the real service (`python -m tuner.run`, local Ray, a local MLflow store) on the real
+training images (validation split, CPU-sized networks), once per seed. Random search runs
+`--random-trials` trials of `--max-epochs` epochs each; TPE + ASHA gets the same total number of epochs
+(`budget.epochs`). From every trial's per-epoch results (ordered by when they were reported) we draw
+best-so-far validation accuracy against epochs spent, and report the share of the budget at which
+TPE + ASHA first reaches random search's final best. Goal (issue #3): within 40% of the budget.
+
+    python bench/search_efficiency.py --data-dir data --seeds 0,1,2 --out runs/bench/search
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+SPACE = """
+name: {name}
+fixed: {{batch_size: 128, blocks: [1, 1, 1], warmup_epochs: 1, tta_flip: false}}
+parameters:
+  widths: {{choices: [[8, 16, 32], [16, 32, 64], [24, 48, 96]]}}
+  optimizer: [sgd, adamw]
+  lr: {{type: float, low: 0.0003, high: 1.0, log: true}}
+  weight_decay: {{type: float, low: 0.00001, high: 0.01, log: true}}
+  label_smoothing: {{type: float, low: 0.0, high: 0.2}}
+search: {{algorithm: {algorithm}, seed: {seed}, startup_trials: 4, max_concurrent: 2}}
+scheduler: {{type: {scheduler}, max_epochs: {max_epochs}, grace_period: 1, reduction_factor: 3}}
+resources: {{cpus: 1, gpus: 0}}
+budget: {{trials: {trials}{epoch_budget}}}
+data: {{val_size: {val_size}, subset: {subset}, split_seed: 0}}
+"""
+
+
+def run_sweep(out: Path, name: str, space_text: str, data_dir: str) -> float:
+    space = out / f"{name}.yaml"
+    space.write_text(textwrap.dedent(space_text))
+    started = time.monotonic()
+    command = [sys.executable, "-m", "tuner.run", "--space", str(space), "--name", name, "--storage",
+               str(out / "runs"), "--mlflow-uri", f"sqlite:///{out / 'mlflow.db'}", "--data-dir", data_dir]
+    with open(out / f"{name}.log", "w") as log:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return time.monotonic() - started
+
+
+def epoch_results(sweep_dir: Path) -> list[dict]:
+    """Every reported epoch of every trial, in the order they were reported."""
+    rows = []
+    for result_file in sweep_dir.glob("*/result.json"):
+        for line in result_file.read_text().splitlines():
+            row = json.loads(line)
+            if "val_acc" in row and not row.get("diverged"):
+                rows.append({"t": row["timestamp"], "val_acc": row["val_acc"], "trial": row["trial_id"],
+                             "epoch": row["epoch"]})
+    return sorted(rows, key=lambda r: (r["t"], r["epoch"]))  # Ray stamps results in whole seconds
+
+
+def best_so_far(rows: list[dict]) -> list[float]:
+    curve, best = [], 0.0
+    for row in rows:
+        best = max(best, row["val_acc"])
+        curve.append(best)
+    return curve
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--random-trials", type=int, default=10)
+    parser.add_argument("--max-epochs", type=int, default=5)
+    parser.add_argument("--subset", type=int, default=3000)
+    parser.add_argument("--val-size", type=int, default=1000)
+    parser.add_argument("--out", default="runs/bench/search")
+    parser.add_argument("--plot", default="docs/search_efficiency.png")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    budget = args.random_trials * args.max_epochs
+    common = dict(max_epochs=args.max_epochs, val_size=args.val_size, subset=args.subset)
+    summary = []
+    curves = {}
+    for seed in (int(s) for s in args.seeds.split(",")):
+        stamp = time.strftime("%H%M%S")
+        random_name, asha_name = f"random-s{seed}-{stamp}", f"tpe-asha-s{seed}-{stamp}"
+        random_s = run_sweep(out, random_name, SPACE.format(
+            name=random_name, algorithm="random", scheduler="fifo", seed=seed, trials=args.random_trials,
+            epoch_budget="", **common), args.data_dir)
+        asha_s = run_sweep(out, asha_name, SPACE.format(
+            name=asha_name, algorithm="tpe", scheduler="asha", seed=seed, trials=1000,
+            epoch_budget=f", epochs: {budget}", **common), args.data_dir)
+        random_curve = best_so_far(epoch_results(out / "runs" / random_name))
+        asha_rows = epoch_results(out / "runs" / asha_name)
+        asha_curve = best_so_far(asha_rows)
+        target = random_curve[-1]
+        reached = next((i + 1 for i, v in enumerate(asha_curve) if v >= target), None)
+        row = {"seed": seed, "budget_epochs": budget, "random_epochs": len(random_curve),
+               "asha_epochs": len(asha_curve), "asha_trials": len({r["trial"] for r in asha_rows}),
+               "random_final_best": target, "asha_final_best": asha_curve[-1],
+               "asha_epochs_to_random_best": reached,
+               "share_of_budget": (reached / budget) if reached else None,
+               "random_wall_s": round(random_s), "asha_wall_s": round(asha_s)}
+        summary.append(row)
+        curves[seed] = (random_curve, asha_curve)
+        print(json.dumps(row), flush=True)
+
+    print(f"\nbudget {budget} epochs per search ({args.random_trials} random trials x {args.max_epochs} epochs); "
+          f"data: first {args.subset} training images, {args.val_size} validation images")
+    print("seed  random best  tpe+asha best  tpe+asha trials  epochs to reach random's best  share of budget")
+    for r in summary:
+        share = f"{r['share_of_budget'] * 100:.0f}%" if r["share_of_budget"] else "not reached"
+        reached = r["asha_epochs_to_random_best"] or "-"
+        print(f"{r['seed']:>4}  {r['random_final_best']:.4f}       {r['asha_final_best']:.4f}         "
+              f"{r['asha_trials']:>3}              {reached:>3}                          {share}")
+    shares = [r["share_of_budget"] for r in summary]
+    met = sum(1 for s in shares if s is not None and s <= 0.4)
+    print(f"goal (reach random's best within 40% of the budget): met in {met} of {len(shares)} seeds")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(curves, budget, Path(args.plot))
+
+
+def plot(curves: dict[int, tuple[list[float], list[float]]], budget: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for seed, (random_curve, asha_curve) in curves.items():
+        ax.plot(range(1, len(random_curve) + 1), random_curve, color="tab:gray", alpha=0.8,
+                label="random, no early stopping" if seed == min(curves) else None)
+        ax.plot(range(1, len(asha_curve) + 1), asha_curve, color="tab:blue",
+                label="Optuna TPE + ASHA" if seed == min(curves) else None)
+    ax.axvline(0.4 * budget, color="tab:red", linestyle="--", label="40% of budget")
+    ax.set_xlabel("epochs spent (all trials)")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title("Search efficiency, one line per seed")
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
