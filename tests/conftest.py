@@ -92,6 +92,17 @@ class MlflowServer:
         self.start()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny networks gain nothing from threads, and on a shared 2-core machine threads fight."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """A running mlflow server; `mlflow_server.uri` is its http URI. Stopped at the end of the session."""

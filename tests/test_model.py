@@ -1,7 +1,6 @@
 """ModifiedResNet: the default is the report's network, and count_params / count_macs match built models."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -29,14 +28,6 @@ ARCHITECTURES = [
 ]
 SMALL_ARCHITECTURES = [arch for arch in ARCHITECTURES if max(arch[0]) <= 64]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny networks gain nothing from threads, and on a shared 2-core machine threads fight."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,6 @@ TINY = dict(widths=(8,), blocks=(1,), batch_size=32, epochs=2, warmup_epochs=0.5
 REPRODUCIBLE = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny networks gain nothing from threads, and on a shared 2-core machine threads fight."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def restore_determinism() -> Iterator[None]:

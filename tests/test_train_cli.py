@@ -145,7 +145,7 @@ def test_unknown_key_in_the_config_file_is_named_with_a_suggestion(bad_runs: Bad
 
 
 def test_yaml_syntax_error_names_the_file_and_line(bad_runs: BadRuns) -> None:
-    assert_one_line_error(bad_runs.results["yaml-syntax"], f"{bad_runs.root / 'broken.yaml'}:3", "invalid YAML")
+    assert_one_line_error(bad_runs.results["yaml-syntax"], f"{bad_runs.root / 'broken.yaml'}:3", "YAML syntax error")
 
 
 @pytest.mark.parametrize(

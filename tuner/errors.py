@@ -34,3 +34,10 @@ def exit_on_user_error(main: F) -> F:
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]
+
+
+def yaml_error(path: object, err: Exception, fix: str) -> UserError:
+    """A YAML parse error as one line: file:line, the parser's complaint, and the fix."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark else str(path)
+    return UserError(f"{where}: YAML syntax error ({getattr(err, 'problem', None) or err}); {fix}")

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from tuner.errors import UserError, suggest
+from tuner.errors import UserError, suggest, yaml_error
 from tuner.model import count_macs, count_params
 from tuner.train import TrainConfig
 
@@ -248,9 +248,7 @@ def load_space(name: str | Path) -> SearchSpace:
     try:
         raw = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader subclass
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: YAML syntax error ({getattr(err, 'problem', err)}); fix the file") from None
+        raise yaml_error(path, err, "fix the file (schema: search_spaces/README.md)") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a space file is a mapping with keys like 'parameters:' and 'scheduler:'")
     return _SpaceParser(path, text).parse(raw)

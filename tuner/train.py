@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from tuner import augment
 from tuner.data import DataSplits, ImageSet
-from tuner.errors import UserError, suggest
+from tuner.errors import UserError, suggest, yaml_error
 from tuner.model import build_model
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -498,9 +498,7 @@ def config_from_file(path: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist: give a YAML file of TrainConfig fields") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: invalid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+        raise yaml_error(path, err, "fix the syntax") from None
     if not isinstance(values, dict):
         raise UserError(f"{path}: expected a mapping of TrainConfig fields, e.g. 'lr: 0.1'")
     return values
