@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -196,11 +197,14 @@ def running_trials(experiment: Path) -> list[tuple[str, int, int]]:
     writes each checkpoint there itself as it reports: checkpoint_00000k exists once epoch k+1 is reported.
     """
     found = []
-    for trial_dir in experiment.glob("train_trial_*"):
-        lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
-        checkpoints = [int(p.name.rsplit("_", 1)[1]) for p in trial_dir.glob("checkpoint_*")]
-        if lines and checkpoints:
-            last = json.loads(lines[-1])
+    for result_file in experiment.glob("*/result.json"):
+        trial_dir, lines = result_file.parent, result_file.read_text().splitlines()
+        checkpoints = [int(m.group(1)) for p in trial_dir.iterdir() if (m := re.fullmatch(r"checkpoint_(\d+)", p.name))]
+        try:
+            last = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:  # caught mid-sync
+            continue
+        if last and checkpoints:
             found.append((last["trial_id"], last["pid"], max(checkpoints) + 1))
     return found
 

@@ -186,3 +186,30 @@ def test_resources_no_node_has_fail_clearly(tmp_path: Path, workdir: Path, ray_h
     assert "resources.gpus=1 per trial but the largest node has 0 GPU" in out
     assert "Traceback" not in out
 
+
+
+def test_tracking_outage_mid_sweep_loses_no_metric(workdir: Path, ray_head: RayNode, mlflow_server) -> None:
+    """The server goes away after the first trial ends and comes back later: every epoch still lands."""
+    driver = tuner_run(workdir, ray_head, mlflow_server.uri, "--space", str(workdir / "tiny.yaml"),
+                       "--name", "outage")
+    seen = []
+    while not any(line.startswith("[1/7]") for line in seen[-1:]):
+        line = driver.stdout.readline()
+        if not line and driver.poll() is not None:
+            pytest.fail("sweep ended before the outage:\n" + "".join(seen[-40:]))
+        seen.append(line)
+    mlflow_server.stop()
+    try:
+        time.sleep(30)  # the outage the issue names; trials keep training and buffering meanwhile
+    finally:
+        mlflow_server.start()
+    out, _ = driver.communicate(timeout=400)
+    assert driver.returncode == 0, ("".join(seen) + out)[-4000:]
+    runs = [r for r in child_runs(mlflow_server.uri, "outage") if r.data.tags.get("tuner.outcome") != "infeasible"]
+    assert len(runs) == 7
+    client = MlflowClient(mlflow_server.uri)
+    for run in runs:
+        epochs = int(run.data.tags["tuner.epochs_run"])
+        for key in ("val_acc", "train_loss"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert steps == list(range(1, epochs + 1)), (run.data.tags["tuner.trial_id"], key, steps)

@@ -84,7 +84,9 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
             tune.report({"epoch": len(result.history) + 1, settings.metric: worst_value(settings.metric),
                          "diverged": True, **size, "gpu_seconds": settings.gpus * seconds()})
     if run is not None:
-        run.finish(outcome, {"tuner.gpu_seconds": f"{settings.gpus * seconds():.1f}"})
+        # 30 s, not longer: the trial holds its GPU share while it waits, and the driver fills in at the
+        # end whatever epochs a worker could not deliver during a tracking outage.
+        run.finish(outcome, {"tuner.gpu_seconds": f"{settings.gpus * seconds():.1f}"}, timeout_s=30.0)
 
 
 def _epochs_run(result: FitResult | None, resume: dict | None) -> int:
