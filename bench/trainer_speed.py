@@ -1,8 +1,8 @@
 """Training throughput: our trainer vs the student report's input pipeline, same network, same device.
 
 Ours (`tuner.train.fit`): the split lives on the device as uint8; every batch is sliced, augmented
-(batched crop + flip, optionally jitter/rotation/translation) and normalised there; bf16 + channels_last
-on CUDA. Measured with the default TrainConfig (epochs=1 on the first --images training images) and
+(batched crop + flip, optionally jitter/rotation/translation) and normalised there; bf16 autocast (on CUDA
+and on CPUs with native bf16) and channels_last. Measured with the default TrainConfig (epochs=1 on the first --images training images) and
 again with the report's augmentation set (color_jitter=0.2, rotation=15, translate=0.1). Its figure
 is `EpochMetrics.images_per_s`, which times the training steps and excludes evaluation.
 
@@ -40,7 +40,7 @@ from torchvision import transforms
 from tuner.data import DataSplits, ImageSet, load_train, write_synthetic_cifar10
 from tuner.errors import UserError, exit_on_user_error
 from tuner.model import ModifiedResNet
-from tuner.train import CIFAR_MEAN, CIFAR_STD, TrainConfig, fit, pick_device
+from tuner.train import CIFAR_MEAN, CIFAR_STD, TrainConfig, autocast_dtype, fit, pick_device
 
 REPORT_BATCH = 128
 REPORT_AUGMENTATION = dict(color_jitter=0.2, rotation=15.0, translate=0.1)
@@ -172,8 +172,7 @@ def main() -> None:
               f"widths {','.join(map(str, ours.widths))} blocks {','.join(map(str, ours.blocks))}; "
               f"{args.images} timed images after {args.warmup_batches} warmup batches; {source}", flush=True)
 
-        autocast = ours.precision == "bf16" or (ours.precision == "auto" and device.type == "cuda")
-        precision = "bf16" if autocast else "fp32"  # what fit runs: bf16 autocast on CUDA, fp32 elsewhere
+        precision = "bf16" if autocast_dtype(ours, device) is not None else "fp32"  # what fit runs here
         rows = []
         for label, config in (("ours, default recipe", ours), ("ours, report augmentation", ours_report_aug)):
             speed, seen = ours_images_per_s(config, train, val, device, args.warmup_batches)

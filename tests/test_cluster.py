@@ -298,7 +298,7 @@ def test_killed_trial_worker_resumes_from_its_last_checkpoint(workdir: Path, hea
 
     def trial_past_epoch_2() -> tuple[str, int] | None:
         for trial_id, pid, epochs in running_trials(experiment):
-            if 2 <= epochs <= FAULT_EPOCHS - 3:
+            if 2 <= epochs <= FAULT_EPOCHS - 2:
                 return trial_id, pid
         return None
 
@@ -322,7 +322,7 @@ def test_trial_on_a_stopped_node_moves_to_the_other_node_and_completes(workdir: 
     def trial_on_worker_past_epoch_2() -> tuple[str, int] | None:
         pids = worker.pids()
         for trial_id, pid, epochs in running_trials(experiment):
-            if pid in pids and 2 <= epochs <= FAULT_EPOCHS - 3:
+            if pid in pids and 2 <= epochs <= FAULT_EPOCHS - 2:
                 return trial_id, pid
         return None
 

@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class SweepPlan:
     local_dir: Path             # this driver's folder for the sweep: space copy, Optuna study
     resume: bool = False
     warm_start: str | None = None
-    extra_tags: dict[str, str] = field(default_factory=dict)
 
 
 def plan_sweep(args: argparse.Namespace) -> SweepPlan:
@@ -79,7 +78,6 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
     if args.trials is not None:
         if args.trials < 1:
             raise UserError(f"--trials {args.trials} must be at least 1")
-        from dataclasses import replace
         space = replace(space, budget=replace(space.budget, trials=args.trials))
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     local_dir = local_root / name

@@ -249,7 +249,7 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA, and on CPUs with native bf16 (measured 2.0x fp32 there: docs/benchmarks.md)."""
     if config.precision == "bf16":
         return torch.bfloat16
@@ -341,7 +341,7 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
     torch.manual_seed(config.seed)
     # channels_last suits oneDNN too: on a 2-core Zen 4 CPU it measured 1.5x NCHW in fp32 (docs/benchmarks.md).
     channels_last = config.channels_last
-    autocast = _autocast_dtype(config, device)
+    autocast = autocast_dtype(config, device)
 
     model = build_model(config).to(device)
     if channels_last:
@@ -476,7 +476,7 @@ def evaluate_images(
     """(loss, accuracy) of a trained model on any ImageSet, e.g. the test split at promotion."""
     device = torch.device(device) if device is not None else pick_device()
     model = model.to(device, memory_format=torch.channels_last)  # as fit evaluates, so figures agree
-    autocast = _autocast_dtype(TrainConfig(), device)
+    autocast = autocast_dtype(TrainConfig(), device)
     return evaluate(model, _DeviceImages(images, device), tta_flip, autocast, channels_last=True)
 
 
