@@ -2,9 +2,10 @@
 
 Ours (`tuner.train.fit`): the split lives on the device as uint8; every batch is sliced, augmented
 (batched crop + flip, optionally jitter/rotation/translation) and normalised there; bf16 autocast (on CUDA
-and on CPUs with native bf16) and channels_last. Measured with the default TrainConfig (epochs=1 on the first --images training images) and
-again with the report's augmentation set (color_jitter=0.2, rotation=15, translate=0.1). Its figure
-is `EpochMetrics.images_per_s`, which times the training steps and excludes evaluation.
+and on CPUs with native bf16) and channels_last. Measured with the default TrainConfig (epochs=1 on the
+first --images training images) and again with the report's augmentation set (color_jitter=0.2,
+rotation=15, translate=0.1). Its figure is `EpochMetrics.images_per_s`, which times the training steps
+and excludes evaluation.
 
 The report, re-implemented faithfully: a Dataset that turns each uint8 image into a PIL image (as
 `torchvision.datasets.CIFAR10` does), torchvision transforms per image (RandomCrop(32, padding=4),
