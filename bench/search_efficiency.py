@@ -92,8 +92,10 @@ def main() -> None:
         random_s = run_sweep(out, random_name, SPACE.format(
             name=random_name, algorithm="random", scheduler="fifo", seed=seed, trials=args.random_trials,
             epoch_budget="", **common), args.data_dir)
+        # Another sampler seed: TPE's startup trials are random draws, and with the same seed they would be
+        # the random search's first trials, so both searches would share their best early configs.
         asha_s = run_sweep(out, asha_name, SPACE.format(
-            name=asha_name, algorithm="tpe", scheduler="asha", seed=seed, trials=1000,
+            name=asha_name, algorithm="tpe", scheduler="asha", seed=seed + 1000, trials=1000,
             epoch_budget=f", epochs: {budget}", **common), args.data_dir)
         random_curve = best_so_far(epoch_results(out / "runs" / random_name))
         asha_rows = epoch_results(out / "runs" / asha_name)
