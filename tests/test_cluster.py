@@ -65,7 +65,7 @@ budget: {{trials: 4}}
 data: {{val_size: 100, subset: 1000}}
 """
 # Fault sweeps train on all 2,900 images: epochs of ~2 s leave time to strike mid-trial.
-FAULT_EPOCHS = 6
+FAULT_EPOCHS = 7
 FAULT = f"""
 name: fault
 {FIXED % ", widths: [8, 16]"}
@@ -209,20 +209,23 @@ def running_trials(experiment: Path) -> list[tuple[str, int, int]]:
 
 
 def assert_resumed_from_checkpoint(uri: str, run: Run, rows: list[dict], first_pid: int) -> None:
-    """The trial's new worker went on from a checkpoint, not from epoch 1, and every epoch is in MLflow."""
+    """The trial's new worker went on from a checkpoint, not from epoch 1, and every epoch is in MLflow.
+
+    Two Ray effects make this looser than "each epoch once": Ray registers a result and its checkpoint as
+    separate events, so a failure between them restarts the trial from the checkpoint before the last
+    recorded result (that epoch and the one in flight run twice); and result lines not yet synced to
+    storage when the worker dies are missing from result.json. The full record is MLflow's (the worker
+    logs each epoch before reporting it).
+    """
     after = [r for r in rows if r["pid"] != first_pid]
     assert after, "no report from a new worker: the trial was not restarted"
     resumed_at = after[0]["epoch"]
     assert resumed_at > 1 and after[0]["iterations_since_restore"] == 1, f"restarted at epoch {resumed_at}"
     assert [r["epoch"] for r in after] == list(range(resumed_at, FAULT_EPOCHS + 1))
-    epochs = [r["epoch"] for r in rows]
-    assert epochs == sorted(set(epochs)), f"Ray recorded an epoch twice: {epochs}"
-    # Result lines Ray had not yet synced to storage when the worker died are lost there, so the full
-    # record is MLflow's, which the worker writes before each report. Only the epoch in flight at the
-    # failure may be there twice (finished and logged, but its checkpoint not yet registered by Ray).
     steps = Counter(metric_steps(uri, run))
     assert sorted(steps) == list(range(1, FAULT_EPOCHS + 1)), f"epochs in MLflow: {sorted(steps)}"
-    assert {epoch for epoch, n in steps.items() if n > 1} <= {resumed_at}, f"epochs logged twice: {steps}"
+    twice = {epoch for epoch, n in steps.items() if n > 1}
+    assert twice <= {resumed_at, resumed_at + 1} and max(steps.values()) <= 2, f"epochs logged: {steps}"
     assert run.data.tags["tuner.outcome"] == "completed"
 
 
@@ -292,14 +295,14 @@ def test_killed_trial_worker_resumes_from_its_last_checkpoint(workdir: Path, hea
     space = write_space(workdir, FAULT.replace("CPUS", "0.5"), "killed-worker")
     experiment = workdir / "runs" / "killed-worker"
 
-    def trial_past_epoch_2() -> tuple[str, int] | None:
+    def trial_past_epoch_3() -> tuple[str, int] | None:
         for trial_id, pid, epochs in running_trials(experiment):
-            if 2 <= epochs <= FAULT_EPOCHS - 2:
+            if 3 <= epochs <= FAULT_EPOCHS - 2:
                 return trial_id, pid
         return None
 
     with sweep(workdir, head, mlflow_server.uri, space, "killed-worker") as driver:
-        trial_id, pid = wait_for(trial_past_epoch_2, driver, "a trial reported epoch 2")
+        trial_id, pid = wait_for(trial_past_epoch_3, driver, "a trial reported epoch 3")
         assert pid in head.pids(), f"pid {pid} is not a process of this test's Ray node"
         os.kill(pid, signal.SIGKILL)
         finish(driver, workdir, "killed-worker")
@@ -315,15 +318,15 @@ def test_trial_on_a_stopped_node_moves_to_the_other_node_and_completes(workdir: 
     space = write_space(workdir, FAULT.replace("CPUS", "1"), "lost-node")
     experiment = workdir / "runs" / "lost-node"
 
-    def trial_on_worker_past_epoch_2() -> tuple[str, int] | None:
+    def trial_on_worker_past_epoch_3() -> tuple[str, int] | None:
         pids = worker.pids()
         for trial_id, pid, epochs in running_trials(experiment):
-            if pid in pids and 2 <= epochs <= FAULT_EPOCHS - 2:
+            if pid in pids and 3 <= epochs <= FAULT_EPOCHS - 2:
                 return trial_id, pid
         return None
 
     with sweep(workdir, head, mlflow_server.uri, space, "lost-node") as driver:
-        trial_id, pid = wait_for(trial_on_worker_past_epoch_2, driver, "a trial on the worker reported epoch 2")
+        trial_id, pid = wait_for(trial_on_worker_past_epoch_3, driver, "a trial on the worker reported epoch 3")
         stopped = time.monotonic()
         worker.stop()
         finish(driver, workdir, "lost-node")

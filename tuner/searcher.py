@@ -87,30 +87,30 @@ class SpaceSearcher(OptunaSearch):
                 self._on_rejected(self.suggested + self.rejected, config, reason)
         raise RuntimeError(f"{MAX_REJECTIONS} samples in a row broke the constraints; loosen them")
 
-    def _finished_in_study(self, trial_id: str) -> bool:
-        """True when the study already holds this trial's end: after --resume, Ray's older snapshot of
-        the searcher may not know what the (synchronously written) study already recorded."""
-        ot_trial = self._ot_trials[trial_id]
-        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
-            self._completed_trials.add(trial_id)
-            return True
-        return False
+    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
+        """The trial as the study holds it. After --resume, Ray's older snapshot of this searcher may not
+        know what the (synchronously written) study already recorded, so the study is the authority."""
+        return self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials or self.metric not in result:
+        if trial_id not in self._ot_trials or trial_id in self._completed_trials or self.metric not in result:
             return
-        if self._finished_in_study(trial_id):
-            return
-        ot_trial.report(result[self.metric], int(result[EPOCH]))
+        stored = self._stored(trial_id)
+        if stored.state.is_finished():
+            self._completed_trials.add(trial_id)
+        elif int(result[EPOCH]) not in stored.intermediate_values:  # a resumed trial may repeat an epoch
+            self._ot_trials[trial_id].report(result[self.metric], int(result[EPOCH]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._finished_in_study(trial_id):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        if self._stored(trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)
             return
         ot_trial = self._ot_trials[trial_id]
         if result and self.metric in result and not result.get("diverged") and EPOCH in result:
-            # Ray hands a trial's last result (the one that ends it, or the one ASHA stops it on) only to
-            # on_trial_complete, never to on_trial_result: record it as that epoch's intermediate value.
+            # Ray does not always pass a trial's last result (the one ASHA stops it on, say) through
+            # on_trial_result first: make sure it is recorded as that epoch's intermediate value.
             self.on_trial_result(trial_id, result)
         if error:
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)

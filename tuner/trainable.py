@@ -20,7 +20,7 @@ from ray import tune
 
 from tuner.data import DataSplits
 from tuner.model import count_macs, count_params
-from tuner.train import FitResult, TrainConfig, fit, load_checkpoint, save_checkpoint
+from tuner.train import FitResult, TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -53,7 +53,7 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
     run = _open_tracking(settings, trial_id, int(config.get("index", 0)), train_config)
     # node_id: which Ray node ran the epoch (multi-node checks, and where a resumed trial moved to)
     size = {"params": count_params(train_config), "macs": count_macs(train_config),
-            "node_id": ray.get_runtime_context().get_node_id()}
+            "node_id": ray.get_runtime_context().get_node_id(), "device": pick_device().type}
 
     def seconds() -> float:
         return earlier_seconds + time.monotonic() - started
