@@ -246,7 +246,11 @@ def load_space(name: str | Path) -> SearchSpace:
     path = resolve_space_path(name)
     text = path.read_text()
     try:
-        raw = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - _LineLoader is a SafeLoader subclass
+        loader = _LineLoader(text)  # a SafeLoader that also records key lines (what yaml.safe_load does)
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         raise yaml_error(path, err, "fix the file (schema: search_spaces/README.md)") from None
     if not isinstance(raw, dict):
