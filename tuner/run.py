@@ -202,8 +202,9 @@ class OutcomeRecorder:
               + (f", {self.metric} {value:.4f} at epoch {result.get('epoch')}" if value is not None else ""),
               flush=True)
         tags = {"tuner.gpu_seconds": f"{float(result.get('gpu_seconds', 0.0)):.1f}",
-                "tuner.epochs_run": str(result.get("epoch", 0) if not result.get("diverged") else
-                                        int(result.get("epoch", 1)) - 1)}
+                # a diverged or out-of-memory trial reports the epoch it failed in, which did not finish
+                "tuner.epochs_run": str(int(result.get("epoch", 0)) - (1 if result.get("diverged") or
+                                                                       result.get("error") else 0))}
         _LIVE_SWEEPS[self.parent_run_id].set_trial_outcome(trial.trial_id, outcome, tags)
 
 

@@ -20,7 +20,7 @@ from ray import tune
 
 from tuner.data import DataSplits
 from tuner.model import count_macs, count_params
-from tuner.train import FitResult, TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint
+from tuner.train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -58,7 +58,11 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
     def seconds() -> float:
         return earlier_seconds + time.monotonic() - started
 
+    last_epoch = int(resume["epoch"]) if resume else 0
+
     def on_epoch(metrics: Any, make_checkpoint: Any) -> None:
+        nonlocal last_epoch
+        last_epoch = metrics.epoch
         values = {**metrics.as_dict(), **size, "gpu_seconds": settings.gpus * seconds(),
                   "trial_seconds": seconds(), "diverged": False}
         if run is not None:
@@ -75,24 +79,18 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
     except torch.cuda.OutOfMemoryError:
         # Not raised on: Ray would retry it on the same GPU share and fail the same way.
         outcome = "errored_out_of_gpu_memory"
-        tune.report({"epoch": _epochs_run(result, resume) + 1, settings.metric: worst_value(settings.metric),
+        tune.report({"epoch": last_epoch + 1, settings.metric: worst_value(settings.metric),
                      "diverged": False, "error": outcome, **size, "gpu_seconds": settings.gpus * seconds()})
     else:
         if result.status == "diverged":
             outcome = "diverged"
             # Reported as a result, not raised: a diverged config is a finding, not a crash to retry.
-            tune.report({"epoch": len(result.history) + 1, settings.metric: worst_value(settings.metric),
+            tune.report({"epoch": last_epoch + 1, settings.metric: worst_value(settings.metric),
                          "diverged": True, **size, "gpu_seconds": settings.gpus * seconds()})
     if run is not None:
         # 30 s, not longer: the trial holds its GPU share while it waits, and the driver fills in at the
         # end whatever epochs a worker could not deliver during a tracking outage.
         run.finish(outcome, {"tuner.gpu_seconds": f"{settings.gpus * seconds():.1f}"}, timeout_s=30.0)
-
-
-def _epochs_run(result: FitResult | None, resume: dict | None) -> int:
-    if result is not None:
-        return len(result.history)
-    return int(resume["epoch"]) if resume else 0
 
 
 def _open_tracking(settings: TrialSettings, trial_id: str, index: int, config: TrainConfig) -> Any:
