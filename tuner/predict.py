@@ -18,7 +18,14 @@ import torch
 
 from tuner.data import LABEL_NAMES
 from tuner.errors import UserError, exit_on_user_error
-from tuner.tracking import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, mlflow_globals, open_client, resolve_tracking_uri
+from tuner.tracking import (
+    CHAMPION_ALIAS,
+    DEFAULT_MODEL_NAME,
+    add_tracking_argument,
+    mlflow_globals,
+    open_client,
+    resolve_tracking_uri,
+)
 from tuner.train import preprocess
 
 DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
@@ -84,8 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="image files (any size: resized to 32x32)")
     parser.add_argument("--model-uri", default=DEFAULT_MODEL_URI,
                         help=f"MLflow model URI (default: {DEFAULT_MODEL_URI})")
-    parser.add_argument("--mlflow-uri",
-                        help="tracking server or store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    add_tracking_argument(parser)
     parser.add_argument("--no-tta", dest="tta_flip", action="store_false", help="no flip test-time augmentation")
     return parser
 

@@ -29,6 +29,7 @@ from tuner.tracking import (
     CHAMPION_ALIAS,
     CHECKPOINT_ARTIFACT,
     DEFAULT_MODEL_NAME,
+    add_tracking_argument,
     data_fingerprint,
     open_client,
 )
@@ -233,8 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
     parser.add_argument("--allow-val", action="store_true",
                         help="without a test split, compare the validation accuracy recorded at registration")
-    parser.add_argument("--mlflow-uri",
-                        help="tracking server or store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    add_tracking_argument(parser)
     return parser
 
 

@@ -32,6 +32,7 @@ from tuner.tracking import (
     TAG_OUTCOME,
     TAG_PARAMS,
     TAG_TRIAL,
+    add_tracking_argument,
     find_sweep_run,
     open_client,
     safe_name,
@@ -365,8 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sweep", required=True, help="the sweep's name (tag tuner.sweep of its parent run)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/reports/<sweep>)")
-    parser.add_argument("--mlflow-uri",
-                        help="tracking server or store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    add_tracking_argument(parser)
     return parser
 
 

@@ -166,6 +166,12 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --port 5000"
 
 
+def add_tracking_argument(parser: Any) -> None:
+    """The `--mlflow-uri` flag every CLI that reads the store shares (resolved by `open_client`)."""
+    parser.add_argument("--mlflow-uri",
+                        help="tracking server or store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+
+
 def open_client(flag: str | None) -> tuple[MlflowClient, str]:
     """A client for the CLIs that read a store: resolved URI, store must exist, server must answer."""
     uri = resolve_tracking_uri(flag)
