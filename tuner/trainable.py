@@ -73,7 +73,7 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
             save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    outcome, result = "completed", None
+    outcome = "completed"
     try:
         result = fit(train_config, data, on_epoch, resume=resume)
     except torch.cuda.OutOfMemoryError:
