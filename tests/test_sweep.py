@@ -152,6 +152,24 @@ def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_
     assert "best trial" in out
 
 
+def test_epoch_budget_stops_the_sweep_and_says_so(workdir: Path, ray_head: RayNode, tmp_path: Path) -> None:
+    space = (workdir / "tiny.yaml").read_text().replace("type: asha,", "type: fifo,").replace(
+        "budget: {trials: 7}", "budget: {trials: 7, epochs: 6}")
+    (tmp_path / "budget.yaml").write_text(space)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    finish(tuner_run(workdir, ray_head, uri, "--space", str(tmp_path / "budget.yaml"), "--name", "budget"))
+    runs = [r for r in child_runs(uri, "budget") if r.data.tags.get("tuner.outcome") != "infeasible"]
+    outcomes = [r.data.tags.get("tuner.outcome", "no outcome") for r in runs]
+    assert len(runs) < 7, "the epoch budget did not stop the sweep"
+    assert any(o.startswith("stopped_by_budget_at_epoch_") for o in outcomes), outcomes
+    assert not any(o.startswith("stopped_by_asha") for o in outcomes), outcomes  # FIFO never stops a trial
+    assert sum(int(r.data.tags["tuner.epochs_run"]) for r in runs) >= 6
+    assert all(r.info.status == "FINISHED" for r in runs)
+    launched = [t for t in study_of(workdir, "budget").trials if "ray_trial_id" in t.user_attrs]
+    assert {t.state for t in launched} <= {TrialState.COMPLETE, TrialState.PRUNED}, "a stopped trial left RUNNING"
+    assert any(t.state == TrialState.PRUNED and t.intermediate_values for t in launched)
+
+
 def test_dry_run_starts_no_trial(tmp_path: Path, workdir: Path) -> None:
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "tuner.run", "--space", str(workdir / "tiny.yaml"), "--dry-run",

@@ -27,6 +27,7 @@ from mlflow.entities import Run
 
 from tuner.errors import UserError, exit_on_user_error, suggest
 from tuner.tracking import (
+    STOPPED_PREFIX,
     TAG_GPU_SECONDS,
     TAG_MACS,
     TAG_OUTCOME,
@@ -45,7 +46,6 @@ SUMMARY_COLUMNS = [
     "trial_id", "run_name", "outcome", "status", "epochs_run", "final_val_acc", "best_val_acc", "best_epoch",
     "params_count", "macs", "gpu_seconds", "run_id",
 ]
-STOPPED_PREFIX = "stopped_by_asha"
 OUTCOME_COLOURS = {"completed": "tab:blue", "stopped": "tab:orange", "failed": "tab:red", "other": "tab:gray"}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError, exit_on_user_error
-from tuner.space import SearchSpace, describe, load_space
+from tuner.space import Budget, SearchSpace, describe, load_space
 from tuner.train import TrainConfig
 
 SPACE_COPY = "space.yaml"
@@ -169,11 +169,23 @@ class OutcomeRecorder:
     worker could not deliver (a tracking outage while Ray stopped the trial).
     """
 
-    def __init__(self, parent_run_id: str, metric: str, max_epochs: int, trials: int) -> None:
+    def __init__(self, parent_run_id: str, metric: str, max_epochs: int, budget: Budget, trials: int,
+                 study_url: str, study_name: str) -> None:
         self.parent_run_id, self.metric = parent_run_id, metric
         self.max_epochs, self.trials, self.done = max_epochs, trials, 0
+        # Its own tally of the sweep's budget, fed the results Tune's stopper sees: Tune ends the trials
+        # still running when the budget is spent without telling callbacks or the searcher why.
+        self.budget = BudgetStopper(budget.gpu_hours, budget.epochs)
+        self.deadline = time.time() + budget.wall_time_s if budget.wall_time_s else None
+        self.study_url, self.study_name = study_url, study_name
+        self.finished: set[str] = set()
 
-    def outcome(self, result: dict, errored: bool) -> str:
+    def budget_spent(self) -> bool:
+        return self.budget.stop_all() or (self.deadline is not None and time.time() >= self.deadline)
+
+    def outcome(self, result: dict, errored: bool, stopped_by: str = "asha") -> str:
+        from tuner.tracking import stopped_outcome
+
         if errored:
             return "errored"
         if result.get("error"):
@@ -181,11 +193,12 @@ class OutcomeRecorder:
         if result.get("diverged"):
             return "diverged"
         epoch = int(result.get("epoch", 0))
-        return "completed" if epoch >= self.max_epochs else f"stopped_by_asha_at_epoch_{epoch}"
+        return "completed" if epoch >= self.max_epochs else stopped_outcome(epoch, stopped_by)
 
     def result(self, trial: Any, result: dict) -> None:
         from tuner import tracking
 
+        self.budget(trial.trial_id, result)
         if "epoch" not in result or result.get("diverged") or result.get("error"):
             return
         config = TrainConfig.from_dict(trial.config["train"])
@@ -193,9 +206,10 @@ class OutcomeRecorder:
             trial.trial_id, {k: result[k] for k in EPOCH_METRICS if k in result}, int(result["epoch"]),
             run_name=tracking.trial_run_name(int(trial.config.get("index", 0)), config), config=config)
 
-    def complete(self, trial: Any, errored: bool) -> None:
+    def complete(self, trial: Any, errored: bool, outcome: str | None = None) -> None:
         result = trial.last_result or {}
-        outcome = self.outcome(result, errored)
+        outcome = outcome or self.outcome(result, errored)
+        self.finished.add(trial.trial_id)
         self.done += 1
         value = result.get(self.metric)
         print(f"[{self.done}/{self.trials}] trial {trial.trial_id} {outcome}"
@@ -206,6 +220,24 @@ class OutcomeRecorder:
                 "tuner.epochs_run": str(int(result.get("epoch", 0)) - (1 if result.get("diverged") or
                                                                        result.get("error") else 0))}
         _LIVE_SWEEPS[self.parent_run_id].set_trial_outcome(trial.trial_id, outcome, tags)
+
+    def experiment_end(self, trials: list) -> None:
+        """Trials Tune ended because the budget ran out: outcome `stopped_by_budget_at_epoch_N`, and PRUNED in
+        the study. After an interrupted driver (Ctrl-C) the budget is not spent and the trials stay
+        unfinished, so that --resume continues them."""
+        from tuner.searcher import tell_stopped
+
+        if not self.budget_spent():
+            return
+        stopped = {}
+        for trial in trials:
+            result = trial.last_result or {}
+            if trial.trial_id in self.finished or "epoch" not in result:
+                continue
+            stopped[trial.trial_id] = result
+            self.complete(trial, errored=False, outcome=self.outcome(result, errored=False, stopped_by="budget"))
+        if stopped:
+            tell_stopped(self.study_url, self.study_name, stopped, self.metric, self.max_epochs)
 
 
 def _tune_callback(recorder: OutcomeRecorder) -> Any:
@@ -223,6 +255,9 @@ def _tune_callback(recorder: OutcomeRecorder) -> Any:
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.recorder.complete(trial, errored=True)
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            self.recorder.experiment_end(trials)
 
     return _Callback(recorder)
 
@@ -308,7 +343,8 @@ def run_sweep(plan: SweepPlan, data: Any, sweep: Any) -> SweepSummary:
         scheduler = (ASHAScheduler(time_attr="epoch", max_t=sched.max_epochs, grace_period=sched.grace_period,
                                    reduction_factor=sched.reduction_factor)
                      if sched.type == "asha" else FIFOScheduler())
-        recorder = OutcomeRecorder(sweep.run_id, space.metric, sched.max_epochs, space.budget.trials)
+        recorder = OutcomeRecorder(sweep.run_id, space.metric, sched.max_epochs, space.budget, space.budget.trials,
+                                   study_url, plan.name)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(

@@ -107,23 +107,43 @@ class SpaceSearcher(OptunaSearch):
         if self._stored(trial_id).state.is_finished():
             self._completed_trials.add(trial_id)
             return
-        ot_trial = self._ot_trials[trial_id]
-        if result and self.metric in result and not result.get("diverged") and EPOCH in result:
-            # Ray does not always pass a trial's last result (the one ASHA stops it on, say) through
-            # on_trial_result first: make sure it is recorded as that epoch's intermediate value.
-            self.on_trial_result(trial_id, result)
-        if error:
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        elif result and result.get("diverged"):
-            ot_trial.set_user_attr("diverged", True)
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-        elif result and int(result.get(EPOCH, 0)) >= self._max_epochs and self.metric in result:
-            self._ot_study.tell(ot_trial, result[self.metric], state=TrialState.COMPLETE)
-        else:
-            ot_trial.set_user_attr("stopped_at_epoch", int(result.get(EPOCH, 0)) if result else 0)
-            # PRUNED takes the last intermediate value as the trial's value.
-            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        tell_finished(self._ot_study, self._ot_trials[trial_id], result, self.metric, self._max_epochs, error)
         self._completed_trials.add(trial_id)
+
+
+def tell_finished(study: optuna.Study, ot_trial: optuna.Trial, result: dict | None, metric: str, max_epochs: int,
+                  error: bool = False) -> None:
+    """Tell the study how a trial ended: COMPLETE only after max_epochs, PRUNED when stopped earlier, FAIL
+    when it errored or diverged."""
+    if result and metric in result and not result.get("diverged") and EPOCH in result:
+        # Ray does not always pass a trial's last result (the one ASHA stops it on, say) through
+        # on_trial_result first: make sure it is recorded as that epoch's intermediate value.
+        if int(result[EPOCH]) not in study._storage.get_trial(ot_trial._trial_id).intermediate_values:
+            ot_trial.report(result[metric], int(result[EPOCH]))
+    if error:
+        study.tell(ot_trial, state=TrialState.FAIL)
+    elif result and result.get("diverged"):
+        ot_trial.set_user_attr("diverged", True)
+        study.tell(ot_trial, state=TrialState.FAIL)
+    elif result and int(result.get(EPOCH, 0)) >= max_epochs and metric in result:
+        study.tell(ot_trial, result[metric], state=TrialState.COMPLETE)
+    else:
+        ot_trial.set_user_attr("stopped_at_epoch", int(result.get(EPOCH, 0)) if result else 0)
+        # PRUNED takes the last intermediate value as the trial's value.
+        study.tell(ot_trial, state=TrialState.PRUNED)
+
+
+def tell_stopped(study_url: str, study_name: str, results: dict[str, dict], metric: str, max_epochs: int) -> int:
+    """Tell the study about trials Ray ended without telling the searcher (the sweep's budget ran out), by
+    Ray trial id and last result. Trials the study has already finished are left alone."""
+    study = optuna.load_study(study_name=study_name, storage=study_url)
+    told = 0
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        result = results.get(frozen.user_attrs.get("ray_trial_id", ""))
+        if result is not None:
+            tell_finished(study, optuna.Trial(study, frozen._trial_id), result, metric, max_epochs)
+            told += 1
+    return told
 
 
 def warm_start(study: optuna.Study, previous: optuna.Study) -> int:

@@ -63,7 +63,8 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 PARENT_TAGS = ("tuner.git_commit", "tuner.space_hash", "tuner.data_fingerprint", "tuner.ray_address")
 
-OUTCOMES = ("completed", "infeasible", "diverged", "errored")  # plus stopped_outcome(epoch)
+OUTCOMES = ("completed", "infeasible", "diverged", "errored")  # plus stopped_outcome(epoch, by)
+STOPPED_PREFIX = "stopped_by_"
 FAILED_OUTCOMES = ("diverged", "errored")
 
 # One attempt per request, short timeout: a trial never sits in MLflow's retry loop (default: 7
@@ -78,9 +79,9 @@ MAX_BATCH_METRICS = 1000  # the REST API's limit per log_batch call
 PERMANENT_ERRORS = ("INVALID_PARAMETER_VALUE",)  # bad data: sending it again cannot succeed
 
 
-def stopped_outcome(epoch: int) -> str:
-    """The outcome tag of a trial the ASHA scheduler stopped after `epoch` epochs."""
-    return f"stopped_by_asha_at_epoch_{epoch}"
+def stopped_outcome(epoch: int, by: str = "asha") -> str:
+    """The outcome tag of a trial stopped after `epoch` epochs by the ASHA scheduler or the sweep's budget."""
+    return f"{STOPPED_PREFIX}{by}_at_epoch_{epoch}"
 
 
 def run_status(outcome: str) -> str:
