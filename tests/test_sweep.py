@@ -69,6 +69,24 @@ def finish(process: subprocess.Popen, timeout_s: float = 400) -> str:
     return out
 
 
+def kill_after_trials(driver: subprocess.Popen, finished: int) -> set[str]:
+    """SIGKILL the driver (and its process group) once `finished` trials have ended; their ids."""
+    seen = []
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = driver.stdout.readline()
+        seen.append(line)
+        if re.match(rf"\[{finished}/\d+\]", line):
+            break
+    else:
+        driver.kill()
+        pytest.fail(f"the sweep did not finish {finished} trials in time:\n" + "".join(seen[-50:]))
+    time.sleep(3)  # past one snapshot period (TUNE_GLOBAL_CHECKPOINT_S=2 in tuner.run)
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    return {m.group(1) for line in seen if (m := re.match(r"\[\d+/\d+\] trial (\S+)", line))}
+
+
 def study_of(workdir: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'runs' / name / 'optuna.db'}")
 
@@ -120,27 +138,19 @@ def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_
                                                             mlflow_server) -> None:
     driver = tuner_run(workdir, ray_head, mlflow_server.uri, "--space", str(workdir / "tiny.yaml"),
                        "--name", "killed", start_new_session=True)
-    seen = []
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        line = driver.stdout.readline()
-        seen.append(line)
-        if line.startswith("[3/7]"):
-            break
-    else:
-        driver.kill()
-        pytest.fail("the sweep did not finish 3 trials in time:\n" + "".join(seen[-50:]))
-    time.sleep(3)  # past one snapshot period (TUNE_GLOBAL_CHECKPOINT_S=2 in tuner.run)
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    finished_before = {m.group(1) for line in seen if (m := re.match(r"\[\d+/\d+\] trial (\S+)", line))}
+    finished_before = kill_after_trials(driver, 3)
     assert len(finished_before) >= 3
 
     out = finish(tuner_run(workdir, ray_head, mlflow_server.uri, "--resume", "killed"))
     study = study_of(workdir, "killed")
-    told = [t for t in study.trials if "ray_trial_id" in t.user_attrs and t.state != TrialState.RUNNING]
-    assert len({t.user_attrs["ray_trial_id"] for t in told}) == 7
+    launched = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
+    assert not [t for t in launched if t.state == TrialState.RUNNING], "a trial was left RUNNING in the study"
+    # A trial the killed driver started after its last snapshot is unknown to the resumed one: abandoned.
+    abandoned = {t.user_attrs["ray_trial_id"] for t in launched if t.user_attrs.get("abandoned")}
+    assert len({t.user_attrs["ray_trial_id"] for t in launched}) == 7 + len(abandoned)
     runs = [r for r in child_runs(mlflow_server.uri, "killed") if r.data.tags.get("tuner.outcome") != "infeasible"]
+    assert {r.data.tags["tuner.trial_id"] for r in runs if r.data.tags.get("tuner.outcome") == "abandoned"} == abandoned
+    runs = [r for r in runs if r.data.tags["tuner.trial_id"] not in abandoned]
     trial_ids = [r.data.tags["tuner.trial_id"] for r in runs]
     assert len(trial_ids) == len(set(trial_ids)) == 7, "a trial was rerun or logged twice"
     assert finished_before <= set(trial_ids)
@@ -152,19 +162,28 @@ def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_
     assert "best trial" in out
 
 
-def test_epoch_budget_stops_the_sweep_and_says_so(workdir: Path, ray_head: RayNode, tmp_path: Path) -> None:
+def test_epoch_budget_holds_across_a_resume_and_says_what_it_stopped(workdir: Path, ray_head: RayNode,
+                                                                      tmp_path: Path) -> None:
+    """FIFO trials of 4 epochs, 10 epochs in all; the driver is killed after the first trial and resumed."""
     space = (workdir / "tiny.yaml").read_text().replace("type: asha,", "type: fifo,").replace(
-        "budget: {trials: 7}", "budget: {trials: 7, epochs: 6}")
+        "budget: {trials: 7}", "budget: {trials: 7, epochs: 10}")
     (tmp_path / "budget.yaml").write_text(space)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    finish(tuner_run(workdir, ray_head, uri, "--space", str(tmp_path / "budget.yaml"), "--name", "budget"))
+    driver = tuner_run(workdir, ray_head, uri, "--space", str(tmp_path / "budget.yaml"), "--name", "budget",
+                       start_new_session=True)
+    assert kill_after_trials(driver, 1)
+    out = finish(tuner_run(workdir, ray_head, uri, "--resume", "budget"))
+    assert "budget.epochs is spent" in out
+
     runs = [r for r in child_runs(uri, "budget") if r.data.tags.get("tuner.outcome") != "infeasible"]
     outcomes = [r.data.tags.get("tuner.outcome", "no outcome") for r in runs]
     assert len(runs) < 7, "the epoch budget did not stop the sweep"
     assert any(o.startswith("stopped_by_budget_at_epoch_") for o in outcomes), outcomes
     assert not any(o.startswith("stopped_by_asha") for o in outcomes), outcomes  # FIFO never stops a trial
-    assert sum(int(r.data.tags["tuner.epochs_run"]) for r in runs) >= 6
     assert all(r.info.status == "FINISHED" for r in runs)
+    # The trial finished before the kill counts too: a stopper that forgot it would run about 14 epochs.
+    epochs = sum(int(r.data.tags["tuner.epochs_run"]) for r in runs)
+    assert 10 <= epochs <= 12, (epochs, outcomes)
     launched = [t for t in study_of(workdir, "budget").trials if "ray_trial_id" in t.user_attrs]
     assert {t.state for t in launched} <= {TrialState.COMPLETE, TrialState.PRUNED}, "a stopped trial left RUNNING"
     assert any(t.state == TrialState.PRUNED and t.intermediate_values for t in launched)

@@ -8,6 +8,7 @@ end the best trial's best checkpoint is registered in the MLflow model registry.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from tuner.train import TrainConfig
 
 SPACE_COPY = "space.yaml"
 STUDY_FILE = "optuna.db"
+BUDGET_LEDGER = "budget.json"
 DEFAULT_STORAGE = "runs"
 
 EXAMPLES = """examples:
@@ -137,22 +139,77 @@ def connect_ray(address: str | None) -> str:
 
 class BudgetStopper:
     """Stops the whole sweep once the trials' GPU-seconds (GPU share x wall time) reach budget.gpu_hours,
-    or their epochs together reach budget.epochs. Plain values only: Tune pickles it for --resume."""
+    their epochs together reach budget.epochs, or the sweep has run budget.wall_time_s.
 
-    def __init__(self, gpu_hours: float | None, epochs: int | None) -> None:
+    Tune restores its stopper for --resume from the pickle it took when the sweep started, before any
+    result; so what has been spent is also kept in a ledger file in the sweep's folder, read back on
+    first use. The wall-time clock runs only while a driver runs, and adds up over resumes.
+    """
+
+    def __init__(self, gpu_hours: float | None = None, epochs: int | None = None,
+                 wall_time_s: float | None = None, ledger: Path | None = None) -> None:
         self.limit_s = gpu_hours * 3600 if gpu_hours else None
         self.limit_epochs = epochs
+        self.limit_wall_s = wall_time_s
+        self.ledger = ledger
         self.spent: dict[str, float] = {}
         self.epochs: dict[str, int] = {}
+        self.wall_s = 0.0
+        self.reason: str | None = None  # which budget ran out
+        self._last_check: float | None = None
+        self._read_ledger = False
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _last_check=None, _read_ledger=False)  # a new driver: read the ledger
+
+    def _catch_up(self) -> None:
+        if self._read_ledger:
+            return
+        self._read_ledger = True
+        if self.ledger is not None and self.ledger.is_file():
+            state = json.loads(self.ledger.read_text())
+            self.spent = {**state["gpu_seconds"], **self.spent}
+            self.epochs = {**state["epochs"], **self.epochs}
+            self.wall_s = max(self.wall_s, state["wall_seconds"])
+            self.reason = self.reason or state["spent"]
+
+    def _write(self) -> None:
+        if self.ledger is not None:
+            partial = self.ledger.with_suffix(".partial")
+            partial.write_text(json.dumps({"gpu_seconds": self.spent, "epochs": self.epochs,
+                                           "wall_seconds": self.wall_s, "spent": self.reason}))
+            partial.replace(self.ledger)  # a driver killed mid-write leaves the previous ledger whole
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        self.spent[trial_id] = float(result.get("gpu_seconds", 0.0))
+        self._catch_up()
+        self.spent[trial_id] = float(result.get("gpu_seconds", 0.0))  # both are cumulative per trial
         self.epochs[trial_id] = int(result.get("epoch", 0))
+        self._write()
         return False
 
     def stop_all(self) -> bool:
-        return (self.limit_s is not None and sum(self.spent.values()) >= self.limit_s) or (
-            self.limit_epochs is not None and sum(self.epochs.values()) >= self.limit_epochs)
+        self._catch_up()
+        now = time.monotonic()
+        if self._last_check is not None:
+            self.wall_s += now - self._last_check
+        self._last_check = now
+        if self.reason is None:
+            if self.limit_s is not None and sum(self.spent.values()) >= self.limit_s:
+                self.reason = "gpu_hours"
+            elif self.limit_epochs is not None and sum(self.epochs.values()) >= self.limit_epochs:
+                self.reason = "epochs"
+            elif self.limit_wall_s is not None and self.wall_s >= self.limit_wall_s:
+                self.reason = "wall_time"
+            if self.reason is not None:
+                self._write()
+        return self.reason is not None
+
+    @classmethod
+    def spent_reason(cls, ledger: Path) -> str | None:
+        """Which budget the sweep whose ledger this is ran out of, if any."""
+        stopper = cls(ledger=ledger)
+        stopper._catch_up()
+        return stopper.reason
 
 
 # The driver's SweepRun by parent run id. Tune pickles callbacks and the searcher into its experiment
@@ -169,19 +226,15 @@ class OutcomeRecorder:
     worker could not deliver (a tracking outage while Ray stopped the trial).
     """
 
-    def __init__(self, parent_run_id: str, metric: str, max_epochs: int, budget: Budget, trials: int,
-                 study_url: str, study_name: str) -> None:
+    def __init__(self, parent_run_id: str, metric: str, max_epochs: int, trials: int, study_url: str,
+                 study_name: str, ledger: Path) -> None:
         self.parent_run_id, self.metric = parent_run_id, metric
         self.max_epochs, self.trials, self.done = max_epochs, trials, 0
-        # Its own tally of the sweep's budget, fed the results Tune's stopper sees: Tune ends the trials
-        # still running when the budget is spent without telling callbacks or the searcher why.
-        self.budget = BudgetStopper(budget.gpu_hours, budget.epochs)
-        self.deadline = time.time() + budget.wall_time_s if budget.wall_time_s else None
+        # Tune ends the trials still running when the budget is spent without telling callbacks or the
+        # searcher why; the stopper's ledger says whether it was spent.
+        self.ledger = ledger
         self.study_url, self.study_name = study_url, study_name
-        self.finished: set[str] = set()
 
-    def budget_spent(self) -> bool:
-        return self.budget.stop_all() or (self.deadline is not None and time.time() >= self.deadline)
 
     def outcome(self, result: dict, errored: bool, stopped_by: str = "asha") -> str:
         from tuner.tracking import stopped_outcome
@@ -198,7 +251,6 @@ class OutcomeRecorder:
     def result(self, trial: Any, result: dict) -> None:
         from tuner import tracking
 
-        self.budget(trial.trial_id, result)
         if "epoch" not in result or result.get("diverged") or result.get("error"):
             return
         config = TrainConfig.from_dict(trial.config["train"])
@@ -209,7 +261,6 @@ class OutcomeRecorder:
     def complete(self, trial: Any, errored: bool, outcome: str | None = None) -> None:
         result = trial.last_result or {}
         outcome = outcome or self.outcome(result, errored)
-        self.finished.add(trial.trial_id)
         self.done += 1
         value = result.get(self.metric)
         print(f"[{self.done}/{self.trials}] trial {trial.trial_id} {outcome}"
@@ -222,22 +273,44 @@ class OutcomeRecorder:
         _LIVE_SWEEPS[self.parent_run_id].set_trial_outcome(trial.trial_id, outcome, tags)
 
     def experiment_end(self, trials: list) -> None:
-        """Trials Tune ended because the budget ran out: outcome `stopped_by_budget_at_epoch_N`, and PRUNED in
-        the study. After an interrupted driver (Ctrl-C) the budget is not spent and the trials stay
-        unfinished, so that --resume continues them."""
-        from tuner.searcher import tell_stopped
+        """Finish the trials Tune ended without saying so.
 
-        if not self.budget_spent():
+        - Trials the budget stopped: outcome `stopped_by_budget_at_epoch_N`, PRUNED in the study. After an
+          interrupted driver (Ctrl-C) no budget is spent and they stay unfinished, for --resume.
+        - Trials a killed driver started after its last snapshot: the resumed driver does not know them
+          and samples others instead. Outcome `abandoned`, FAIL in the study.
+        """
+        import optuna
+
+        from tuner.searcher import tell_abandoned, tell_stopped
+        from tuner.tracking import ABANDONED
+
+        study = optuna.load_study(study_name=self.study_name, storage=self.study_url)
+        # The study knows which trials nobody has finished, across resumes too (this recorder does not).
+        unfinished = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if "ray_trial_id" in t.user_attrs}
+        known = {trial.trial_id for trial in trials}
+        abandoned = [t for trial_id, t in unfinished.items() if trial_id not in known]
+        for frozen in abandoned:
+            epochs = max(frozen.intermediate_values, default=0)
+            print(f"trial {frozen.user_attrs['ray_trial_id']} abandoned: its driver died after {epochs} epochs, "
+                  "before saving it", flush=True)
+            _LIVE_SWEEPS[self.parent_run_id].set_trial_outcome(
+                frozen.user_attrs["ray_trial_id"], ABANDONED, {"tuner.epochs_run": str(epochs)})
+        tell_abandoned(study, abandoned)
+
+        reason = BudgetStopper.spent_reason(self.ledger)
+        if reason is None:
             return
+        print(f"budget.{reason} is spent: the sweep stops here", flush=True)
         stopped = {}
         for trial in trials:
             result = trial.last_result or {}
-            if trial.trial_id in self.finished or "epoch" not in result:
-                continue
-            stopped[trial.trial_id] = result
-            self.complete(trial, errored=False, outcome=self.outcome(result, errored=False, stopped_by="budget"))
-        if stopped:
-            tell_stopped(self.study_url, self.study_name, stopped, self.metric, self.max_epochs)
+            if trial.trial_id in unfinished and "epoch" in result:
+                stopped[trial.trial_id] = result
+                self.complete(trial, errored=False,
+                              outcome=self.outcome(result, errored=False, stopped_by="budget"))
+        tell_stopped(study, stopped, self.metric, self.max_epochs)
 
 
 def _tune_callback(recorder: OutcomeRecorder) -> Any:
@@ -343,19 +416,18 @@ def run_sweep(plan: SweepPlan, data: Any, sweep: Any) -> SweepSummary:
         scheduler = (ASHAScheduler(time_attr="epoch", max_t=sched.max_epochs, grace_period=sched.grace_period,
                                    reduction_factor=sched.reduction_factor)
                      if sched.type == "asha" else FIFOScheduler())
-        recorder = OutcomeRecorder(sweep.run_id, space.metric, sched.max_epochs, space.budget, space.budget.trials,
-                                   study_url, plan.name)
+        recorder = OutcomeRecorder(sweep.run_id, space.metric, sched.max_epochs, space.budget.trials, study_url,
+                                   plan.name, plan.local_dir / BUDGET_LEDGER)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=scheduler, metric=space.metric, mode=space.mode,
                 num_samples=space.budget.trials, max_concurrent_trials=space.search.max_concurrent,
-                time_budget_s=space.budget.wall_time_s,
                 reuse_actors=True,  # a fresh worker per trial re-imports torch and MLflow: seconds per trial
                 trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=plan.name, storage_path=plan.storage, stop=_stopper(space.budget),
+                name=plan.name, storage_path=plan.storage, stop=_stopper(space.budget, plan.local_dir / BUDGET_LEDGER),
                 callbacks=[_tune_callback(recorder)], verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode),
@@ -373,12 +445,12 @@ def trial_dirname(trial: Any) -> str:
     return f"t{int(trial.config.get('index', 0)):03d}-{trial.trial_id}"
 
 
-def _stopper(budget: Any) -> Any:
+def _stopper(budget: Budget, ledger: Path) -> Any:
     from ray import tune
 
     class _Budget(tune.Stopper):
         def __init__(self) -> None:
-            self.budget = BudgetStopper(budget.gpu_hours, budget.epochs)
+            self.budget = BudgetStopper(budget.gpu_hours, budget.epochs, budget.wall_time_s, ledger)
 
         def __call__(self, trial_id: str, result: dict) -> bool:
             return self.budget(trial_id, result)

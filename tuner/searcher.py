@@ -133,10 +133,9 @@ def tell_finished(study: optuna.Study, ot_trial: optuna.Trial, result: dict | No
         study.tell(ot_trial, state=TrialState.PRUNED)
 
 
-def tell_stopped(study_url: str, study_name: str, results: dict[str, dict], metric: str, max_epochs: int) -> int:
+def tell_stopped(study: optuna.Study, results: dict[str, dict], metric: str, max_epochs: int) -> int:
     """Tell the study about trials Ray ended without telling the searcher (the sweep's budget ran out), by
     Ray trial id and last result. Trials the study has already finished are left alone."""
-    study = optuna.load_study(study_name=study_name, storage=study_url)
     told = 0
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         result = results.get(frozen.user_attrs.get("ray_trial_id", ""))
@@ -144,6 +143,13 @@ def tell_stopped(study_url: str, study_name: str, results: dict[str, dict], metr
             tell_finished(study, optuna.Trial(study, frozen._trial_id), result, metric, max_epochs)
             told += 1
     return told
+
+
+def tell_abandoned(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
+    """FAIL (user attribute `abandoned`) for trials no driver will finish: TPE leaves them out."""
+    for frozen in trials:
+        study._storage.set_trial_user_attr(frozen._trial_id, "abandoned", True)
+        study.tell(frozen.number, state=TrialState.FAIL)
 
 
 def warm_start(study: optuna.Study, previous: optuna.Study) -> int:

@@ -63,7 +63,8 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 PARENT_TAGS = ("tuner.git_commit", "tuner.space_hash", "tuner.data_fingerprint", "tuner.ray_address")
 
-OUTCOMES = ("completed", "infeasible", "diverged", "errored")  # plus stopped_outcome(epoch, by)
+ABANDONED = "abandoned"  # started by a driver that was killed before it saved the trial in its snapshot
+OUTCOMES = ("completed", "infeasible", "diverged", "errored", ABANDONED)  # plus stopped_outcome(epoch, by)
 STOPPED_PREFIX = "stopped_by_"
 FAILED_OUTCOMES = ("diverged", "errored")
 
@@ -85,7 +86,10 @@ def stopped_outcome(epoch: int, by: str = "asha") -> str:
 
 
 def run_status(outcome: str) -> str:
-    """MLflow run status for an outcome: diverged and errored (errored_*) trials show as FAILED."""
+    """MLflow run status for an outcome: diverged and errored (errored_*) trials show as FAILED, abandoned
+    ones as KILLED."""
+    if outcome == ABANDONED:
+        return "KILLED"
     return "FAILED" if outcome.startswith(FAILED_OUTCOMES) else "FINISHED"
 
 
