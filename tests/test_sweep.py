@@ -162,6 +162,35 @@ def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_
     assert "best trial" in out
 
 
+def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path, ray_head: RayNode,
+                                                                   tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    driver = tuner_run(workdir, ray_head, uri, "--space", str(workdir / "tiny.yaml"), "--name", "ctrl-c")
+    seen = []
+    while not (seen and seen[-1].startswith("[2/7]")):
+        line = driver.stdout.readline()
+        if not line and driver.poll() is not None:
+            pytest.fail(f"the sweep ended before Ctrl-C (exit {driver.returncode}):\n" + "".join(seen[-40:]))
+        seen.append(line)
+    driver.send_signal(signal.SIGINT)
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 130, ("".join(seen) + out)[-3000:]
+    assert "interrupted; continue it with: python -m tuner.run --resume ctrl-c" in out
+    assert "registered as model version" not in out and "Traceback" not in out
+    client = MlflowClient(uri)
+    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "tags.`tuner.sweep` = 'ctrl-c' and tags.`mlflow.parentRunId` IS NULL")
+    assert [r.info.status for r in parent] == ["KILLED"]
+    unfinished = [t for t in study_of(workdir, "ctrl-c").trials if t.state == TrialState.RUNNING]
+    assert unfinished, "Ctrl-C finished the running trials instead of leaving them to --resume"
+
+    out = finish(tuner_run(workdir, ray_head, uri, "--resume", "ctrl-c"))
+    launched = [t for t in study_of(workdir, "ctrl-c").trials if "ray_trial_id" in t.user_attrs]
+    assert len(launched) == 7 and not [t for t in launched if t.state == TrialState.RUNNING]
+    assert not [t for t in launched if t.user_attrs.get("abandoned")], "Tune's last snapshot missed a trial"
+    assert "registered as model version" in out
+
+
 def test_epoch_budget_holds_across_a_resume_and_says_what_it_stopped(workdir: Path, ray_head: RayNode,
                                                                       tmp_path: Path) -> None:
     """FIFO trials of 4 epochs, 10 epochs in all; the driver is killed after the first trial and resumed."""

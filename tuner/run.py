@@ -212,6 +212,10 @@ class BudgetStopper:
         return stopper.reason
 
 
+class SweepInterrupted(Exception):
+    """Ctrl-C: Tune stopped the trials and saved its state; --resume continues the sweep."""
+
+
 # The driver's SweepRun by parent run id. Tune pickles callbacks and the searcher into its experiment
 # state (for --resume), so they hold the run id and find the live tracking object here, in the driver.
 _LIVE_SWEEPS: dict[str, Any] = {}
@@ -329,6 +333,11 @@ def _tune_callback(recorder: OutcomeRecorder) -> Any:
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.recorder.complete(trial, errored=True)
 
+        def setup(self, **info: Any) -> None:
+            from tuner import interrupts
+
+            interrupts.watch_sigint()
+
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             self.recorder.experiment_end(trials)
 
@@ -389,6 +398,7 @@ def run_sweep(plan: SweepPlan, data: Any, sweep: Any) -> SweepSummary:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from tuner import interrupts
     from tuner.searcher import SpaceSearcher, create_study, warm_start
     from tuner.train import load_checkpoint
     from tuner.trainable import CHECKPOINT_FILE, TrialSettings, train_trial
@@ -437,6 +447,8 @@ def run_sweep(plan: SweepPlan, data: Any, sweep: Any) -> SweepSummary:
             ),
         )
     results = tuner.fit()
+    if interrupts.interrupted():
+        raise SweepInterrupted
     return summarise(plan, results, sweep, started, CHECKPOINT_FILE, load_checkpoint)
 
 
@@ -521,6 +533,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"sweep {plan.name}: {len(data.train)} train / {len(data.val)} val images, tracking at {uri}", flush=True)
     try:
         summary = run_sweep(plan, data, sweep)
+    except SweepInterrupted:
+        sweep.end("KILLED")
+        print(f"sweep {plan.name} interrupted; continue it with: python -m tuner.run --resume {plan.name}"
+              + ("" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"), flush=True)
+        sys.exit(130)  # the shell's code for Ctrl-C
     except BaseException:
         sweep.end("FAILED" if not isinstance(sys.exc_info()[1], KeyboardInterrupt) else "KILLED")
         raise
