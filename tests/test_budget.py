@@ -46,7 +46,7 @@ def test_the_ledger_carries_what_was_spent_into_a_restored_stopper(tmp_path: Pat
     stopper("b", {"epoch": 2})
     assert not stopper.stop_all()
     restored("b", {"epoch": 3})  # trial b continues after the resume; trial a finished before it
-    assert restored.stop_all() and BudgetStopper.spent_reason(ledger) == "epochs"
+    assert restored.stop_all() and BudgetStopper.read(ledger).reason == "epochs"
 
 
 def test_wall_time_runs_while_a_driver_runs_and_adds_up_over_resumes(tmp_path: Path) -> None:
@@ -59,17 +59,17 @@ def test_wall_time_runs_while_a_driver_runs_and_adds_up_over_resumes(tmp_path: P
     restored = pickle.loads(pickle.dumps(BudgetStopper(wall_time_s=1.0, ledger=ledger)))
     assert not restored.stop_all() and restored.wall_s >= 0.6
     time.sleep(0.6)
-    assert restored.stop_all() and BudgetStopper.spent_reason(ledger) == "wall_time"
+    assert restored.stop_all() and BudgetStopper.read(ledger).reason == "wall_time"
 
 
 def test_a_budget_spent_is_named_in_the_ledger(tmp_path: Path) -> None:
     ledger = tmp_path / "budget.json"
-    assert BudgetStopper.spent_reason(ledger) is None  # no sweep has run yet
+    assert BudgetStopper.read(ledger).reason is None  # no sweep has run yet
     stopper = BudgetStopper(gpu_hours=0.001, ledger=ledger)
     stopper("a", {"gpu_seconds": 2.0, "epoch": 1})
-    assert not stopper.stop_all() and BudgetStopper.spent_reason(ledger) is None
+    assert not stopper.stop_all() and BudgetStopper.read(ledger).reason is None
     stopper("a", {"gpu_seconds": 4.0, "epoch": 2})
-    assert stopper.stop_all() and BudgetStopper.spent_reason(ledger) == "gpu_hours"
+    assert stopper.stop_all() and BudgetStopper.read(ledger).reason == "gpu_hours"
 
 
 def test_outcome_names_who_stopped_a_trial(tmp_path: Path) -> None:

@@ -206,15 +206,19 @@ def test_epoch_budget_holds_across_a_resume_and_says_what_it_stopped(workdir: Pa
 
     runs = [r for r in child_runs(uri, "budget") if r.data.tags.get("tuner.outcome") != "infeasible"]
     outcomes = [r.data.tags.get("tuner.outcome", "no outcome") for r in runs]
-    assert len(runs) < 7, "the epoch budget did not stop the sweep"
+    # (trials the killed driver started after its last snapshot are `abandoned`; their epochs count)
+    saved = [r for r in runs if r.data.tags.get("tuner.outcome") != "abandoned"]
+    assert len(saved) < 7, "the epoch budget did not stop the sweep"
     assert any(o.startswith("stopped_by_budget_at_epoch_") for o in outcomes), outcomes
     assert not any(o.startswith("stopped_by_asha") for o in outcomes), outcomes  # FIFO never stops a trial
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.status == "FINISHED" for r in saved), [(o, r.info.status) for o, r in zip(outcomes, runs)]
     # The trial finished before the kill counts too: a stopper that forgot it would run about 14 epochs.
     epochs = sum(int(r.data.tags["tuner.epochs_run"]) for r in runs)
     assert 10 <= epochs <= 12, (epochs, outcomes)
     launched = [t for t in study_of(workdir, "budget").trials if "ray_trial_id" in t.user_attrs]
-    assert {t.state for t in launched} <= {TrialState.COMPLETE, TrialState.PRUNED}, "a stopped trial left RUNNING"
+    assert not [t for t in launched if t.state == TrialState.RUNNING], "a stopped trial was left RUNNING"
+    for trial in launched:  # FAIL only for a trial stopped before its first epoch, or abandoned
+        assert trial.state != TrialState.FAIL or {"not_run", "abandoned"} & set(trial.user_attrs), trial
     assert any(t.state == TrialState.PRUNED and t.intermediate_values for t in launched)
 
 

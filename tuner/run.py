@@ -205,11 +205,11 @@ class BudgetStopper:
         return self.reason is not None
 
     @classmethod
-    def spent_reason(cls, ledger: Path) -> str | None:
-        """Which budget the sweep whose ledger this is ran out of, if any."""
+    def read(cls, ledger: Path) -> BudgetStopper:
+        """What the ledger holds: per-trial spending, and `reason`, the budget that ran out (or None)."""
         stopper = cls(ledger=ledger)
         stopper._catch_up()
-        return stopper.reason
+        return stopper
 
 
 class SweepInterrupted(Exception):
@@ -262,59 +262,73 @@ class OutcomeRecorder:
             trial.trial_id, {k: result[k] for k in EPOCH_METRICS if k in result}, int(result["epoch"]),
             run_name=tracking.trial_run_name(int(trial.config.get("index", 0)), config), config=config)
 
-    def complete(self, trial: Any, errored: bool, outcome: str | None = None) -> None:
-        result = trial.last_result or {}
+    def complete(self, trial_id: str, result: dict, errored: bool, outcome: str | None = None,
+                 create_run: bool = True) -> None:
         outcome = outcome or self.outcome(result, errored)
         self.done += 1
         value = result.get(self.metric)
-        print(f"[{self.done}/{self.trials}] trial {trial.trial_id} {outcome}"
+        print(f"[{self.done}/{self.trials}] trial {trial_id} {outcome}"
               + (f", {self.metric} {value:.4f} at epoch {result.get('epoch')}" if value is not None else ""),
               flush=True)
         tags = {"tuner.gpu_seconds": f"{float(result.get('gpu_seconds', 0.0)):.1f}",
                 # a diverged or out-of-memory trial reports the epoch it failed in, which did not finish
                 "tuner.epochs_run": str(int(result.get("epoch", 0)) - (1 if result.get("diverged") or
                                                                        result.get("error") else 0))}
-        _LIVE_SWEEPS[self.parent_run_id].set_trial_outcome(trial.trial_id, outcome, tags)
+        _LIVE_SWEEPS[self.parent_run_id].set_trial_outcome(trial_id, outcome, tags, create=create_run)
 
     def experiment_end(self, trials: list) -> None:
         """Finish the trials Tune ended without saying so.
 
-        - Trials the budget stopped: outcome `stopped_by_budget_at_epoch_N`, PRUNED in the study. After an
-          interrupted driver (Ctrl-C) no budget is spent and they stay unfinished, for --resume.
         - Trials a killed driver started after its last snapshot: the resumed driver does not know them
           and samples others instead. Outcome `abandoned`, FAIL in the study.
+        - Trials the budget stopped: outcome `stopped_by_budget_at_epoch_N`, PRUNED in the study (FAIL with
+          `not_run` for a trial stopped before its first epoch). After an interrupted driver (Ctrl-C) no
+          budget is spent and they stay unfinished, for --resume.
         """
         import optuna
 
-        from tuner.searcher import tell_abandoned, tell_stopped
+        from tuner.searcher import fail_trials, tell_stopped
         from tuner.tracking import ABANDONED
 
         study = optuna.load_study(study_name=self.study_name, storage=self.study_url)
         # The study knows which trials nobody has finished, across resumes too (this recorder does not).
         unfinished = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if "ray_trial_id" in t.user_attrs}
-        known = {trial.trial_id for trial in trials}
-        abandoned = [t for trial_id, t in unfinished.items() if trial_id not in known]
+        results = {trial.trial_id: trial.last_result or {} for trial in trials}
+        abandoned = [t for trial_id, t in unfinished.items() if trial_id not in results]
         for frozen in abandoned:
             epochs = max(frozen.intermediate_values, default=0)
             print(f"trial {frozen.user_attrs['ray_trial_id']} abandoned: its driver died after {epochs} epochs, "
                   "before saving it", flush=True)
             _LIVE_SWEEPS[self.parent_run_id].set_trial_outcome(
                 frozen.user_attrs["ray_trial_id"], ABANDONED, {"tuner.epochs_run": str(epochs)})
-        tell_abandoned(study, abandoned)
+        fail_trials(study, abandoned, ABANDONED)
 
-        reason = BudgetStopper.spent_reason(self.ledger)
-        if reason is None:
+        ledger = BudgetStopper.read(self.ledger)
+        if ledger.reason is None:
             return
-        print(f"budget.{reason} is spent: the sweep stops here", flush=True)
-        stopped = {}
-        for trial in trials:
-            result = trial.last_result or {}
-            if trial.trial_id in unfinished and "epoch" in result:
-                stopped[trial.trial_id] = result
-                self.complete(trial, errored=False,
+        print(f"budget.{ledger.reason} is spent: the sweep stops here", flush=True)
+        stopped, not_run = {}, []
+        for trial_id, frozen in unfinished.items():
+            result = results.get(trial_id)
+            if result is None:
+                continue  # abandoned
+            if "epoch" not in result and frozen.intermediate_values:
+                # It ran under a driver that was killed before its snapshot held any result; the budget ran
+                # out before the resumed driver started it again. The study has what it reported.
+                epoch = max(frozen.intermediate_values)
+                result = {"epoch": epoch, self.metric: frozen.intermediate_values[epoch],
+                          "gpu_seconds": ledger.spent.get(trial_id, 0.0)}
+            if "epoch" in result:
+                stopped[trial_id] = result
+                self.complete(trial_id, result, errored=False,
                               outcome=self.outcome(result, errored=False, stopped_by="budget"))
+            else:  # started without finishing an epoch, or never started: no MLflow run is made for it
+                not_run.append(frozen)
+                self.complete(trial_id, {"epoch": 0}, errored=False, create_run=False,
+                              outcome=self.outcome({"epoch": 0}, errored=False, stopped_by="budget"))
         tell_stopped(study, stopped, self.metric, self.max_epochs)
+        fail_trials(study, not_run, "not_run")
 
 
 def _tune_callback(recorder: OutcomeRecorder) -> Any:
@@ -328,10 +342,10 @@ def _tune_callback(recorder: OutcomeRecorder) -> Any:
             self.recorder.result(trial, result)
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.recorder.complete(trial, errored=False)
+            self.recorder.complete(trial.trial_id, trial.last_result or {}, errored=False)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.recorder.complete(trial, errored=True)
+            self.recorder.complete(trial.trial_id, trial.last_result or {}, errored=True)
 
         def setup(self, **info: Any) -> None:
             from tuner import interrupts

@@ -145,10 +145,10 @@ def tell_stopped(study: optuna.Study, results: dict[str, dict], metric: str, max
     return told
 
 
-def tell_abandoned(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
-    """FAIL (user attribute `abandoned`) for trials no driver will finish: TPE leaves them out."""
+def fail_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], why: str) -> None:
+    """FAIL, with user attribute `why`, for trials no driver will finish: TPE leaves them out."""
     for frozen in trials:
-        study._storage.set_trial_user_attr(frozen._trial_id, "abandoned", True)
+        study._storage.set_trial_user_attr(frozen._trial_id, why, True)
         study.tell(frozen.number, state=TrialState.FAIL)
 
 

@@ -519,7 +519,7 @@ class SweepRun:
         self.experiment_id = experiment_id
         self.resumed = False
         self._children: dict[str, str] = {}  # trial id -> child run id
-        self._outcomes: dict[str, tuple[str, dict[str, str], str | None, TrainConfig | None]] = {}
+        self._outcomes: dict[str, tuple[str, dict[str, str], str | None, TrainConfig | None, bool]] = {}
         self._metrics: list[Metric] = []
         # what the driver saw of every trial, to fill in epochs a worker could not deliver
         self._seen: dict[str, dict[int, tuple[int, dict[str, float]]]] = {}
@@ -577,11 +577,12 @@ class SweepRun:
 
     def set_trial_outcome(
         self, trial_id: str, outcome: str, tags: dict[str, str] | None = None,
-        run_name: str | None = None, config: TrainConfig | None = None,
+        run_name: str | None = None, config: TrainConfig | None = None, create: bool = True,
     ) -> None:
         """Tag a trial's outcome on its child run, creating the run if the trial never logged
-        (e.g. infeasible: give `run_name` and `config` so it shows with its params)."""
-        self._outcomes[trial_id] = (outcome, {k: str(v) for k, v in (tags or {}).items()}, run_name, config)
+        (e.g. infeasible: give `run_name` and `config` so it shows with its params) unless `create` is
+        False (a trial that may never have started)."""
+        self._outcomes[trial_id] = (outcome, {k: str(v) for k, v in (tags or {}).items()}, run_name, config, create)
         self._sender.attempt()
 
     def flush(self, timeout_s: float) -> bool:
@@ -609,15 +610,16 @@ class SweepRun:
     def _sync(self) -> None:
         client = self._client
         for trial_id in list(self._outcomes):
-            outcome, tags, run_name, config = self._outcomes[trial_id]
+            outcome, tags, run_name, config, create = self._outcomes[trial_id]
             if run_name:
                 self._seen_names.setdefault(trial_id, run_name)
             if config is not None:
                 self._seen_configs.setdefault(trial_id, config)
-            run_id = self.child_run_id(trial_id, create=True)
-            client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {**tags, TAG_OUTCOME: outcome}.items()])
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_terminated(run_id, run_status(outcome))
+            run_id = self.child_run_id(trial_id, create=create)
+            if run_id is not None:
+                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {**tags, TAG_OUTCOME: outcome}.items()])
+                if client.get_run(run_id).info.status == "RUNNING":
+                    client.set_terminated(run_id, run_status(outcome))
             del self._outcomes[trial_id]
         _send_metrics(client, self.run_id, self._metrics, f"sweep {self.sweep_name}")
 
