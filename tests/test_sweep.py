@@ -142,6 +142,7 @@ def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_
     assert len(finished_before) >= 3
 
     out = finish(tuner_run(workdir, ray_head, mlflow_server.uri, "--resume", "killed"))
+    assert "[1/7]" not in out, "the progress count restarted at the resume"
     study = study_of(workdir, "killed")
     launched = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
     assert not [t for t in launched if t.state == TrialState.RUNNING], "a trial was left RUNNING in the study"

@@ -262,6 +262,16 @@ class OutcomeRecorder:
             trial.trial_id, {k: result[k] for k in EPOCH_METRICS if k in result}, int(result["epoch"]),
             run_name=tracking.trial_run_name(int(trial.config.get("index", 0)), config), config=config)
 
+    def count_finished(self) -> None:
+        """Start the progress count at the trials already finished (a resumed sweep's earlier drivers)."""
+        import optuna
+
+        from tuner.tracking import ABANDONED
+
+        study = optuna.load_study(study_name=self.study_name, storage=self.study_url)
+        self.done = sum(1 for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs
+                        and t.state.is_finished() and not t.user_attrs.get(ABANDONED))
+
     def complete(self, trial_id: str, result: dict, errored: bool, outcome: str | None = None,
                  create_run: bool = True) -> None:
         outcome = outcome or self.outcome(result, errored)
@@ -351,6 +361,7 @@ def _tune_callback(recorder: OutcomeRecorder) -> Any:
             from tuner import interrupts
 
             interrupts.watch_sigint()
+            self.recorder.count_finished()
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             self.recorder.experiment_end(trials)
