@@ -1,4 +1,4 @@
-"""Sweep budgets that stop the whole sweep: GPU-hours and total epochs."""
+"""Sweep budgets that stop the whole sweep: GPU-hours, total epochs and wall time, kept across resumes."""
 from __future__ import annotations
 
 import pickle
@@ -32,8 +32,6 @@ def test_no_budget_never_stops() -> None:
     stopper = BudgetStopper(gpu_hours=None, epochs=None)
     stopper("a", {"gpu_seconds": 1e9, "epoch": 10_000})
     assert not stopper.stop_all()
-
-
 
 
 def test_the_ledger_carries_what_was_spent_into_a_restored_stopper(tmp_path: Path) -> None:

@@ -239,7 +239,6 @@ class OutcomeRecorder:
         self.ledger = ledger
         self.study_url, self.study_name = study_url, study_name
 
-
     def outcome(self, result: dict, errored: bool, stopped_by: str = "asha") -> str:
         from tuner.tracking import stopped_outcome
 
@@ -318,7 +317,7 @@ class OutcomeRecorder:
         if ledger.reason is None:
             return
         print(f"budget.{ledger.reason} is spent: the sweep stops here", flush=True)
-        stopped, not_run = {}, []
+        stopped, not_run = [], []
         for trial_id, frozen in unfinished.items():
             result = results.get(trial_id)
             if result is None:
@@ -330,7 +329,7 @@ class OutcomeRecorder:
                 result = {"epoch": epoch, self.metric: frozen.intermediate_values[epoch],
                           "gpu_seconds": ledger.spent.get(trial_id, 0.0)}
             if "epoch" in result:
-                stopped[trial_id] = result
+                stopped.append((frozen, result))
                 self.complete(trial_id, result, errored=False,
                               outcome=self.outcome(result, errored=False, stopped_by="budget"))
             else:  # started without finishing an epoch, or never started: no MLflow run is made for it
@@ -451,8 +450,9 @@ def run_sweep(plan: SweepPlan, data: Any, sweep: Any) -> SweepSummary:
         scheduler = (ASHAScheduler(time_attr="epoch", max_t=sched.max_epochs, grace_period=sched.grace_period,
                                    reduction_factor=sched.reduction_factor)
                      if sched.type == "asha" else FIFOScheduler())
+        ledger = plan.local_dir / BUDGET_LEDGER
         recorder = OutcomeRecorder(sweep.run_id, space.metric, sched.max_epochs, space.budget.trials, study_url,
-                                   plan.name, plan.local_dir / BUDGET_LEDGER)
+                                   plan.name, ledger)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -462,7 +462,7 @@ def run_sweep(plan: SweepPlan, data: Any, sweep: Any) -> SweepSummary:
                 trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=plan.name, storage_path=plan.storage, stop=_stopper(space.budget, plan.local_dir / BUDGET_LEDGER),
+                name=plan.name, storage_path=plan.storage, stop=_stopper(space.budget, ledger),
                 callbacks=[_tune_callback(recorder)], verbose=1,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
                                                         checkpoint_score_order=space.mode),

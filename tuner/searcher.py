@@ -133,16 +133,12 @@ def tell_finished(study: optuna.Study, ot_trial: optuna.Trial, result: dict | No
         study.tell(ot_trial, state=TrialState.PRUNED)
 
 
-def tell_stopped(study: optuna.Study, results: dict[str, dict], metric: str, max_epochs: int) -> int:
-    """Tell the study about trials Ray ended without telling the searcher (the sweep's budget ran out), by
-    Ray trial id and last result. Trials the study has already finished are left alone."""
-    told = 0
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        result = results.get(frozen.user_attrs.get("ray_trial_id", ""))
-        if result is not None:
-            tell_finished(study, optuna.Trial(study, frozen._trial_id), result, metric, max_epochs)
-            told += 1
-    return told
+def tell_stopped(study: optuna.Study, stopped: list[tuple[optuna.trial.FrozenTrial, dict]], metric: str,
+                 max_epochs: int) -> None:
+    """Tell the study how running trials that Ray ended without telling the searcher (the sweep's budget ran
+    out) ended, each from its last result."""
+    for frozen, result in stopped:
+        tell_finished(study, optuna.Trial(study, frozen._trial_id), result, metric, max_epochs)
 
 
 def fail_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], why: str) -> None:
