@@ -69,18 +69,24 @@ def finish(process: subprocess.Popen, timeout_s: float = 400) -> str:
     return out
 
 
-def kill_after_trials(driver: subprocess.Popen, finished: int) -> set[str]:
-    """SIGKILL the driver (and its process group) once `finished` trials have ended; their ids."""
+def wait_for_line(driver: subprocess.Popen, prefix: str, timeout_s: float = 300) -> list[str]:
+    """Read the driver's output up to the first line starting with `prefix`; the lines read."""
     seen = []
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = driver.stdout.readline()
+        if not line and driver.poll() is not None:
+            pytest.fail(f"the sweep ended (exit {driver.returncode}) before {prefix!r}:\n" + "".join(seen[-40:]))
         seen.append(line)
-        if re.match(rf"\[{finished}/\d+\]", line):
-            break
-    else:
-        driver.kill()
-        pytest.fail(f"the sweep did not finish {finished} trials in time:\n" + "".join(seen[-50:]))
+        if line.startswith(prefix):
+            return seen
+    driver.kill()
+    pytest.fail(f"no {prefix!r} line in {timeout_s:.0f} s:\n" + "".join(seen[-50:]))
+
+
+def kill_after_trials(driver: subprocess.Popen, finished: int) -> set[str]:
+    """SIGKILL the driver (and its process group) once `finished` trials have ended; their ids."""
+    seen = wait_for_line(driver, f"[{finished}/")
     time.sleep(3)  # past one snapshot period (TUNE_GLOBAL_CHECKPOINT_S=2 in tuner.run)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
@@ -167,12 +173,7 @@ def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path
                                                                    tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     driver = tuner_run(workdir, ray_head, uri, "--space", str(workdir / "tiny.yaml"), "--name", "ctrl-c")
-    seen = []
-    while not (seen and seen[-1].startswith("[2/7]")):
-        line = driver.stdout.readline()
-        if not line and driver.poll() is not None:
-            pytest.fail(f"the sweep ended before Ctrl-C (exit {driver.returncode}):\n" + "".join(seen[-40:]))
-        seen.append(line)
+    seen = wait_for_line(driver, "[2/7]")
     driver.send_signal(signal.SIGINT)
     out, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, ("".join(seen) + out)[-3000:]
@@ -262,17 +263,11 @@ def test_resources_no_node_has_fail_clearly(tmp_path: Path, workdir: Path, ray_h
     assert "Traceback" not in out
 
 
-
 def test_tracking_outage_mid_sweep_loses_no_metric(workdir: Path, ray_head: RayNode, mlflow_server) -> None:
     """The server goes away after the first trial ends and comes back later: every epoch still lands."""
     driver = tuner_run(workdir, ray_head, mlflow_server.uri, "--space", str(workdir / "tiny.yaml"),
                        "--name", "outage")
-    seen = []
-    while not any(line.startswith("[1/7]") for line in seen[-1:]):
-        line = driver.stdout.readline()
-        if not line and driver.poll() is not None:
-            pytest.fail("sweep ended before the outage:\n" + "".join(seen[-40:]))
-        seen.append(line)
+    seen = wait_for_line(driver, "[1/7]")
     mlflow_server.stop()
     try:
         time.sleep(30)  # the outage the issue names; trials keep training and buffering meanwhile
