@@ -6,9 +6,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.trial import TrialState
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
 
-from tuner.searcher import SpaceSearcher, create_study, warm_start
+from tuner.searcher import RungTPESampler, SpaceSearcher, create_study, warm_start
 from tuner.space import load_space
 from tuner.train import TrainConfig
 
@@ -117,3 +118,51 @@ def test_warm_start_copies_finished_trials(space) -> None:
     assert warm_start(new, old) == 1
     copied = new.get_trials()[0]
     assert copied.state == TrialState.PRUNED and copied.intermediate_values == {1: 0.3}
+
+
+X = {"x": FloatDistribution(0, 1)}
+
+
+def _first_trial_ran_unopposed(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    """What asynchronous ASHA leaves: the first trial (x=0.05) ran every epoch with nobody to beat; 19 later
+    trials, stopped at the epoch-2 rung, show accuracy rising with x, most of them above the first trial's."""
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, params={"x": 0.05}, distributions=X,
+                                 intermediate_values={e: 0.1 + 0.05 * e for e in range(1, 9)}))
+    for i in range(19):
+        x = (i + 0.5) / 19
+        study.add_trial(create_trial(state=TrialState.PRUNED, params={"x": x}, distributions=X,
+                                     intermediate_values={1: x / 2, 2: 0.1 + 0.4 * x}))
+    return study
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rung_tpe_models_good_at_the_epoch_all_trials_reached(seed: int) -> None:
+    def high_x_share(sampler: optuna.samplers.BaseSampler) -> float:
+        study = _first_trial_ran_unopposed(sampler)
+        return sum(study.ask(X).params["x"] > 0.7 for _ in range(20)) / 20
+
+    # Stock TPE keeps the lone COMPLETE trial in its good set and samples around x=0.05 as much as anywhere.
+    assert high_x_share(optuna.samplers.TPESampler(seed=seed)) < 0.4
+    assert high_x_share(RungTPESampler(epochs=[2, 6, 8], min_trials=4, seed=seed)) > 0.6
+
+
+def test_rung_tpe_counts_running_trials_past_the_rung_and_leaves_the_study_alone() -> None:
+    sampler = RungTPESampler(epochs=[2, 6, 8], min_trials=2, seed=0)
+    study = _first_trial_ran_unopposed(sampler)
+    running = study.ask(X)
+    for epoch in range(1, 7):
+        running.report(0.2 + 0.1 * epoch, epoch)
+    view = sampler._at_rung(study)
+    assert view._epoch == 6  # the first trial and the running one reached epoch 6
+    shown = {t.number: t for t in view._get_trials(deepcopy=False)}
+    assert shown[running.number].state == TrialState.COMPLETE and shown[running.number].value == pytest.approx(0.8)
+    assert shown[1].state == TrialState.PRUNED  # stopped at epoch 2, below the rung
+    study.ask(X)
+    assert study.trials[running.number].state == TrialState.RUNNING and study.trials[0].value == 0.5
+
+
+def test_rung_tpe_is_plain_tpe_until_enough_trials_reach_a_rung() -> None:
+    sampler = RungTPESampler(epochs=[2, 6, 8], min_trials=30, seed=0)
+    study = _first_trial_ran_unopposed(sampler)
+    assert sampler._at_rung(study) is study

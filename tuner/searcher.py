@@ -11,8 +11,10 @@ Two things the stock `OptunaSearch` does not do:
 """
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import optuna
@@ -33,11 +35,78 @@ def create_study(space: SearchSpace, storage_url: str | None, study_name: str) -
     if space.search.algorithm == "random":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=space.search.seed)
     else:
-        sampler = optuna.samplers.TPESampler(seed=space.search.seed, n_startup_trials=space.search.startup_trials,
-                                             constant_liar=True)  # concurrent trials should not all pick alike
+        sampler = RungTPESampler(epochs=[*space.scheduler.rungs(), space.scheduler.max_epochs],
+                                 min_trials=space.search.startup_trials, seed=space.search.seed,
+                                 n_startup_trials=space.search.startup_trials,
+                                 constant_liar=True)  # concurrent trials should not all pick alike
     direction = "maximize" if space.mode == "max" else "minimize"
     return optuna.create_study(storage=storage_url, study_name=study_name, sampler=sampler, direction=direction,
                                load_if_exists=True)
+
+
+class RungTPESampler(optuna.samplers.TPESampler):
+    """TPE that splits trials into good and bad by their accuracy at one epoch that they all reached (BOHB's
+    rule): the highest of `epochs` (the ASHA rungs and max_epochs) that at least `min_trials` trials reached.
+
+    Why: Optuna's split ranks every COMPLETE trial above every PRUNED one, and keeps ceil(10%) of the trials as
+    "good", one trial while there are ten or fewer. Under asynchronous ASHA the first trial passes every rung
+    unopposed, so TPE took whichever trial ran first as its model of good (docs/benchmarks.md, seed 4). Here
+    trials are compared at the same epoch; trials stopped below it rank below, as PRUNED, and a running trial
+    that passed it counts with that epoch's result, which is final. The study itself keeps the true states.
+    """
+
+    def __init__(self, epochs: Sequence[int], min_trials: int, **tpe_options: Any) -> None:
+        super().__init__(**tpe_options)
+        self._epochs = sorted(set(epochs), reverse=True)
+        self._min_trials = max(1, min_trials)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
+                           param_distribution: optuna.distributions.BaseDistribution) -> Any:
+        return super().sample_independent(self._at_rung(study), trial, param_name, param_distribution)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, optuna.distributions.BaseDistribution]) -> dict[str, Any]:
+        return super().sample_relative(self._at_rung(study), trial, search_space)
+
+    def _at_rung(self, study: optuna.Study) -> _StudyAtEpoch | optuna.Study:
+        trials = study._get_trials(deepcopy=False, states=_MEASURED, use_cache=False)
+        for epoch in self._epochs:
+            if sum(_value_at(trial, epoch) is not None for trial in trials) >= self._min_trials:
+                return _StudyAtEpoch(study, epoch)
+        return study
+
+
+_MEASURED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def _value_at(trial: optuna.trial.FrozenTrial, epoch: int) -> float | None:
+    value = trial.intermediate_values.get(epoch)
+    return None if value is None or math.isnan(value) else value
+
+
+class _StudyAtEpoch:
+    """The study as TPE reads it, with every trial that reported `epoch` shown COMPLETE with that value."""
+
+    def __init__(self, study: optuna.Study, epoch: int) -> None:
+        self._study = study
+        self._epoch = epoch
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
+                    use_cache: bool = False) -> list[optuna.trial.FrozenTrial]:
+        shown = [self._as_of_epoch(t) for t in self._study._get_trials(deepcopy=False, use_cache=use_cache)]
+        return [t for t in shown if states is None or t.state in states]
+
+    def _as_of_epoch(self, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
+        value = _value_at(trial, self._epoch) if trial.state in _MEASURED else None
+        if value is None:
+            return trial
+        shown = copy.copy(trial)
+        shown.state = TrialState.COMPLETE
+        shown.value = value
+        return shown
 
 
 def _sampled_in_suggest(trial: optuna.Trial) -> None:
