@@ -29,7 +29,7 @@ parameters:
   lr: {{type: float, low: 0.0003, high: 1.0, log: true}}
   weight_decay: {{type: float, low: 0.00001, high: 0.01, log: true}}
   label_smoothing: {{type: float, low: 0.0, high: 0.2}}
-search: {{algorithm: {algorithm}, seed: {seed}, startup_trials: 4, max_concurrent: 2}}
+search: {{algorithm: {algorithm}, seed: {seed}, startup_trials: {startup_trials}, max_concurrent: 2}}
 scheduler: {{type: {scheduler}, max_epochs: {max_epochs}, grace_period: {grace_period}, reduction_factor: 3}}
 resources: {{cpus: 1, gpus: 0}}
 budget: {{trials: {trials}{epoch_budget}}}
@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--val-size", type=int, default=1000)
     # Epoch 1 ends the warm-up; its rank predicts the final rank poorly (docs/benchmarks.md).
     parser.add_argument("--grace-period", type=int, default=2)
+    # The service's default (tuner.space.SearchSettings); before 2026-11-26 the bench used 4.
+    parser.add_argument("--startup-trials", type=int, default=8)
     parser.add_argument("--out", default="runs/bench/search")
     parser.add_argument("--plot", default="docs/search_efficiency.png")
     args = parser.parse_args()
@@ -86,7 +88,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     budget = args.random_trials * args.max_epochs
     common = dict(max_epochs=args.max_epochs, grace_period=args.grace_period, val_size=args.val_size,
-                  subset=args.subset)
+                  subset=args.subset, startup_trials=args.startup_trials)
     summary = []
     curves = {}
     for seed in (int(s) for s in args.seeds.split(",")):
@@ -117,7 +119,7 @@ def main() -> None:
 
     print(f"\nbudget {budget} epochs per search ({args.random_trials} random trials x {args.max_epochs} epochs); "
           f"data: first {args.subset} training images, {args.val_size} validation images; "
-          f"ASHA grace {args.grace_period}, reduction 3")
+          f"ASHA grace {args.grace_period}, reduction 3; TPE start-up trials {args.startup_trials}")
     print("seed  random best  tpe+asha best  tpe+asha trials  epochs to reach random's best  share of budget")
     for r in summary:
         share = f"{r['share_of_budget'] * 100:.0f}%" if r["share_of_budget"] else "not reached"

@@ -8,6 +8,8 @@ Two things the stock `OptunaSearch` does not do:
   accuracy, so TPE compares a 3-epoch score with 15-epoch scores. Here such a trial is told as PRUNED (its
   per-epoch values are already reported as intermediate values), and only trials that ran every epoch are
   COMPLETE. A diverged trial is FAIL with user attribute `diverged`.
+With that honest bookkeeping, Optuna's TPE would model "good" on the trials that ran every epoch, which under
+asynchronous ASHA are first of all the ones that ran unopposed; RungTPESampler compares trials at one rung.
 """
 from __future__ import annotations
 
