@@ -166,3 +166,14 @@ def test_rung_tpe_is_plain_tpe_until_enough_trials_reach_a_rung() -> None:
     sampler = RungTPESampler(epochs=[2, 6, 8], min_trials=30, seed=0)
     study = _first_trial_ran_unopposed(sampler)
     assert sampler._at_rung(study) is study
+
+
+def test_rung_tpe_pickles_after_sampling() -> None:
+    """Ray pickles the searcher, with its study and sampler, for --resume, at any point in a sweep."""
+    import pickle
+
+    sampler = RungTPESampler(epochs=[2, 6, 8], min_trials=4, seed=0)
+    study = _first_trial_ran_unopposed(sampler)
+    study.ask(X)
+    restored = pickle.loads(pickle.dumps(sampler))
+    assert restored._epochs == [8, 6, 2] and restored._min_trials == 4

@@ -61,24 +61,41 @@ class RungTPESampler(optuna.samplers.TPESampler):
         super().__init__(**tpe_options)
         self._epochs = sorted(set(epochs), reverse=True)
         self._min_trials = max(1, min_trials)
+        # (trial number, the epoch its parameters are modelled at); plain values: Ray pickles the sampler
+        self._epoch_for: tuple[int, int | None] | None = None
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
                            param_distribution: optuna.distributions.BaseDistribution) -> Any:
-        return super().sample_independent(self._at_rung(study), trial, param_name, param_distribution)
+        return super().sample_independent(self._view_for(study, trial), trial, param_name, param_distribution)
 
     def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
                         search_space: dict[str, optuna.distributions.BaseDistribution]) -> dict[str, Any]:
-        return super().sample_relative(self._at_rung(study), trial, search_space)
+        return super().sample_relative(self._view_for(study, trial), trial, search_space)
+
+    def _view_for(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> _StudyAtEpoch | optuna.Study:
+        """One epoch per sampled trial: all its parameters are modelled alike, and the trials are read once
+        for it rather than once per parameter."""
+        if self._epoch_for is None or self._epoch_for[0] != trial.number:
+            self._epoch_for = (trial.number, self._rung_epoch(study))
+        return _at_epoch(study, self._epoch_for[1])
 
     def _at_rung(self, study: optuna.Study) -> _StudyAtEpoch | optuna.Study:
+        return _at_epoch(study, self._rung_epoch(study))
+
+    def _rung_epoch(self, study: optuna.Study) -> int | None:
         trials = study._get_trials(deepcopy=False, states=_MEASURED, use_cache=False)
         for epoch in self._epochs:
             if sum(_value_at(trial, epoch) is not None for trial in trials) >= self._min_trials:
-                return _StudyAtEpoch(study, epoch)
-        return study
+                return epoch
+        return None
 
 
 _MEASURED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def _at_epoch(study: optuna.Study, epoch: int | None) -> _StudyAtEpoch | optuna.Study:
+    """The study as TPE should read it: at `epoch`, or as it is when no epoch was reached by enough trials."""
+    return study if epoch is None else _StudyAtEpoch(study, epoch)
 
 
 def _value_at(trial: optuna.trial.FrozenTrial, epoch: int) -> float | None:
