@@ -6,7 +6,7 @@ for every trial (`<storage>/<name>/*/result.json`) and prints:
 - trials, and the nodes they ran on (the `node_id` each epoch reports);
 - slots: how many trials the cluster can run at once with the space's `resources` (per alive node
   floor(CPU / cpus) and, for gpus > 0, floor(GPU / gpus); summed), capped by `search.max_concurrent`;
-- span: first trial start to last trial result (Ray's `timestamp`, whole seconds), and the wall time
+- span: first trial start to last trial result (the `reported_at` each epoch sends), and the wall time
   of the whole driver command (imports, data load, registration included);
 - busy: the sum over every trial of its time between reports (`time_this_iter_s`; the first report
   includes the trial's set-up: data from the object store, model, tracking run);
@@ -89,8 +89,9 @@ def figures(trials: dict[str, list[dict[str, Any]]], slots: int) -> dict[str, An
     rows = [r for results in trials.values() for r in results]
     if not rows:
         raise UserError("no trial reported a result: nothing to measure")
-    starts = [r["timestamp"] - r["time_this_iter_s"] for r in rows]
-    span = max(r["timestamp"] for r in rows) - min(starts)
+    # reported_at (sub-second) where the trainable sent it; Ray's whole-second timestamp for older results
+    ends = [r.get("reported_at", r["timestamp"]) for r in rows]
+    span = max(ends) - min(end - r["time_this_iter_s"] for end, r in zip(ends, rows))
     busy = sum(r["time_this_iter_s"] for r in rows)
     per_node = Counter(r["node_id"] for r in rows)  # epochs per node
     return {

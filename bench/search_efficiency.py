@@ -56,9 +56,10 @@ def epoch_results(sweep_dir: Path) -> list[dict]:
         for line in result_file.read_text().splitlines():
             row = json.loads(line)
             if "val_acc" in row and not row.get("diverged"):
-                rows.append({"t": row["timestamp"], "val_acc": row["val_acc"], "trial": row["trial_id"],
-                             "epoch": row["epoch"]})
-    return sorted(rows, key=lambda r: (r["t"], r["epoch"]))  # Ray stamps results in whole seconds
+                # reported_at is sub-second; older results have only Ray's whole-second timestamp
+                rows.append({"t": row.get("reported_at", row["timestamp"]), "val_acc": row["val_acc"],
+                             "trial": row["trial_id"], "epoch": row["epoch"]})
+    return sorted(rows, key=lambda r: (r["t"], r["epoch"]))
 
 
 def best_so_far(rows: list[dict]) -> list[float]:

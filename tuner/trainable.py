@@ -63,8 +63,9 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
     def on_epoch(metrics: Any, make_checkpoint: Any) -> None:
         nonlocal last_epoch
         last_epoch = metrics.epoch
+        # reported_at: Ray's own `timestamp` is whole seconds, too coarse to time a trial of a few seconds
         values = {**metrics.as_dict(), **size, "gpu_seconds": settings.gpus * seconds(),
-                  "trial_seconds": seconds(), "diverged": False}
+                  "trial_seconds": seconds(), "diverged": False, "reported_at": time.time()}
         if run is not None:
             run.log_epoch(metrics.as_dict(), metrics.epoch)
         state = make_checkpoint()
