@@ -3,6 +3,7 @@ tiny checkpoints (synthetic CIFAR-10, two trainings of a few seconds) on a real 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import uuid
@@ -206,6 +207,32 @@ def test_predict_prints_label_and_probability_per_image(registry, tmp_path, caps
     line = user_error(capsys, lambda: predict.main([str(png), "--model-uri", f"models:/{registry.name}@nobody",
                                                     "--mlflow-uri", registry.uri]))
     assert "cannot load model" in line
+
+
+def test_a_driver_with_cuda_checks_the_input_example_on_the_cpu(mlflow_server, tmp_path, monkeypatch):
+    # On a GPU driver MLflow validated the example by loading the model on CUDA, where a pt2 program
+    # exported on the CPU cannot go: it logged "Failed to validate serving input example" (H200, 2026-11-26).
+    write_synthetic_cifar10(tmp_path / "data", n_train=200)
+    data = load_splits(tmp_path / "data", val_size=50)
+    config = TrainConfig(widths=(8, 16, 32), blocks=(1, 1, 1), batch_size=50, warmup_epochs=0.0, epochs=1)
+    suffix = uuid.uuid4().hex[:6]
+    space = tmp_path / "space.yaml"
+    space.write_text("parameters: {}\n")
+    sweep = SweepRun.start(mlflow_server.uri, f"cuda-{suffix}", space, {"num_samples": 1}, {})
+    result = fit(config, data, lambda m, _: None, device="cpu")
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("mlflow").addHandler(handler)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what MLflow asks to pick the device
+    try:
+        version = sweep.register_best(result.checkpoint, "t_0", result.best.val_acc,
+                                      model_name=f"resnet-cuda-{suffix}")
+    finally:
+        logging.getLogger("mlflow").removeHandler(handler)
+        sweep.end()
+    assert version == "1"
+    assert not [w for w in warnings if "input example" in w], warnings
 
 
 def test_classify_matches_argmax_of_the_network():

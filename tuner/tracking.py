@@ -681,7 +681,9 @@ class SweepRun:
         with tempfile.TemporaryDirectory() as tmp:
             path = save_checkpoint(checkpoint, Path(tmp) / "checkpoint.pt")
             self._client.log_artifact(run_id, str(path), "checkpoint")
-        with mlflow_globals(self.uri, self.experiment_id):
+        # The pt2 program is exported on the CPU and cannot move. MLflow checks the input example by
+        # loading the model on CUDA wherever CUDA is present (as on a GPU driver), which fails there.
+        with mlflow_globals(self.uri, self.experiment_id), environment(MLFLOW_DEFAULT_PREDICTION_DEVICE="cpu"):
             info = mlflow.pytorch.log_model(
                 model,
                 name=MODEL_ARTIFACT,
@@ -732,18 +734,25 @@ class SweepRun:
 def mlflow_globals(uri: str, experiment_id: str | None = None) -> Iterator[None]:
     """Point MLflow's global tracking (and registry) URI, and experiment if given, at ours for the
     fluent calls inside (log_model, load_model take no client), then restore what was there."""
-    saved_env = {key: os.environ.get(key)
-                 for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")}
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(uri)
-    os.environ["MLFLOW_REGISTRY_URI"] = uri
-    if experiment_id is not None:
-        os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    # MLFLOW_TRACKING_URI is listed to be restored: set_tracking_uri may write it
+    with environment(MLFLOW_TRACKING_URI=None, MLFLOW_REGISTRY_URI=uri, MLFLOW_EXPERIMENT_ID=experiment_id):
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+
+@contextlib.contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """Set the given environment variables (None leaves one as it is) inside, restore them after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update({key: value for key, value in values.items() if value is not None})
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
-        for key, value in saved_env.items():
+        for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
