@@ -1,15 +1,18 @@
 """The searcher's bookkeeping, driven the way Ray Tune drives it: suggest, results, completion."""
 from __future__ import annotations
 
+import math
+import pickle
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from tuner.searcher import RungTPESampler, SpaceSearcher, create_study, warm_start
+from tuner.searcher import LatinHypercubeStart, RungTPESampler, SpaceSearcher, create_study, warm_start
 from tuner.space import load_space
 from tuner.train import TrainConfig
 
@@ -170,10 +173,57 @@ def test_rung_tpe_is_plain_tpe_until_enough_trials_reach_a_rung() -> None:
 
 def test_rung_tpe_pickles_after_sampling() -> None:
     """Ray pickles the searcher, with its study and sampler, for --resume, at any point in a sweep."""
-    import pickle
-
     sampler = RungTPESampler(epochs=[2, 6, 8], min_trials=4, seed=0)
     study = _first_trial_ran_unopposed(sampler)
     study.ask(X)
     restored = pickle.loads(pickle.dumps(sampler))
     assert restored._epochs == [8, 6, 2] and restored._min_trials == 4
+
+
+# The search-efficiency bench's space (bench/search_efficiency.py); 1004 is its TPE seed for seed 4.
+BENCH = {"widths": CategoricalDistribution(["8,16,32", "16,32,64", "24,48,96"]),
+         "optimizer": CategoricalDistribution(["sgd", "adamw"]), "lr": FloatDistribution(3e-4, 1.0, log=True)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 1004])
+def test_startup_trials_try_every_choice_and_every_stretch_of_a_range(seed: int) -> None:
+    sampler = RungTPESampler(epochs=[2, 8], min_trials=9, seed=seed, n_startup_trials=9)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    drawn = []
+    for _ in range(9):
+        trial = study.ask(BENCH)
+        drawn.append(trial.params)
+        study.tell(trial, state=TrialState.PRUNED)  # start-up lasts while fewer than 9 trials finished
+    assert Counter(p["widths"] for p in drawn) == {"8,16,32": 3, "16,32,64": 3, "24,48,96": 3}
+    assert sorted(Counter(p["optimizer"] for p in drawn).values()) == [4, 5]
+    ninths = sorted(int(9 * math.log(p["lr"] / 3e-4) / math.log(1 / 3e-4)) for p in drawn)
+    assert ninths == list(range(9)), "one learning rate in each ninth of the log range"
+
+
+def test_stock_random_startup_can_leave_a_choice_untried() -> None:
+    """Why the design: with independent draws, seed 1004 tries the smallest network 5 times in 9."""
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=1004, n_startup_trials=9))
+    widths = Counter(study.ask(BENCH).params["widths"] for _ in range(9))
+    assert max(widths.values()) >= 5
+
+
+@pytest.mark.parametrize("distribution, distinct", [
+    (IntDistribution(32, 384, step=32), 12), (IntDistribution(1, 3), 3), (IntDistribution(1, 1000, log=True), None),
+    (FloatDistribution(0.0, 0.2, step=0.05), 5), (FloatDistribution(1e-5, 1e-2, log=True), 16),
+    (FloatDistribution(0.0, 1.0), 16)])
+def test_latin_hypercube_values_lie_in_the_range(distribution, distinct: int | None) -> None:
+    study = optuna.create_study(sampler=LatinHypercubeStart(size=16, seed=0))
+    values = [study.ask({"p": distribution}).params["p"] for _ in range(16)]
+    assert all(distribution._contains(distribution.to_internal_repr(v)) for v in values), values
+    if distinct is not None:
+        assert len(set(values)) == distinct
+    study.ask({"p": distribution})  # beyond the design: a random draw
+
+
+def test_latin_hypercube_design_is_the_same_after_pickling() -> None:
+    """Ray pickles the sampler for --resume: the rest of the design must not change, even with no seed."""
+    sampler = LatinHypercubeStart(size=8, seed=None)
+    before = [sampler._row("lr", row) for row in range(8)]
+    restored = pickle.loads(pickle.dumps(sampler))
+    assert [restored._row("lr", row) for row in range(8)] == before
+    assert sorted(int(8 * q) for q in before) == list(range(8))
