@@ -63,15 +63,17 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
     def on_epoch(metrics: Any, make_checkpoint: Any) -> None:
         nonlocal last_epoch
         last_epoch = metrics.epoch
-        # reported_at: Ray's own `timestamp` is whole seconds, too coarse to time a trial of a few seconds
         values = {**metrics.as_dict(), **size, "gpu_seconds": settings.gpus * seconds(),
-                  "trial_seconds": seconds(), "diverged": False, "reported_at": time.time()}
+                  "trial_seconds": seconds(), "diverged": False}
         if run is not None:
             run.log_epoch(metrics.as_dict(), metrics.epoch)
         state = make_checkpoint()
         state["trial_seconds"] = seconds()
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
+            # Ray's own `timestamp` is whole seconds, too coarse to time trials of a few seconds. Taken last,
+            # like Ray's time_this_iter_s, so that reported_at - time_this_iter_s is when the epoch began.
+            values["reported_at"] = time.time()
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(folder))
 
     outcome = "completed"
