@@ -216,21 +216,16 @@ def test_a_driver_with_cuda_checks_the_input_example_on_the_cpu(mlflow_server, t
     data = load_splits(tmp_path / "data", val_size=50)
     config = TrainConfig(widths=(8, 16, 32), blocks=(1, 1, 1), batch_size=50, warmup_epochs=0.0, epochs=1)
     suffix = uuid.uuid4().hex[:6]
-    space = tmp_path / "space.yaml"
-    space.write_text("parameters: {}\n")
-    sweep = SweepRun.start(mlflow_server.uri, f"cuda-{suffix}", space, {"num_samples": 1}, {})
-    result = fit(config, data, lambda m, _: None, device="cpu")
     warnings: list[str] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: warnings.append(record.getMessage())
     logging.getLogger("mlflow").addHandler(handler)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what MLflow asks to pick the device
-    try:
-        version = sweep.register_best(result.checkpoint, "t_0", result.best.val_acc,
-                                      model_name=f"resnet-cuda-{suffix}")
+    try:  # training itself is pinned to the CPU
+        version, _ = train_and_register(mlflow_server.uri, tmp_path, data, config, f"cuda-{suffix}",
+                                        f"resnet-cuda-{suffix}")
     finally:
         logging.getLogger("mlflow").removeHandler(handler)
-        sweep.end()
     assert version == "1"
     assert not [w for w in warnings if "input example" in w], warnings
 

@@ -63,7 +63,7 @@ class RungTPESampler(optuna.samplers.TPESampler):
     def __init__(self, epochs: Sequence[int], min_trials: int, **tpe_options: Any) -> None:
         super().__init__(**tpe_options)
         # TPE draws its start-up trials from this sampler (Optuna's RandomSampler otherwise)
-        self._random_sampler = LatinHypercubeStart(tpe_options.get("n_startup_trials", 10), tpe_options.get("seed"))
+        self._random_sampler = LatinHypercubeStart(self._n_startup_trials, tpe_options.get("seed"))
         self._epochs = sorted(set(epochs), reverse=True)
         self._min_trials = max(1, min_trials)
         # (trial number, the epoch its parameters are modelled at); plain values: Ray pickles the sampler
