@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 SPACE = """
@@ -31,18 +32,20 @@ parameters:
   label_smoothing: {{type: float, low: 0.0, high: 0.2}}
 search: {{algorithm: {algorithm}, seed: {seed}, startup_trials: {startup_trials}, max_concurrent: 2}}
 scheduler: {{type: {scheduler}, max_epochs: {max_epochs}, grace_period: {grace_period}, reduction_factor: 3}}
-resources: {{cpus: 1, gpus: 0}}
+resources: {{cpus: 1, gpus: {gpus}}}
 budget: {{trials: {trials}{epoch_budget}}}
 data: {{val_size: {val_size}, subset: {subset}, split_seed: 0}}
 """
 
 
-def run_sweep(out: Path, name: str, space_text: str, data_dir: str) -> float:
+def run_sweep(out: Path, name: str, space_text: str, data_dir: str, seed: int) -> float:
     space = out / f"{name}.yaml"
     space.write_text(textwrap.dedent(space_text))
     started = time.monotonic()
+    # One MLflow store per seed: seeds may run at once (--jobs), and two drivers creating one sqlite store
+    # at the same moment race in its schema migration.
     command = [sys.executable, "-m", "tuner.run", "--space", str(space), "--name", name, "--storage",
-               str(out / "runs"), "--mlflow-uri", f"sqlite:///{out / 'mlflow.db'}", "--data-dir", data_dir]
+               str(out / "runs"), "--mlflow-uri", f"sqlite:///{out / f'mlflow-s{seed}.db'}", "--data-dir", data_dir]
     with open(out / f"{name}.log", "w") as log:
         subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -70,6 +73,47 @@ def best_so_far(rows: list[dict]) -> list[float]:
     return curve
 
 
+def compare_seed(seed: int, args: argparse.Namespace, out: Path) -> tuple[dict, list[float], list[float]]:
+    """Random search, then TPE + ASHA under the same epoch budget, for one seed."""
+    budget = args.random_trials * args.max_epochs
+    common = dict(max_epochs=args.max_epochs, grace_period=args.grace_period, val_size=args.val_size,
+                  subset=args.subset, startup_trials=args.startup_trials, gpus=args.gpus)
+    stamp = time.strftime("%H%M%S")
+    random_name, asha_name = f"random-s{seed}-{stamp}", f"tpe-asha-s{seed}-{stamp}"
+    random_s = run_sweep(out, random_name, SPACE.format(
+        name=random_name, algorithm="random", scheduler="fifo", seed=seed, trials=args.random_trials,
+        epoch_budget="", **common), args.data_dir, seed)
+    # Another sampler seed: TPE's startup trials are random draws, and with the same seed they would be
+    # the random search's first trials, so both searches would share their best early configs.
+    asha_s = run_sweep(out, asha_name, SPACE.format(
+        name=asha_name, algorithm="tpe", scheduler="asha", seed=seed + 1000, trials=1000,
+        epoch_budget=f", epochs: {budget}", **common), args.data_dir, seed)
+    random_curve = best_so_far(epoch_results(out / "runs" / random_name))
+    asha_rows = epoch_results(out / "runs" / asha_name)
+    asha_curve = best_so_far(asha_rows)
+    target = random_curve[-1]
+    reached = first_reaching(asha_curve, target)
+    row = {"seed": seed, "budget_epochs": budget, "random_epochs": len(random_curve),
+           "asha_epochs": len(asha_curve), "asha_trials": len({r["trial"] for r in asha_rows}),
+           "random_final_best": target, "asha_final_best": asha_curve[-1],
+           "asha_epochs_to_random_best": reached,
+           "share_of_budget": (reached / budget) if reached else None,
+           "random_wall_s": round(random_s), "asha_wall_s": round(asha_s)}
+    print(json.dumps(row), flush=True)
+    return row, random_curve, asha_curve
+
+
+def first_reaching(curve: list[float], target: float) -> int | None:
+    """Epochs spent (1-based) when the curve first reaches target; None if it never does."""
+    return next((i + 1 for i, v in enumerate(curve) if v >= target), None)
+
+
+def mean_curve(curves: list[list[float]], length: int) -> list[float]:
+    """Mean over seeds of best-so-far curves, each held at its last value up to length epochs."""
+    padded = [curve + [curve[-1]] * (length - len(curve)) for curve in curves]
+    return [sum(values) / len(values) for values in zip(*padded, strict=True)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data")
@@ -82,45 +126,26 @@ def main() -> None:
     parser.add_argument("--grace-period", type=int, default=2)
     # The service's default (tuner.space.SearchSettings); before 2026-11-26 the bench used 4.
     parser.add_argument("--startup-trials", type=int, default=8)
+    parser.add_argument("--gpus", type=float, default=0.0,
+                        help="GPUs per trial (0.5 runs a sweep's two trials side by side on one GPU)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds compared at once, each in its own local Ray (for machines with cores to spare)")
     parser.add_argument("--out", default="runs/bench/search")
     parser.add_argument("--plot", default="docs/search_efficiency.png")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     budget = args.random_trials * args.max_epochs
-    common = dict(max_epochs=args.max_epochs, grace_period=args.grace_period, val_size=args.val_size,
-                  subset=args.subset, startup_trials=args.startup_trials)
-    summary = []
-    curves = {}
-    for seed in (int(s) for s in args.seeds.split(",")):
-        stamp = time.strftime("%H%M%S")
-        random_name, asha_name = f"random-s{seed}-{stamp}", f"tpe-asha-s{seed}-{stamp}"
-        random_s = run_sweep(out, random_name, SPACE.format(
-            name=random_name, algorithm="random", scheduler="fifo", seed=seed, trials=args.random_trials,
-            epoch_budget="", **common), args.data_dir)
-        # Another sampler seed: TPE's startup trials are random draws, and with the same seed they would be
-        # the random search's first trials, so both searches would share their best early configs.
-        asha_s = run_sweep(out, asha_name, SPACE.format(
-            name=asha_name, algorithm="tpe", scheduler="asha", seed=seed + 1000, trials=1000,
-            epoch_budget=f", epochs: {budget}", **common), args.data_dir)
-        random_curve = best_so_far(epoch_results(out / "runs" / random_name))
-        asha_rows = epoch_results(out / "runs" / asha_name)
-        asha_curve = best_so_far(asha_rows)
-        target = random_curve[-1]
-        reached = next((i + 1 for i, v in enumerate(asha_curve) if v >= target), None)
-        row = {"seed": seed, "budget_epochs": budget, "random_epochs": len(random_curve),
-               "asha_epochs": len(asha_curve), "asha_trials": len({r["trial"] for r in asha_rows}),
-               "random_final_best": target, "asha_final_best": asha_curve[-1],
-               "asha_epochs_to_random_best": reached,
-               "share_of_budget": (reached / budget) if reached else None,
-               "random_wall_s": round(random_s), "asha_wall_s": round(asha_s)}
-        summary.append(row)
-        curves[seed] = (random_curve, asha_curve)
-        print(json.dumps(row), flush=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = list(pool.map(lambda seed: compare_seed(seed, args, out), seeds))
+    summary = [row for row, _, _ in results]
+    curves = {row["seed"]: (random_curve, asha_curve) for row, random_curve, asha_curve in results}
 
     print(f"\nbudget {budget} epochs per search ({args.random_trials} random trials x {args.max_epochs} epochs); "
           f"data: first {args.subset} training images, {args.val_size} validation images; "
-          f"ASHA grace {args.grace_period}, reduction 3; TPE start-up trials {args.startup_trials}")
+          f"ASHA grace {args.grace_period}, reduction 3; TPE start-up trials {args.startup_trials}; "
+          f"GPUs per trial {args.gpus:g}")
     print("seed  random best  tpe+asha best  tpe+asha trials  epochs to reach random's best  share of budget")
     for r in summary:
         share = f"{r['share_of_budget'] * 100:.0f}%" if r["share_of_budget"] else "not reached"
@@ -130,6 +155,15 @@ def main() -> None:
     shares = [r["share_of_budget"] for r in summary]
     met = sum(1 for s in shares if s is not None and s <= 0.4)
     print(f"goal (reach random's best within 40% of the budget): met in {met} of {len(shares)} seeds")
+    # A seed's share swings with which of two concurrent trials finishes first; the mean curve is steadier.
+    random_mean = mean_curve([c[0] for c in curves.values()], budget)
+    asha_mean = mean_curve([c[1] for c in curves.values()], budget)
+    at_goal = max(1, int(0.4 * budget))
+    reached = first_reaching(asha_mean, random_mean[-1])
+    print(f"mean over seeds: random final best {random_mean[-1]:.4f}; tpe+asha best at 40% of the budget "
+          f"{asha_mean[at_goal - 1]:.4f}, final {asha_mean[-1]:.4f}; tpe+asha's mean curve reaches random's "
+          f"mean final best " + (f"at epoch {reached} of {budget} ({reached / budget:.0%})" if reached
+                                 else "never"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(curves, budget, Path(args.plot))
 
