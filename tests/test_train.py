@@ -97,6 +97,8 @@ def test_unknown_field_is_refused_with_a_suggestion_and_the_valid_names() -> Non
         ({"warmup_epochs": -1}, "warmup_epochs"),
         ({"crop_padding": -1}, "crop_padding"),
         ({"translate": 0.9}, "translate"),
+        ({"ema_epochs": -0.5}, "ema_epochs"),
+        ({"ema_epochs": 16}, "ema_epochs"),
     ],
 )
 def test_impossible_values_are_user_errors_naming_the_field(values: dict[str, Any], field: str) -> None:
@@ -319,20 +321,21 @@ class Interrupted(Exception):
     pass
 
 
-def resume_config(optimizer: str, schedule: str) -> TrainConfig:
+def resume_config(optimizer: str, schedule: str, ema_epochs: float = 0.0) -> TrainConfig:
     # every source of randomness in play: shuffling, crop, flip, jitter, rotation, translation
     return TrainConfig.from_dict(dict(
         widths=(8, 16), blocks=(1, 1), epochs=3, batch_size=32, warmup_epochs=0.5, optimizer=optimizer,
         lr=0.05 if optimizer == "sgd" else 2e-3, schedule=schedule, plateau_patience=0,
-        color_jitter=0.2, rotation=15, translate=0.1, deterministic=True, seed=7,
+        color_jitter=0.2, rotation=15, translate=0.1, deterministic=True, seed=7, ema_epochs=ema_epochs,
     ))
 
 
-@pytest.mark.parametrize(("optimizer", "schedule"), [("sgd", "onecycle"), ("adam", "plateau")])
+@pytest.mark.parametrize(("optimizer", "schedule", "ema_epochs"),
+                         [("sgd", "onecycle", 0.0), ("adam", "plateau", 0.0), ("sgd", "onecycle", 1.0)])
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(
-    small: DataSplits, tmp_path: Path, restore_determinism: None, optimizer: str, schedule: str
+    small: DataSplits, tmp_path: Path, restore_determinism: None, optimizer: str, schedule: str, ema_epochs: float
 ) -> None:
-    config = resume_config(optimizer, schedule)
+    config = resume_config(optimizer, schedule, ema_epochs)
     uninterrupted = fit(config, small, device="cpu")
 
     def crash_after_epoch_1(metrics: EpochMetrics, checkpoint: Callable[[], dict[str, Any]]) -> None:
@@ -351,10 +354,11 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(
 
     assert epochs_seen == [2, 3]  # epoch 1 is not run again
     assert resumed.status == "completed"
-    final, expected = resumed.checkpoint["model"], uninterrupted.checkpoint["model"]
-    assert final.keys() == expected.keys()
-    for name in expected:
-        assert torch.equal(final[name], expected[name]), name
+    for weights in ("model", "trained") if ema_epochs else ("model",):
+        final, expected = resumed.checkpoint[weights], uninterrupted.checkpoint[weights]
+        assert final.keys() == expected.keys()
+        for name in expected:
+            assert torch.equal(final[name], expected[name]), f"{weights}: {name}"
     assert _tensors(resumed.checkpoint["optimizer"]) == _tensors(uninterrupted.checkpoint["optimizer"])
     assert [_reproducible(m) for m in resumed.history] == [_reproducible(m) for m in uninterrupted.history]
 
@@ -372,6 +376,23 @@ def _tensors(value: Any) -> list[tuple[float, ...]]:
     if isinstance(value, list):
         return [t for item in value for t in _tensors(item)]
     return []
+
+
+def test_the_weight_average_is_what_is_evaluated_and_checkpointed(small: DataSplits) -> None:
+    averaged = fit(tiny(ema_epochs=1.0), small, device="cpu")  # 5 steps an epoch: about a 5-step average
+    state = averaged.checkpoint
+    assert any(not torch.equal(state["model"][k], state["trained"][k]) for k in state["model"])
+    model, _ = model_from_checkpoint(state)
+    loss, accuracy = evaluate_images(model, small.val, tta_flip=True, device="cpu")
+    assert accuracy == averaged.history[-1].val_acc
+    assert loss == pytest.approx(averaged.history[-1].val_loss, rel=1e-5)
+    # a one-step "average" is the trained weights: same checkpoint, same figures as no average at all
+    one_step = fit(tiny(ema_epochs=0.2), small, device="cpu")
+    plain = fit(tiny(), small, device="cpu")
+    for name, value in one_step.checkpoint["model"].items():
+        assert torch.equal(value, one_step.checkpoint["trained"][name]), name
+        assert torch.allclose(value.float(), plain.checkpoint["model"][name].float()), name
+    assert [m.val_acc for m in one_step.history] == [m.val_acc for m in plain.history]
 
 
 def test_checkpoint_is_plain_tensors_and_values(small: DataSplits, tmp_path: Path) -> None:

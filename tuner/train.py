@@ -6,9 +6,10 @@ sliced, augmented and normalised there (no DataLoader, no PIL); bf16 autocast an
 CUDA; optional torch.compile. Measured figures are in docs/benchmarks.md.
 
 One epoch, as a story: shuffle indices with the run's own generator, and for every batch slice the
-images, augment them, take an SGD step at the scheduled learning rate; then evaluate on the validation
-split (with flip test-time augmentation), let the plateau schedule see the validation loss, and hand
-the epoch's metrics and a lazily built checkpoint to `on_epoch`.
+images, augment them, take an SGD step at the scheduled learning rate (and fold the weights into their
+moving average when `ema_epochs` asks for one); then evaluate on the validation split (with flip
+test-time augmentation), let the plateau schedule see the validation loss, and hand the epoch's metrics
+and a lazily built checkpoint to `on_epoch`.
 """
 from __future__ import annotations
 
@@ -75,6 +76,9 @@ class TrainConfig:
     translate: float = 0.0
     # evaluation
     tta_flip: bool = True
+    # Evaluate (and checkpoint) an exponential moving average of the weights over about this many epochs;
+    # 0 evaluates the weights as trained.
+    ema_epochs: float = 0.0
     # execution
     seed: int = 0
     precision: str = "auto"
@@ -133,6 +137,7 @@ class TrainConfig:
             ("color_jitter", 0 <= self.color_jitter <= 1, "must be in [0, 1]"),
             ("rotation", 0 <= self.rotation <= 180, "must be between 0 and 180 degrees"),
             ("translate", 0 <= self.translate <= 0.5, "must be a fraction of the image in [0, 0.5]"),
+            ("ema_epochs", 0 <= self.ema_epochs <= self.epochs, "must be between 0 (off) and epochs"),
         )
         for name, ok, rule in checks:
             if not ok:
@@ -352,11 +357,16 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
     batch_size = min(config.batch_size, len(train))
     steps_per_epoch = len(train) // batch_size  # drop the ragged last batch: every step sees a full batch
     schedule = LrSchedule(config, steps_per_epoch)
+    average = weight_average(model, config.ema_epochs * steps_per_epoch) if config.ema_epochs > 0 else None
+    evaluated = average.module if average is not None else model
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[EpochMetrics] = []
     first_epoch = 1
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        model.load_state_dict(resume.get("trained", resume["model"]))
+        if average is not None:
+            evaluated.load_state_dict(resume["model"])
+            average.n_averaged.fill_(int(resume.get("averaged_steps", 0)))
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         generator.set_state(resume["rng"]["generator"].to("cpu"))
@@ -365,16 +375,21 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
         first_epoch = int(resume["epoch"]) + 1
 
     def checkpoint(epoch: int) -> dict[str, Any]:
-        return {
+        state = {
             "format": CHECKPOINT_FORMAT,
             "config": config.to_dict(),
             "epoch": epoch,
-            "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+            # the weights that were evaluated: what predicting and promoting load
+            "model": _to_cpu(evaluated.state_dict()),
             "optimizer": _to_cpu(optimizer.state_dict()),
             "schedule": schedule.state_dict(),
             "rng": {"generator": generator.get_state().cpu(), "torch": torch.get_rng_state()},
             "history": [m.as_dict() for m in history],
         }
+        if average is not None:  # resuming continues from the trained weights and the average alike
+            state["trained"] = _to_cpu(model.state_dict())
+            state["averaged_steps"] = int(average.n_averaged.item())
+        return state
 
     for epoch in range(first_epoch, config.epochs + 1):
         started = time.perf_counter()
@@ -398,6 +413,8 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 or step + 1 == steps_per_epoch:
@@ -407,7 +424,7 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate(model, val, config.tta_flip, autocast, channels_last)
+        val_loss, val_acc = evaluate(evaluated, val, config.tta_flip, autocast, channels_last)
         if not math.isfinite(val_loss):
             return FitResult("diverged", history, None)
         schedule.end_epoch(val_loss)
@@ -425,6 +442,19 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
         if on_epoch is not None:
             on_epoch(metrics, lambda epoch=epoch: checkpoint(epoch))
     return FitResult("completed", history, checkpoint(config.epochs))
+
+
+def weight_average(model: nn.Module, horizon_steps: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of model's weights and BatchNorm statistics over about horizon_steps
+    optimizer steps; the first update copies the weights, so early epochs are not pulled toward the init.
+
+    Why: at a high learning rate the current weights sit far from where training is heading, so an early
+    epoch's accuracy ranks a high-lr trial below a low-lr one that finishes worse (the short-horizon bias
+    that misleads early stopping); the average is much closer to the eventual weights (docs/benchmarks.md).
+    """
+    decay = max(0.0, 1.0 - 1.0 / horizon_steps)
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _to_cpu(value: Any) -> Any:
