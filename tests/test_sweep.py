@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 TINY = """
 name: tiny
-fixed: {batch_size: 50, warmup_epochs: 0, blocks: [1, 1], crop_padding: 2, tta_flip: false}
+fixed: {batch_size: 50, warmup_epochs: 0, blocks: [1, 1], crop_padding: 2, tta_flip: false, ema_epochs: 0.5}
 parameters:
   widths: {choices: [[4, 8], [8, 16], [32, 64], [48, 96]]}
   lr: {type: float, low: 0.005, high: 0.5, log: true}
