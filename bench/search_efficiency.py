@@ -23,7 +23,7 @@ from pathlib import Path
 
 SPACE = """
 name: {name}
-fixed: {{batch_size: 128, blocks: [1, 1, 1], warmup_epochs: 1, tta_flip: false}}
+fixed: {{batch_size: 128, blocks: [1, 1, 1], warmup_epochs: 1, tta_flip: false, ema_epochs: {ema_epochs}}}
 parameters:
   widths: {{choices: [[8, 16, 32], [16, 32, 64], [24, 48, 96]]}}
   optimizer: [sgd, adamw]
@@ -77,7 +77,8 @@ def compare_seed(seed: int, args: argparse.Namespace, out: Path) -> tuple[dict, 
     """Random search, then TPE + ASHA under the same epoch budget, for one seed."""
     budget = args.random_trials * args.max_epochs
     common = dict(max_epochs=args.max_epochs, grace_period=args.grace_period, val_size=args.val_size,
-                  subset=args.subset, startup_trials=args.startup_trials, gpus=args.gpus)
+                  subset=args.subset, startup_trials=args.startup_trials, gpus=args.gpus,
+                  ema_epochs=args.ema_epochs)
     stamp = time.strftime("%H%M%S")
     random_name, asha_name = f"random-s{seed}-{stamp}", f"tpe-asha-s{seed}-{stamp}"
     random_s = run_sweep(out, random_name, SPACE.format(
@@ -126,6 +127,8 @@ def main() -> None:
     parser.add_argument("--grace-period", type=int, default=2)
     # The service's default (tuner.space.SearchSettings); before 2026-11-26 the bench used 4.
     parser.add_argument("--startup-trials", type=int, default=8)
+    parser.add_argument("--ema-epochs", type=float, default=0.0,
+                        help="evaluate a moving average of the weights over this many epochs (TrainConfig.ema_epochs)")
     parser.add_argument("--gpus", type=float, default=0.0,
                         help="GPUs per trial (0.5 runs a sweep's two trials side by side on one GPU)")
     parser.add_argument("--jobs", type=int, default=1,
@@ -145,7 +148,7 @@ def main() -> None:
     print(f"\nbudget {budget} epochs per search ({args.random_trials} random trials x {args.max_epochs} epochs); "
           f"data: first {args.subset} training images, {args.val_size} validation images; "
           f"ASHA grace {args.grace_period}, reduction 3; TPE start-up trials {args.startup_trials}; "
-          f"GPUs per trial {args.gpus:g}")
+          f"weight average {args.ema_epochs:g} epochs; GPUs per trial {args.gpus:g}")
     print("seed  random best  tpe+asha best  tpe+asha trials  epochs to reach random's best  share of budget")
     for r in summary:
         share = f"{r['share_of_budget'] * 100:.0f}%" if r["share_of_budget"] else "not reached"
