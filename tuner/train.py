@@ -13,6 +13,7 @@ and a lazily built checkpoint to `on_epoch`.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -357,7 +358,7 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
     batch_size = min(config.batch_size, len(train))
     steps_per_epoch = len(train) // batch_size  # drop the ragged last batch: every step sees a full batch
     schedule = LrSchedule(config, steps_per_epoch)
-    average = weight_average(model, config.ema_epochs * steps_per_epoch) if config.ema_epochs > 0 else None
+    average = WeightAverage(model, config.ema_epochs * steps_per_epoch) if config.ema_epochs > 0 else None
     evaluated = average.module if average is not None else model
     generator = torch.Generator(device=device).manual_seed(config.seed)
     history: list[EpochMetrics] = []
@@ -366,7 +367,7 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
         model.load_state_dict(resume.get("trained", resume["model"]))
         if average is not None:
             evaluated.load_state_dict(resume["model"])
-            average.n_averaged.fill_(int(resume.get("averaged_steps", 0)))
+            average.updates = int(resume.get("averaged_steps", 0))
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
         generator.set_state(resume["rng"]["generator"].to("cpu"))
@@ -388,7 +389,7 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
         }
         if average is not None:  # resuming continues from the trained weights and the average alike
             state["trained"] = _to_cpu(model.state_dict())
-            state["averaged_steps"] = int(average.n_averaged.item())
+            state["averaged_steps"] = average.updates
         return state
 
     for epoch in range(first_epoch, config.epochs + 1):
@@ -414,7 +415,7 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
             loss.backward()
             optimizer.step()
             if average is not None:
-                average.update_parameters(model)
+                average.update()
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 or step + 1 == steps_per_epoch:
@@ -444,17 +445,39 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
     return FitResult("completed", history, checkpoint(config.epochs))
 
 
-def weight_average(model: nn.Module, horizon_steps: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of model's weights and BatchNorm statistics over about horizon_steps
+class WeightAverage:
+    """An exponential moving average of a model's weights and BatchNorm statistics over about horizon_steps
     optimizer steps; the first update copies the weights, so early epochs are not pulled toward the init.
 
     Why: at a high learning rate the current weights sit far from where training is heading, so an early
     epoch's accuracy ranks a high-lr trial below a low-lr one that finishes worse (the short-horizon bias
     that misleads early stopping); the average is much closer to the eventual weights (docs/benchmarks.md).
+    Not torch's AveragedModel: its update moves a step counter to the device every step, which on CUDA is
+    a host sync per batch. Here the tensors are paired once (training updates them in place) and the
+    counter stays a Python int.
     """
-    decay = max(0.0, 1.0 - 1.0 / horizon_steps)
-    return torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    def __init__(self, model: nn.Module, horizon_steps: float) -> None:
+        self.module = copy.deepcopy(model)
+        self.weight = min(1.0, 1.0 / horizon_steps)  # of the newest weights, in each update
+        self.updates = 0
+        pairs = list(zip(_state_tensors(self.module), _state_tensors(model), strict=True))
+        self._floats = [list(t) for t in zip(*[p for p in pairs if p[0].is_floating_point()], strict=True)]
+        self._counters = [p for p in pairs if not p[0].is_floating_point()]  # BatchNorm's batch counts
+
+    def update(self) -> None:
+        averaged, live = self._floats
+        if self.updates == 0:
+            torch._foreach_copy_(averaged, live)
+        else:
+            torch._foreach_lerp_(averaged, live, self.weight)
+        for mine, theirs in self._counters:
+            mine.copy_(theirs)
+        self.updates += 1
+
+
+def _state_tensors(model: nn.Module) -> list[torch.Tensor]:
+    return [t.detach() for t in (*model.parameters(), *model.buffers())]
 
 
 def _to_cpu(value: Any) -> Any:
