@@ -21,7 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-SPACE = """
+# Five parameters: three widths, the optimizer and its learning rate, weight decay, label smoothing.
+WIDTHS_AND_OPTIMIZER = """
 name: {name}
 fixed: {{batch_size: 128, blocks: [1, 1, 1], warmup_epochs: 1, tta_flip: false, ema_epochs: {ema_epochs}}}
 parameters:
@@ -30,6 +31,27 @@ parameters:
   lr: {{type: float, low: 0.0003, high: 1.0, log: true}}
   weight_decay: {{type: float, low: 0.00001, high: 0.01, log: true}}
   label_smoothing: {{type: float, low: 0.0, high: 0.2}}
+"""
+# The parameters and ranges of search_spaces/recipe.yaml (eleven, two of them only for sgd), on one
+# CPU-sized network.
+RECIPE = """
+name: {name}
+fixed: {{widths: [16, 32, 64], blocks: [1, 1, 1], tta_flip: false, ema_epochs: {ema_epochs}}}
+parameters:
+  optimizer: [sgd, adamw]
+  lr: {{type: float, low: 0.0003, high: 1.0, log: true}}
+  momentum: {{type: float, low: 0.8, high: 0.97, when: {{optimizer: sgd}}}}
+  nesterov: {{choices: [true, false], when: {{optimizer: sgd}}}}
+  weight_decay: {{type: float, low: 0.00001, high: 0.1, log: true}}
+  batch_size: [128, 256, 512]
+  schedule: [onecycle, cosine]
+  warmup_epochs: {{type: float, low: 0.0, high: 3.0}}
+  label_smoothing: {{type: float, low: 0.0, high: 0.2}}
+  crop_padding: [2, 4]
+  color_jitter: {{type: float, low: 0.0, high: 0.3}}
+"""
+SPACES = {"widths-optimizer": WIDTHS_AND_OPTIMIZER, "recipe": RECIPE}
+SEARCH_SETTINGS = """
 search: {{algorithm: {algorithm}, seed: {seed}, startup_trials: {startup_trials}, max_concurrent: 2}}
 scheduler: {{type: {scheduler}, max_epochs: {max_epochs}, grace_period: {grace_period}, reduction_factor: 3}}
 resources: {{cpus: 1, gpus: {gpus}}}
@@ -81,12 +103,13 @@ def compare_seed(seed: int, args: argparse.Namespace, out: Path) -> tuple[dict, 
                   ema_epochs=args.ema_epochs)
     stamp = time.strftime("%H%M%S")
     random_name, asha_name = f"random-s{seed}-{stamp}", f"tpe-asha-s{seed}-{stamp}"
-    random_s = run_sweep(out, random_name, SPACE.format(
+    space = SPACES[args.space] + SEARCH_SETTINGS
+    random_s = run_sweep(out, random_name, space.format(
         name=random_name, algorithm="random", scheduler="fifo", seed=seed, trials=args.random_trials,
         epoch_budget="", **common), args.data_dir, seed)
     # Another sampler seed: TPE's startup trials are random draws, and with the same seed they would be
     # the random search's first trials, so both searches would share their best early configs.
-    asha_s = run_sweep(out, asha_name, SPACE.format(
+    asha_s = run_sweep(out, asha_name, space.format(
         name=asha_name, algorithm="tpe", scheduler="asha", seed=seed + 1000, trials=1000,
         epoch_budget=f", epochs: {budget}", **common), args.data_dir, seed)
     random_curve = best_so_far(epoch_results(out / "runs" / random_name))
@@ -119,6 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--space", choices=sorted(SPACES), default="widths-optimizer",
+                        help="the parameters searched (both on CPU-sized networks)")
     parser.add_argument("--random-trials", type=int, default=10)
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument("--subset", type=int, default=3000)
@@ -145,7 +170,8 @@ def main() -> None:
     summary = [row for row, _, _ in results]
     curves = {row["seed"]: (random_curve, asha_curve) for row, random_curve, asha_curve in results}
 
-    print(f"\nbudget {budget} epochs per search ({args.random_trials} random trials x {args.max_epochs} epochs); "
+    print(f"\nspace {args.space}; budget {budget} epochs per search "
+          f"({args.random_trials} random trials x {args.max_epochs} epochs); "
           f"data: first {args.subset} training images, {args.val_size} validation images; "
           f"ASHA grace {args.grace_period}, reduction 3; TPE start-up trials {args.startup_trials}; "
           f"weight average {args.ema_epochs:g} epochs; GPUs per trial {args.gpus:g}")
