@@ -71,6 +71,10 @@ def test_rung_schedule_and_epoch_estimate(tmp_path: Path) -> None:
     assert space.scheduler.rungs() == [1, 3]
     # 5 trials to epoch 1, 5/3 continue to epoch 3, 5/9 run to 9
     assert estimate_epochs(space) == pytest.approx(5 * 1 + 5 / 3 * 2 + 5 / 9 * 6)
+    # an epoch budget below that stops the sweep first
+    capped = load_space(write(tmp_path, VALID.replace("budget: {", "budget: {epochs: 7, ")))
+    assert capped.budget.epochs == 7 and estimate_epochs(capped) == 7
+    assert "expected epochs: about 7 in all (the epoch budget stops the sweep)" in describe(capped)
 
 
 BAD_FILES = {

@@ -497,20 +497,25 @@ def describe(space: SearchSpace) -> str:
     # A training step costs about 3x the forward MACs. A trial at a fraction of a GPU runs about that much
     # slower, so GPU-hours do not depend on the fraction.
     gpu_hours = epochs * images * 3 * count_macs(large) / GPU_SUSTAINED_MACS / 3600 if space.resources.gpus else 0.0
-    lines.append(f"expected epochs: about {epochs:.0f} in all (ASHA stops most trials early)"
+    why = "the epoch budget stops the sweep" if b.epochs and epochs == b.epochs else (
+        "ASHA stops most trials early" if sched.type == "asha" else "every trial runs every epoch")
+    lines.append(f"expected epochs: about {epochs:.0f} in all ({why})"
                  + (f"; estimated {gpu_hours:.2f} GPU-hours at the largest network" if gpu_hours else
                     "; no GPU requested, so 0 GPU-hours"))
     return "\n".join(lines)
 
 
 def estimate_epochs(space: SearchSpace) -> float:
-    """Expected total epochs: under ASHA a fraction 1/rf of the trials passes each rung."""
+    """Expected total epochs: under ASHA a fraction 1/rf of the trials passes each rung; an epoch budget
+    stops the sweep sooner."""
     sched, trials = space.scheduler, space.budget.trials
     if sched.type != "asha":
-        return float(trials * sched.max_epochs)
-    total, alive, previous = 0.0, float(trials), 0
-    for rung in sched.rungs():
-        total += alive * (rung - previous)
-        alive, previous = alive / sched.reduction_factor, rung
-    return total + alive * (sched.max_epochs - previous)
+        total = float(trials * sched.max_epochs)
+    else:
+        total, alive, previous = 0.0, float(trials), 0
+        for rung in sched.rungs():
+            total += alive * (rung - previous)
+            alive, previous = alive / sched.reduction_factor, rung
+        total += alive * (sched.max_epochs - previous)
+    return min(total, float(space.budget.epochs)) if space.budget.epochs else total
 
