@@ -8,6 +8,7 @@ best-so-far validation accuracy against epochs spent, and report the share of th
 TPE + ASHA first reaches random search's final best. Goal (issue #3): within 40% of the budget.
 
     python bench/search_efficiency.py --data-dir data --seeds 0,1,2 --out runs/bench/search
+    python bench/search_efficiency.py --summarize runs/bench/a,runs/bench/b   # pool two runs' seeds
 """
 from __future__ import annotations
 
@@ -112,8 +113,17 @@ def compare_seed(seed: int, args: argparse.Namespace, out: Path) -> tuple[dict, 
     asha_s = run_sweep(out, asha_name, space.format(
         name=asha_name, algorithm="tpe", scheduler="asha", seed=seed + 1000, trials=1000,
         epoch_budget=f", epochs: {budget}", **common), args.data_dir, seed)
-    random_curve = best_so_far(epoch_results(out / "runs" / random_name))
-    asha_rows = epoch_results(out / "runs" / asha_name)
+    row, random_curve, asha_curve = measure_seed(out / "runs", seed, random_name, asha_name, budget)
+    row.update(random_wall_s=round(random_s), asha_wall_s=round(asha_s))
+    print(json.dumps(row), flush=True)
+    return row, random_curve, asha_curve
+
+
+def measure_seed(runs: Path, seed: int, random_name: str, asha_name: str,
+                 budget: int) -> tuple[dict, list[float], list[float]]:
+    """One seed's figures and best-so-far curves, from the two sweeps' recorded results."""
+    random_curve = best_so_far(epoch_results(runs / random_name))
+    asha_rows = epoch_results(runs / asha_name)
     asha_curve = best_so_far(asha_rows)
     target = random_curve[-1]
     reached = first_reaching(asha_curve, target)
@@ -121,10 +131,22 @@ def compare_seed(seed: int, args: argparse.Namespace, out: Path) -> tuple[dict, 
            "asha_epochs": len(asha_curve), "asha_trials": len({r["trial"] for r in asha_rows}),
            "random_final_best": target, "asha_final_best": asha_curve[-1],
            "asha_epochs_to_random_best": reached,
-           "share_of_budget": (reached / budget) if reached else None,
-           "random_wall_s": round(random_s), "asha_wall_s": round(asha_s)}
-    print(json.dumps(row), flush=True)
+           "share_of_budget": (reached / budget) if reached else None}
     return row, random_curve, asha_curve
+
+
+def measured_runs(outs: list[Path]) -> list[tuple[dict, list[float], list[float]]]:
+    """Every seed of earlier bench runs (each an --out folder), recomputed from their sweeps."""
+    results = []
+    for out in outs:
+        for row in json.loads((out / "summary.json").read_text()):
+            seed = row["seed"]
+            names = [sorted(p.name for p in (out / "runs").glob(f"{kind}-s{seed}-*"))
+                     for kind in ("random", "tpe-asha")]
+            if any(len(found) != 1 for found in names):
+                sys.exit(f"{out}: expected one random and one tpe-asha sweep for seed {seed}, found {names}")
+            results.append(measure_seed(out / "runs", seed, names[0][0], names[1][0], row["budget_epochs"]))
+    return results
 
 
 def first_reaching(curve: list[float], target: float) -> int | None:
@@ -160,21 +182,36 @@ def main() -> None:
                         help="seeds compared at once, each in its own local Ray (for machines with cores to spare)")
     parser.add_argument("--out", default="runs/bench/search")
     parser.add_argument("--plot", default="docs/search_efficiency.png")
+    parser.add_argument("--summarize", metavar="OUT,OUT",
+                        help="run nothing: pool the seeds of earlier runs (their --out folders) into one summary")
     args = parser.parse_args()
+    if args.summarize:
+        results = measured_runs([Path(p).resolve() for p in args.summarize.split(",")])
+        budgets = {row["budget_epochs"] for row, _, _ in results}
+        if len(budgets) != 1:
+            sys.exit(f"the runs have different budgets {sorted(budgets)}: pool only runs of one setting")
+        print(f"\npooled from {args.summarize}")
+        report(results, budgets.pop(), Path(args.plot))
+        return
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     budget = args.random_trials * args.max_epochs
     seeds = [int(s) for s in args.seeds.split(",")]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         results = list(pool.map(lambda seed: compare_seed(seed, args, out), seeds))
-    summary = [row for row, _, _ in results]
-    curves = {row["seed"]: (random_curve, asha_curve) for row, random_curve, asha_curve in results}
-
+    (out / "summary.json").write_text(json.dumps([row for row, _, _ in results], indent=2))
     print(f"\nspace {args.space}; budget {budget} epochs per search "
           f"({args.random_trials} random trials x {args.max_epochs} epochs); "
           f"data: first {args.subset} training images, {args.val_size} validation images; "
           f"ASHA grace {args.grace_period}, reduction 3; TPE start-up trials {args.startup_trials}; "
           f"weight average {args.ema_epochs:g} epochs; GPUs per trial {args.gpus:g}")
+    report(results, budget, Path(args.plot))
+
+
+def report(results: list[tuple[dict, list[float], list[float]]], budget: int, plot_path: Path) -> None:
+    """The per-seed table, the goal count, the mean-over-seeds line and the plot."""
+    summary = [row for row, _, _ in results]
+    curves = {row["seed"]: (random_curve, asha_curve) for row, random_curve, asha_curve in results}
     print("seed  random best  tpe+asha best  tpe+asha trials  epochs to reach random's best  share of budget")
     for r in summary:
         share = f"{r['share_of_budget'] * 100:.0f}%" if r["share_of_budget"] else "not reached"
@@ -193,8 +230,9 @@ def main() -> None:
           f"{asha_mean[at_goal - 1]:.4f}, final {asha_mean[-1]:.4f}; tpe+asha's mean curve reaches random's "
           f"mean final best " + (f"at epoch {reached} of {budget} ({reached / budget:.0%})" if reached
                                  else "never"))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot(curves, budget, Path(args.plot))
+    ahead = sum(1 for r in summary if r["asha_final_best"] > r["random_final_best"])
+    print(f"tpe+asha ends above random search in {ahead} of {len(summary)} seeds")
+    plot(curves, budget, plot_path)
 
 
 def plot(curves: dict[int, tuple[list[float], list[float]]], budget: int, path: Path) -> None:
