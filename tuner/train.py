@@ -462,8 +462,8 @@ class WeightAverage:
         self.weight = min(1.0, 1.0 / horizon_steps)  # of the newest weights, in each update
         self.updates = 0
         pairs = list(zip(_state_tensors(self.module), _state_tensors(model), strict=True))
-        self._floats = [list(t) for t in zip(*[p for p in pairs if p[0].is_floating_point()], strict=True)]
-        self._counters = [p for p in pairs if not p[0].is_floating_point()]  # BatchNorm's batch counts
+        self._floats = _unzip([p for p in pairs if p[0].is_floating_point()])
+        self._counters = _unzip([p for p in pairs if not p[0].is_floating_point()])  # BatchNorm's batch counts
 
     def update(self) -> None:
         averaged, live = self._floats
@@ -471,9 +471,14 @@ class WeightAverage:
             torch._foreach_copy_(averaged, live)
         else:
             torch._foreach_lerp_(averaged, live, self.weight)
-        for mine, theirs in self._counters:
-            mine.copy_(theirs)
+        if self._counters[0]:  # one launch for all of them, not one per BatchNorm layer
+            torch._foreach_copy_(*self._counters)
         self.updates += 1
+
+
+def _unzip(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(averaged tensors, live tensors) in matching order, the two lists a _foreach_ call takes."""
+    return [mine for mine, _ in pairs], [theirs for _, theirs in pairs]
 
 
 def _state_tensors(model: nn.Module) -> list[torch.Tensor]:
