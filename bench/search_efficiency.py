@@ -22,6 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 # Five parameters: three widths, the optimizer and its learning rate, weight decay, label smoothing.
 WIDTHS_AND_OPTIMIZER = """
 name: {name}
@@ -33,25 +35,19 @@ parameters:
   weight_decay: {{type: float, low: 0.00001, high: 0.01, log: true}}
   label_smoothing: {{type: float, low: 0.0, high: 0.2}}
 """
-# The parameters and ranges of search_spaces/recipe.yaml (eleven, two of them only for sgd), on one
-# CPU-sized network.
-RECIPE = """
-name: {name}
-fixed: {{widths: [16, 32, 64], blocks: [1, 1, 1], tta_flip: false, ema_epochs: {ema_epochs}}}
-parameters:
-  optimizer: [sgd, adamw]
-  lr: {{type: float, low: 0.0003, high: 1.0, log: true}}
-  momentum: {{type: float, low: 0.8, high: 0.97, when: {{optimizer: sgd}}}}
-  nesterov: {{choices: [true, false], when: {{optimizer: sgd}}}}
-  weight_decay: {{type: float, low: 0.00001, high: 0.1, log: true}}
-  batch_size: [128, 256, 512]
-  schedule: [onecycle, cosine]
-  warmup_epochs: {{type: float, low: 0.0, high: 3.0}}
-  label_smoothing: {{type: float, low: 0.0, high: 0.2}}
-  crop_padding: [2, 4]
-  color_jitter: {{type: float, low: 0.0, high: 0.3}}
-"""
-SPACES = {"widths-optimizer": WIDTHS_AND_OPTIMIZER, "recipe": RECIPE}
+
+
+def recipe_space() -> str:
+    """search_spaces/recipe.yaml's parameters and ranges (eleven, two of them only for sgd), read from the
+    shipped file so the bench follows it, on one CPU-sized network; a template like the one above."""
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "search_spaces" / "recipe.yaml").read_text())
+    parameters = yaml.safe_dump({"parameters": shipped["parameters"]}, default_flow_style=None, sort_keys=False)
+    return ("\nname: {name}\n"
+            "fixed: {{widths: [16, 32, 64], blocks: [1, 1, 1], tta_flip: false, ema_epochs: {ema_epochs}}}\n"
+            + parameters.replace("{", "{{").replace("}", "}}"))
+
+
+SPACES = {"widths-optimizer": WIDTHS_AND_OPTIMIZER, "recipe": recipe_space()}
 SEARCH_SETTINGS = """
 search: {{algorithm: {algorithm}, seed: {seed}, startup_trials: {startup_trials}, max_concurrent: 2}}
 scheduler: {{type: {scheduler}, max_epochs: {max_epochs}, grace_period: {grace_period}, reduction_factor: 3}}
