@@ -50,7 +50,8 @@ def recipe_space() -> str:
 SPACES = {"widths-optimizer": WIDTHS_AND_OPTIMIZER, "recipe": recipe_space()}
 SEARCH_SETTINGS = """
 search: {{algorithm: {algorithm}, seed: {seed}, startup_trials: {startup_trials}, max_concurrent: 2}}
-scheduler: {{type: {scheduler}, max_epochs: {max_epochs}, grace_period: {grace_period}, reduction_factor: 3}}
+scheduler: {{type: {scheduler}, max_epochs: {max_epochs}, grace_period: {grace_period},
+            reduction_factor: {reduction_factor}}}
 resources: {{cpus: 1, gpus: {gpus}}}
 budget: {{trials: {trials}{epoch_budget}}}
 data: {{val_size: {val_size}, subset: {subset}, split_seed: 0}}
@@ -97,29 +98,61 @@ def compare_seed(seed: int, args: argparse.Namespace, out: Path) -> tuple[dict, 
     budget = args.random_trials * args.max_epochs
     common = dict(max_epochs=args.max_epochs, grace_period=args.grace_period, val_size=args.val_size,
                   subset=args.subset, startup_trials=args.startup_trials, gpus=args.gpus,
-                  ema_epochs=args.ema_epochs)
+                  ema_epochs=args.ema_epochs, reduction_factor=args.reduction_factor)
     stamp = time.strftime("%H%M%S")
     random_name, asha_name = f"random-s{seed}-{stamp}", f"tpe-asha-s{seed}-{stamp}"
     space = SPACES[args.space] + SEARCH_SETTINGS
-    random_s = run_sweep(out, random_name, space.format(
-        name=random_name, algorithm="random", scheduler="fifo", seed=seed, trials=args.random_trials,
-        epoch_budget="", **common), args.data_dir, seed)
+    random_space = space.format(name=random_name, algorithm="random", scheduler="fifo", seed=seed,
+                                trials=args.random_trials, epoch_budget="", **common)
+    if args.random_from:
+        random_sweep, random_s = earlier_random_sweep(args.random_from, seed, random_space), 0.0
+    else:
+        random_s = run_sweep(out, random_name, random_space, args.data_dir, seed)
+        random_sweep = out / "runs" / random_name
     # Another sampler seed: TPE's startup trials are random draws, and with the same seed they would be
     # the random search's first trials, so both searches would share their best early configs.
     asha_s = run_sweep(out, asha_name, space.format(
         name=asha_name, algorithm="tpe", scheduler="asha", seed=seed + 1000, trials=1000,
         epoch_budget=f", epochs: {budget}", **common), args.data_dir, seed)
-    row, random_curve, asha_curve = measure_seed(out / "runs", seed, random_name, asha_name, budget)
-    row.update(random_wall_s=round(random_s), asha_wall_s=round(asha_s))
+    row, random_curve, asha_curve = measure_seed(seed, random_sweep, out / "runs" / asha_name, budget)
+    row.update(random_wall_s=round(random_s), asha_wall_s=round(asha_s), random_sweep=str(random_sweep))
     print(json.dumps(row), flush=True)
     return row, random_curve, asha_curve
 
 
-def measure_seed(runs: Path, seed: int, random_name: str, asha_name: str,
+# Settings a random search without early stopping ignores: it may be reused across runs that differ only here.
+IGNORED_BY_RANDOM_SEARCH = {"search": ("startup_trials",), "scheduler": ("grace_period", "reduction_factor")}
+
+
+def random_settings(space_text: str) -> dict:
+    space = yaml.safe_load(textwrap.dedent(space_text))
+    space.pop("name")
+    for section, keys in IGNORED_BY_RANDOM_SEARCH.items():
+        for key in keys:
+            space[section].pop(key)
+    return space
+
+
+def earlier_random_sweep(outs: str, seed: int, space_text: str) -> Path:
+    """The random search of an earlier run (--random-from) for this seed, checked to have this run's settings.
+
+    On the CPU a seeded random search is deterministic (the same trials, the same accuracies, epoch for
+    epoch: docs/benchmarks.md), so rerunning it would only repeat it.
+    """
+    found = [path for out in outs.split(",") for path in sorted(Path(out).resolve().glob(f"random-s{seed}-*.yaml"))]
+    if len(found) != 1:
+        sys.exit(f"--random-from {outs}: expected one random search for seed {seed}, found {len(found)}")
+    if random_settings(found[0].read_text()) != random_settings(space_text):
+        sys.exit(f"--random-from: {found[0]} was run with other settings than this run's random search; "
+                 "rerun it or pass matching --space/--random-trials/--max-epochs/--subset/--val-size/--ema-epochs")
+    return found[0].parent / "runs" / found[0].stem
+
+
+def measure_seed(seed: int, random_sweep: Path, asha_sweep: Path,
                  budget: int) -> tuple[dict, list[float], list[float]]:
     """One seed's figures and best-so-far curves, from the two sweeps' recorded results."""
-    random_curve = best_so_far(epoch_results(runs / random_name))
-    asha_rows = epoch_results(runs / asha_name)
+    random_curve = best_so_far(epoch_results(random_sweep))
+    asha_rows = epoch_results(asha_sweep)
     asha_curve = best_so_far(asha_rows)
     target = random_curve[-1]
     reached = first_reaching(asha_curve, target)
@@ -137,11 +170,12 @@ def measured_runs(outs: list[Path]) -> list[tuple[dict, list[float], list[float]
     for out in outs:
         for row in json.loads((out / "summary.json").read_text()):
             seed = row["seed"]
-            names = [sorted(p.name for p in (out / "runs").glob(f"{kind}-s{seed}-*"))
-                     for kind in ("random", "tpe-asha")]
-            if any(len(found) != 1 for found in names):
-                sys.exit(f"{out}: expected one random and one tpe-asha sweep for seed {seed}, found {names}")
-            results.append(measure_seed(out / "runs", seed, names[0][0], names[1][0], row["budget_epochs"]))
+            found = {kind: sorted((out / "runs").glob(f"{kind}-s{seed}-*")) for kind in ("random", "tpe-asha")}
+            if "random_sweep" in row:  # reused from an earlier run (--random-from)
+                found["random"] = [Path(row["random_sweep"])]
+            if any(len(sweeps) != 1 for sweeps in found.values()):
+                sys.exit(f"{out}: expected one random and one tpe-asha sweep for seed {seed}, found {found}")
+            results.append(measure_seed(seed, found["random"][0], found["tpe-asha"][0], row["budget_epochs"]))
     return results
 
 
@@ -170,12 +204,15 @@ def main() -> None:
     parser.add_argument("--grace-period", type=int, default=2)
     # The service's default (tuner.space.SearchSettings); before 2026-11-26 the bench used 4.
     parser.add_argument("--startup-trials", type=int, default=8)
+    parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--ema-epochs", type=float, default=0.0,
                         help="evaluate a moving average of the weights over this many epochs (TrainConfig.ema_epochs)")
     parser.add_argument("--gpus", type=float, default=0.0,
                         help="GPUs per trial (0.5 runs a sweep's two trials side by side on one GPU)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds compared at once, each in its own local Ray (for machines with cores to spare)")
+    parser.add_argument("--random-from", metavar="OUT,OUT",
+                        help="reuse these earlier runs' random searches (same seeds and settings) instead of rerunning")
     parser.add_argument("--out", default="runs/bench/search")
     parser.add_argument("--plot", default="docs/search_efficiency.png")
     parser.add_argument("--summarize", metavar="OUT,OUT",
@@ -199,7 +236,8 @@ def main() -> None:
     print(f"\nspace {args.space}; budget {budget} epochs per search "
           f"({args.random_trials} random trials x {args.max_epochs} epochs); "
           f"data: first {args.subset} training images, {args.val_size} validation images; "
-          f"ASHA grace {args.grace_period}, reduction 3; TPE start-up trials {args.startup_trials}; "
+          f"ASHA grace {args.grace_period}, reduction {args.reduction_factor}; "
+          f"TPE start-up trials {args.startup_trials}; "
           f"weight average {args.ema_epochs:g} epochs; GPUs per trial {args.gpus:g}")
     report(results, budget, Path(args.plot))
 
