@@ -9,6 +9,7 @@ TPE + ASHA first reaches random search's final best. Goal (issue #3): within 40%
 
     python bench/search_efficiency.py --data-dir data --seeds 0,1,2 --out runs/bench/search
     python bench/search_efficiency.py --summarize runs/bench/a,runs/bench/b   # pool two runs' seeds
+    python bench/search_efficiency.py ... --reduction-factor 4 --random-from runs/bench/a   # a TPE + ASHA variant
 """
 from __future__ import annotations
 
