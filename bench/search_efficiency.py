@@ -106,7 +106,7 @@ def compare_seed(seed: int, args: argparse.Namespace, out: Path) -> tuple[dict, 
     random_space = space.format(name=random_name, algorithm="random", scheduler="fifo", seed=seed,
                                 trials=args.random_trials, epoch_budget="", **common)
     if args.random_from:
-        random_sweep, random_s = earlier_random_sweep(args.random_from, seed, random_space), 0.0
+        random_sweep = earlier_random_sweep(args.random_from, seed, random_space)
     else:
         random_s = run_sweep(out, random_name, random_space, args.data_dir, seed)
         random_sweep = out / "runs" / random_name
@@ -116,7 +116,11 @@ def compare_seed(seed: int, args: argparse.Namespace, out: Path) -> tuple[dict, 
         name=asha_name, algorithm="tpe", scheduler="asha", seed=seed + 1000, trials=1000,
         epoch_budget=f", epochs: {budget}", **common), args.data_dir, seed)
     row, random_curve, asha_curve = measure_seed(seed, random_sweep, out / "runs" / asha_name, budget)
-    row.update(random_wall_s=round(random_s), asha_wall_s=round(asha_s), random_sweep=str(random_sweep))
+    row["asha_wall_s"] = round(asha_s)
+    if args.random_from:
+        row["random_sweep"] = str(random_sweep)  # outside this run's folder, so --summarize is told where
+    else:
+        row["random_wall_s"] = round(random_s)
     print(json.dumps(row), flush=True)
     return row, random_curve, asha_curve
 
@@ -171,9 +175,9 @@ def measured_runs(outs: list[Path]) -> list[tuple[dict, list[float], list[float]
     for out in outs:
         for row in json.loads((out / "summary.json").read_text()):
             seed = row["seed"]
-            found = {kind: sorted((out / "runs").glob(f"{kind}-s{seed}-*")) for kind in ("random", "tpe-asha")}
-            if "random_sweep" in row:  # reused from an earlier run (--random-from)
-                found["random"] = [Path(row["random_sweep"])]
+            found = {"random": ([Path(row["random_sweep"])] if "random_sweep" in row  # reused: --random-from
+                                else sorted((out / "runs").glob(f"random-s{seed}-*"))),
+                     "tpe-asha": sorted((out / "runs").glob(f"tpe-asha-s{seed}-*"))}
             if any(len(sweeps) != 1 for sweeps in found.values()):
                 sys.exit(f"{out}: expected one random and one tpe-asha sweep for seed {seed}, found {found}")
             results.append(measure_seed(seed, found["random"][0], found["tpe-asha"][0], row["budget_epochs"]))
