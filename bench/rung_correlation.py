@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from tuner.errors import UserError, exit_on_user_error
+
 
 def random_sweeps(out: Path) -> dict[str, pd.DataFrame]:
     """Per sweep: one row per trial, one column per epoch (validation accuracy)."""
@@ -29,13 +31,14 @@ def random_sweeps(out: Path) -> dict[str, pd.DataFrame]:
     return sweeps
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the --out folder of bench/search_efficiency.py")
     args = parser.parse_args()
     sweeps = random_sweeps(args.out)
     if not sweeps:
-        raise SystemExit(f"error: no random-search sweeps under {args.out / 'runs'}; run bench/search_efficiency.py")
+        raise UserError(f"no random-search sweeps under {args.out / 'runs'}; run bench/search_efficiency.py")
     frames = list(sweeps.values())
     epochs = frames[0].columns[:-1]
     final = pd.concat([f.max(axis=1) for f in frames])

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from tuner.errors import UserError, exit_on_user_error
+
 # Five parameters: three widths, the optimizer and its learning rate, weight decay, label smoothing.
 WIDTHS_AND_OPTIMIZER = """
 name: {name}
@@ -146,9 +148,9 @@ def earlier_random_sweep(outs: str, seed: int, space_text: str) -> Path:
     """
     found = [path for out in outs.split(",") for path in sorted(Path(out).resolve().glob(f"random-s{seed}-*.yaml"))]
     if len(found) != 1:
-        sys.exit(f"--random-from {outs}: expected one random search for seed {seed}, found {len(found)}")
+        raise UserError(f"--random-from {outs}: expected one random search for seed {seed}, found {len(found)}")
     if random_settings(found[0].read_text()) != random_settings(space_text):
-        sys.exit(f"--random-from: {found[0]} was run with other settings than this run's random search; "
+        raise UserError(f"--random-from: {found[0]} was run with other settings than this run's random search; "
                  "rerun it or pass matching --space/--random-trials/--max-epochs/--subset/--val-size/--ema-epochs")
     return found[0].parent / "runs" / found[0].stem
 
@@ -179,7 +181,7 @@ def measured_runs(outs: list[Path]) -> list[tuple[dict, list[float], list[float]
                                 else sorted((out / "runs").glob(f"random-s{seed}-*"))),
                      "tpe-asha": sorted((out / "runs").glob(f"tpe-asha-s{seed}-*"))}
             if any(len(sweeps) != 1 for sweeps in found.values()):
-                sys.exit(f"{out}: expected one random and one tpe-asha sweep for seed {seed}, found {found}")
+                raise UserError(f"{out}: expected one random and one tpe-asha sweep for seed {seed}, found {found}")
             results.append(measure_seed(seed, found["random"][0], found["tpe-asha"][0], row["budget_epochs"]))
     return results
 
@@ -195,6 +197,7 @@ def mean_curve(curves: list[list[float]], length: int) -> list[float]:
     return [sum(values) / len(values) for values in zip(*padded, strict=True)]
 
 
+@exit_on_user_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data")
@@ -227,7 +230,7 @@ def main() -> None:
         results = measured_runs([Path(p).resolve() for p in args.summarize.split(",")])
         budgets = {row["budget_epochs"] for row, _, _ in results}
         if len(budgets) != 1:
-            sys.exit(f"the runs have different budgets {sorted(budgets)}: pool only runs of one setting")
+            raise UserError(f"the runs have different budgets {sorted(budgets)}: pool only runs of one setting")
         print(f"\npooled from {args.summarize}")
         report(results, budgets.pop(), Path(args.plot))
         return
