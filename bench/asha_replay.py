@@ -7,9 +7,8 @@ simulated seeds:
 
 - random search: RANDOM_TRIALS curves drawn from the pool; its best is the target;
 - ASHA over random proposals: independent draws from the pool, run WORKERS at a time, each epoch taking
-  the time it took when measured, stopped by Ray's own asynchronous successive-halving bracket
-  (`ray.tune.schedulers.async_hyperband._Bracket`, what `ASHAScheduler` uses) at each grace/reduction
-  setting asked for.
+  the time it took when measured, stopped by Ray's own `ASHAScheduler` (fed the measured results) at
+  each grace/reduction setting asked for, with BRACKETS brackets (1, as the service runs it).
 
 It prints, per setting, and for the same proposals with no early stopping, the share of simulated seeds
 that reach random search's best within BUDGET_SHARE of the epoch budget, and the epoch at which the mean
@@ -28,8 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from ray.tune.schedulers import TrialScheduler
-from ray.tune.schedulers.async_hyperband import _Bracket
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from tuner.errors import UserError, exit_on_user_error
 
@@ -58,17 +56,20 @@ def curve_pool(outs: list[Path]) -> list[list[tuple[float, float]]]:
     return pool
 
 
-def asha_curve(proposals: list[list[tuple[float, float]]], grace: int | None, reduction: int, budget: int,
-               workers: int) -> list[float]:
-    """Best-so-far validation accuracy after each epoch spent, with ASHA stopping trials at its rungs (every
-    trial runs every epoch when grace is None: random search itself)."""
+def asha_curve(proposals: list[list[tuple[float, float]]], grace: int | None, reduction: int, brackets: int,
+               budget: int, workers: int) -> list[float]:
+    """Best-so-far validation accuracy after each epoch spent, with Ray's ASHAScheduler stopping trials at its
+    rungs (every trial runs every epoch when grace is None: random search itself)."""
     max_epochs = len(proposals[0])
-    bracket = _Bracket(min_t=grace, max_t=max_epochs, reduction_factor=reduction, s=0) if grace else None
+    scheduler = ASHAScheduler(time_attr="epoch", metric="val_acc", mode="max", max_t=max_epochs,
+                              grace_period=grace, reduction_factor=reduction, brackets=brackets) if grace else None
     queue = iter(enumerate(proposals))
     running: list[tuple[float, int, int]] = []  # (when its next epoch ends, trial index, epochs done)
 
     def start(now: float) -> None:
         index, curve = next(queue)
+        if scheduler is not None:
+            scheduler.on_trial_add(None, SimpleNamespace(trial_id=index))  # picks its bracket
         heapq.heappush(running, (now + curve[0][1], index, 0))
 
     for _ in range(workers):
@@ -80,8 +81,9 @@ def asha_curve(proposals: list[list[tuple[float, float]]], grace: int | None, re
         accuracy = proposals[index][done - 1][0]
         best = max(best, accuracy)
         curve_so_far.append(best)
-        if done >= max_epochs or (bracket is not None and bracket.on_result(
-                SimpleNamespace(trial_id=index), done, accuracy) == TrialScheduler.STOP):
+        result = {"epoch": done, "val_acc": accuracy}
+        if done >= max_epochs or (scheduler is not None and scheduler.on_trial_result(
+                None, SimpleNamespace(trial_id=index), result) == TrialScheduler.STOP):
             start(now)
         else:
             heapq.heappush(running, (now + proposals[index][done][1], index, done))
@@ -106,12 +108,15 @@ def main() -> None:
     parser.add_argument("--random-trials", type=int, default=10)
     parser.add_argument("--settings", default="1:3,2:3,2:4,1:2,2:2,3:3",
                         help="ASHA grace period:reduction factor pairs to replay")
+    parser.add_argument("--brackets", type=int, default=1, help="ASHAScheduler's brackets (Hyperband-style when > 1)")
     parser.add_argument("--workers", type=int, default=2, help="trials at a time, as the bench ran them")
     parser.add_argument("--budget-share", type=float, default=0.4)
     parser.add_argument("--draws", type=int, default=2000, help="simulated seeds per setting")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     settings = replay_settings(args.settings)
+    if args.brackets < 1 or args.workers < 1 or args.draws < 1 or not 0 < args.budget_share <= 1:
+        raise UserError("--brackets, --workers and --draws must be at least 1 and --budget-share in (0, 1]")
     outs = [Path(p) for p in args.outs.split(",")]
     pool = curve_pool(outs)
     if len(pool) < args.random_trials:
@@ -121,17 +126,20 @@ def main() -> None:
     budget = args.random_trials * epochs
     mark = int(args.budget_share * budget)
     print(f"{len(pool)} distinct random-search configurations, {epochs} epochs each; budget {budget} epochs "
-          f"({args.random_trials} random trials); {args.workers} trials at a time; {args.draws} simulated seeds")
+          f"({args.random_trials} random trials); {args.workers} trials at a time; ASHA brackets {args.brackets}; "
+          f"{args.draws} simulated seeds")
     print(f"grace  reduction  seeds within {args.budget_share:.0%}  mean curve reaches the mean target at  "
           f"mean best at {mark}  mean final best  mean target")
     for grace, reduction in [(None, 0), *settings]:
         rng = random.Random(args.seed)  # the same simulated seeds for every setting
+        np.random.seed(args.seed)  # ASHAScheduler draws each trial's bracket from numpy's global generator
         targets, curves = [], []
         for _ in range(args.draws):
             # drawn with replacement (a bootstrap of the measured configurations); a trial takes at least
             # one epoch, so budget proposals always suffice
             targets.append(max(acc for trial in rng.choices(pool, k=args.random_trials) for acc, _ in trial))
-            curves.append(asha_curve(rng.choices(pool, k=budget), grace, reduction, budget, args.workers))
+            curves.append(asha_curve(rng.choices(pool, k=budget), grace, reduction, args.brackets, budget,
+                                     args.workers))
         within = sum(1 for t, c in zip(targets, curves) if c[mark - 1] >= t) / args.draws
         mean_curve, mean_target = np.mean(curves, axis=0), float(np.mean(targets))
         reached = next((i + 1 for i, v in enumerate(mean_curve) if v >= mean_target), None)
