@@ -47,12 +47,13 @@ def curve_pool(outs: list[Path]) -> list[list[tuple[float, float]]]:
             if key in seen:
                 continue
             seen.add(key)
-            lengths.add(rows[-1]["config"]["train"]["epochs"])
-            if len(rows) == rows[-1]["config"]["train"]["epochs"]:
+            epochs = rows[0]["config"]["train"]["epochs"]
+            lengths.add(epochs)
+            if len(rows) == epochs:
                 pool.append([(r["val_acc"], r["time_this_iter_s"]) for r in rows])
     if len(lengths) > 1:
         raise UserError(f"the sweeps under {', '.join(map(str, outs))} mix trial lengths {sorted(lengths)};"
-                         " replay runs of one --max-epochs at a time")
+                        " replay runs of one --max-epochs at a time")
     return pool
 
 
@@ -97,7 +98,7 @@ def replay_settings(text: str) -> list[tuple[int, int]]:
         pairs = []
     if not pairs or any(len(p) != 2 or p[0] < 1 or p[1] < 2 for p in pairs):
         raise UserError(f"--settings {text!r}: give grace:reduction pairs, grace >= 1 and reduction >= 2,"
-                         " e.g. 1:3,2:3")
+                        " e.g. 1:3,2:3")
     return pairs
 
 
@@ -121,7 +122,7 @@ def main() -> None:
     pool = curve_pool(outs)
     if len(pool) < args.random_trials:
         raise UserError(f"{len(pool)} complete random-search trials under {args.outs}; need at least "
-                         f"{args.random_trials}: run bench/search_efficiency.py with more seeds")
+                        f"{args.random_trials}: run bench/search_efficiency.py with more seeds")
     epochs = len(pool[0])
     budget = args.random_trials * epochs
     mark = int(args.budget_share * budget)

@@ -151,7 +151,8 @@ def earlier_random_sweep(outs: str, seed: int, space_text: str) -> Path:
         raise UserError(f"--random-from {outs}: expected one random search for seed {seed}, found {len(found)}")
     if random_settings(found[0].read_text()) != random_settings(space_text):
         raise UserError(f"--random-from: {found[0]} was run with other settings than this run's random search; "
-                 "rerun it or pass matching --space/--random-trials/--max-epochs/--subset/--val-size/--ema-epochs")
+                        "rerun it or pass matching --space/--random-trials/--max-epochs/--subset/--val-size/"
+                        "--ema-epochs")
     return found[0].parent / "runs" / found[0].stem
 
 
