@@ -39,9 +39,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from tuner.data import DataSplits, ImageSet, load_train, write_synthetic_cifar10
+from tuner.device import autocast_dtype, pick_device
 from tuner.errors import UserError, exit_on_user_error
+from tuner.evaluate import CIFAR_MEAN, CIFAR_STD
 from tuner.model import ModifiedResNet
-from tuner.train import CIFAR_MEAN, CIFAR_STD, TrainConfig, autocast_dtype, fit, pick_device
+from tuner.train import TrainConfig, fit
 
 REPORT_BATCH = 128
 REPORT_AUGMENTATION = dict(color_jitter=0.2, rotation=15.0, translate=0.1)
@@ -173,7 +175,7 @@ def main() -> None:
               f"widths {','.join(map(str, ours.widths))} blocks {','.join(map(str, ours.blocks))}; "
               f"{args.images} timed images after {args.warmup_batches} warmup batches; {source}", flush=True)
 
-        precision = "bf16" if autocast_dtype(ours, device) is not None else "fp32"  # what fit runs here
+        precision = "bf16" if autocast_dtype(ours.precision, device) is not None else "fp32"  # what fit runs here
         rows = []
         for label, config in (("ours, default recipe", ours), ("ours, report augmentation", ours_report_aug)):
             speed, seen = ours_images_per_s(config, train, val, device, args.warmup_batches)

@@ -249,7 +249,7 @@ def test_fractional_gpus_run_four_trials_at_once_on_two_declared_gpus(workdir: P
     # The only node with GPUs is the head, so every trial ran there.
     assert len({r["node_id"] for rows in trials.values() for r in rows}) == 1
     # Without CUDA (the CI machines) Ray gave each trial half of a GPU that does not exist: the trainer found
-    # no CUDA (tuner.train.pick_device), trained on the CPU, and every trial completed.
+    # no CUDA (tuner.device.pick_device), trained on the CPU, and every trial completed.
     runs = child_runs(mlflow_server.uri, "packing")
     assert {runs[t].data.tags["tuner.outcome"] for t in trials} == {"completed"}
     assert all(metric_steps(mlflow_server.uri, runs[t]) == [1, 2, 3] for t in trials)

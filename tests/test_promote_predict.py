@@ -19,8 +19,9 @@ from PIL import Image
 
 from tuner import predict, promote
 from tuner.data import LABEL_NAMES, load_splits, load_test, write_synthetic_cifar10
+from tuner.evaluate import preprocess
 from tuner.tracking import SweepRun, TrialRun, mlflow_globals, trial_run_name
-from tuner.train import TrainConfig, fit, preprocess
+from tuner.train import TrainConfig, fit
 
 pytestmark = pytest.mark.integration
 

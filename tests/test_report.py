@@ -8,7 +8,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tuner import report
-from tuner.tracking import SweepRun, TrialRun, stopped_outcome, trial_run_name
+from tuner.outcomes import stopped as stopped_outcome
+from tuner.tracking import SweepRun, TrialRun, trial_run_name
 from tuner.train import TrainConfig
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tuner import tracking
+from tuner import outcomes, tracking
 from tuner.errors import UserError
 from tuner.model import count_macs, count_params
 from tuner.tracking import SweepRun, TrialRun, check_tracking_server, trial_run_name
@@ -94,7 +94,7 @@ def test_outcome_of_a_trial_that_never_logged_creates_its_run(mlflow_server, tmp
     infeasible = TrainConfig(widths=(512, 1024, 2048), blocks=(4, 4, 4))
     sweep.set_trial_outcome("t_9", "infeasible", {"tuner.reason": "too many params"},
                             run_name=trial_run_name(9, infeasible), config=infeasible)
-    sweep.set_trial_outcome("t_3", tracking.stopped_outcome(2))
+    sweep.set_trial_outcome("t_3", outcomes.stopped(2))
     assert sweep.end()
 
     client = MlflowClient(mlflow_server.uri)
@@ -162,7 +162,7 @@ def test_server_outage_mid_sweep_loses_no_epoch_metric(mlflow_server, tmp_path):
                 sweep.record_epoch(trial.trial_id, epoch_metrics(epoch), epoch)
             time.sleep(1)
         started = time.monotonic()
-        sweep.set_trial_outcome("t_b", tracking.stopped_outcome(4))
+        sweep.set_trial_outcome("t_b", outcomes.stopped(4))
         sweep.log_metrics({"best_val_acc": 0.4}, step=4)
         assert time.monotonic() - started < 2
         assert not steady.flush(timeout_s=1)
@@ -178,8 +178,8 @@ def test_server_outage_mid_sweep_loses_no_epoch_metric(mlflow_server, tmp_path):
     for run in tracking.trial_runs(client, client.get_run(sweep.run_id)):
         for key in ("train_loss", "val_loss", "val_acc", "lr"):
             assert steps(client, run.info.run_id, key) == [1, 2, 3, 4], (run.info.run_name, key)
-    outcomes = {r.data.tags["tuner.trial_id"]: r.data.tags["tuner.outcome"]
+    outcome_tags = {r.data.tags["tuner.trial_id"]: r.data.tags["tuner.outcome"]
                 for r in tracking.trial_runs(client, client.get_run(sweep.run_id))}
-    assert outcomes == {"t_a": "completed", "t_b": "stopped_by_asha_at_epoch_4"}
+    assert outcome_tags == {"t_a": "completed", "t_b": "stopped_by_asha_at_epoch_4"}
     assert steps(client, sweep.run_id, "best_val_acc") == [4]
     assert outage_s > 3

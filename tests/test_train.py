@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from tuner import train as train_module
+from tuner.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from tuner.data import DataSplits, load_splits, write_synthetic_cifar10
 from tuner.errors import UserError
+from tuner.evaluate import evaluate_images, preprocess
 from tuner.train import (
     DIVERGENCE_CHECK_EVERY,
     OPTIMIZERS,
@@ -23,12 +25,7 @@ from tuner.train import (
     EpochMetrics,
     LrSchedule,
     TrainConfig,
-    evaluate_images,
     fit,
-    load_checkpoint,
-    model_from_checkpoint,
-    preprocess,
-    save_checkpoint,
 )
 
 TINY = dict(widths=(8,), blocks=(1,), batch_size=32, epochs=2, warmup_epochs=0.5, lr=0.1)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tuner.checkpoint import load_checkpoint
 from tuner.data import BATCH_DIR, write_synthetic_cifar10
-from tuner.train import load_checkpoint
 
 TIMEOUT_S = 120
 TINY_FLAGS = ["--widths", "8,16", "--blocks", "1,1", "--batch-size", "32", "--warmup-epochs", "0.5",

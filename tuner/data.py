@@ -46,11 +46,16 @@ class DataSplits:
 
     def fingerprint(self) -> str:
         """Short hash of the exact pixels and labels of both splits, for lineage tags."""
-        digest = hashlib.sha256()
-        for part in (self.train, self.val):
-            digest.update(np.ascontiguousarray(part.images).data)
-            digest.update(part.labels.astype(np.int64).data)
-        return digest.hexdigest()[:16]
+        return fingerprint(self.train, self.val)
+
+
+def fingerprint(*sets: ImageSet) -> str:
+    """Short hash of the exact pixels and labels of `sets`, in order: which images a figure was measured on."""
+    digest = hashlib.sha256()
+    for part in sets:
+        digest.update(np.ascontiguousarray(part.images).data)
+        digest.update(part.labels.astype(np.int64).data)
+    return digest.hexdigest()[:16]
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -4,7 +4,7 @@
     python -m tuner.predict --model-uri models:/modified-resnet-cifar10/3 photos/*.jpg
 
 Images of any size and mode are converted to RGB and resized to 32x32 (bicubic), normalised like the
-training data (`tuner.train.preprocess`) and classified with flip test-time augmentation (the logits of
+training data (`tuner.evaluate.preprocess`) and classified with flip test-time augmentation (the logits of
 the image and its mirror are averaged, as in validation). All files are read before the model is
 fetched, so a file that is not an image fails at once, naming the file.
 """
@@ -18,6 +18,7 @@ import torch
 
 from tuner.data import LABEL_NAMES
 from tuner.errors import UserError, exit_on_user_error
+from tuner.evaluate import preprocess, tta_logits
 from tuner.tracking import (
     CHAMPION_ALIAS,
     DEFAULT_MODEL_NAME,
@@ -26,7 +27,6 @@ from tuner.tracking import (
     open_client,
     resolve_tracking_uri,
 )
-from tuner.train import preprocess
 
 DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
 IMAGE_SIZE = 32
@@ -73,11 +73,7 @@ def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
 @torch.no_grad()
 def classify(model: torch.nn.Module, images: np.ndarray, tta_flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(class index, probability) per image of an N x 32 x 32 x 3 uint8 batch."""
-    x = preprocess(images)
-    logits = model(x)
-    if tta_flip:
-        logits = (logits + model(x.flip(3))) / 2
-    probabilities = torch.softmax(logits.float(), dim=1)
+    probabilities = torch.softmax(tta_logits(model, preprocess(images), tta_flip), dim=1)
     best, index = probabilities.max(dim=1)
     return index.numpy(), best.numpy()
 

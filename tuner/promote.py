@@ -23,17 +23,17 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from tuner.data import BATCH_DIR, TEST_FILE, ImageSet, load_test
+from tuner.checkpoint import load_checkpoint, model_from_checkpoint
+from tuner.data import BATCH_DIR, TEST_FILE, ImageSet, fingerprint, load_test
 from tuner.errors import UserError, exit_on_user_error, suggest
+from tuner.evaluate import evaluate_images
 from tuner.tracking import (
     CHAMPION_ALIAS,
     CHECKPOINT_ARTIFACT,
     DEFAULT_MODEL_NAME,
     add_tracking_argument,
-    data_fingerprint,
     open_client,
 )
-from tuner.train import evaluate_images, load_checkpoint, model_from_checkpoint
 
 
 @dataclass(frozen=True)
@@ -185,15 +185,15 @@ def promote(
         new = score_on_val(candidate, name)
         old = score_on_val(current, name) if current is not None else None
     else:
-        fingerprint = data_fingerprint(test)
-        new = score_on_test(client, uri, candidate, name, test, fingerprint)
+        test_fingerprint = fingerprint(test)
+        new = score_on_test(client, uri, candidate, name, test, test_fingerprint)
         old = None
         if current is not None:
             if current.version == candidate.version:
                 old = new
             else:
                 try:
-                    old = score_on_test(client, uri, current, name, test, fingerprint)
+                    old = score_on_test(client, uri, current, name, test, test_fingerprint)
                 except UserError as err:
                     if not force:
                         raise UserError(f"cannot evaluate the current champion: {err}; pass --force to "

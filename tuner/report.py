@@ -25,9 +25,9 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from tuner import outcomes
 from tuner.errors import UserError, exit_on_user_error, suggest
 from tuner.tracking import (
-    STOPPED_PREFIX,
     TAG_GPU_SECONDS,
     TAG_MACS,
     TAG_OUTCOME,
@@ -47,16 +47,6 @@ SUMMARY_COLUMNS = [
     "params_count", "macs", "gpu_seconds", "run_id",
 ]
 OUTCOME_COLOURS = {"completed": "tab:blue", "stopped": "tab:orange", "failed": "tab:red", "other": "tab:gray"}
-
-
-def outcome_group(outcome: str) -> str:
-    if outcome == "completed":
-        return "completed"
-    if outcome.startswith(STOPPED_PREFIX):
-        return "stopped"
-    if outcome.startswith(("diverged", "errored")):
-        return "failed"
-    return "other"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,11 +158,11 @@ def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, sweep: str,
     from matplotlib.lines import Line2D
 
     fig, ax = _figure()
-    outcomes = dict(zip(trials["trial_id"], trials["outcome"]))
+    outcome_of = dict(zip(trials["trial_id"], trials["outcome"]))
     curves = epochs.dropna(subset=["val_acc"]) if "val_acc" in epochs else epochs.iloc[0:0]
     for trial_id, rows in curves.groupby("trial_id", sort=False):
         rows = rows.sort_values("epoch")
-        group = outcome_group(outcomes.get(trial_id, ""))
+        group = outcomes.group(outcome_of.get(trial_id, ""))
         colour = OUTCOME_COLOURS[group]
         ax.plot(rows["epoch"], rows["val_acc"], color=colour, alpha=0.75, linewidth=1.2)
         if group == "stopped":
@@ -250,7 +240,7 @@ def plot_pareto(trials: pd.DataFrame, path: Path) -> Path:
     fig, ax = _figure()
     data = trials.dropna(subset=["params_count", "best_val_acc"])
     for group, colour in OUTCOME_COLOURS.items():
-        rows = data[data["outcome"].map(outcome_group) == group]
+        rows = data[data["outcome"].map(outcomes.group) == group]
         if len(rows):
             ax.scatter(rows["params_count"], rows["best_val_acc"], color=colour, label=group, s=28, alpha=0.8)
     front = pareto_front(trials)

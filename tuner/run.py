@@ -244,16 +244,9 @@ class OutcomeRecorder:
         self.study_url, self.study_name = study_url, study_name
 
     def outcome(self, result: dict, errored: bool, stopped_by: str = "asha") -> str:
-        from tuner.tracking import stopped_outcome
+        from tuner import outcomes
 
-        if errored:
-            return "errored"
-        if result.get("error"):
-            return str(result["error"])
-        if result.get("diverged"):
-            return "diverged"
-        epoch = int(result.get("epoch", 0))
-        return "completed" if epoch >= self.max_epochs else stopped_outcome(epoch, stopped_by)
+        return outcomes.of_result(result, errored, self.max_epochs, stopped_by)
 
     def result(self, trial: Any, result: dict) -> None:
         from tuner import tracking
@@ -269,7 +262,7 @@ class OutcomeRecorder:
         """Start the progress count at the trials already finished (a resumed sweep's earlier drivers)."""
         import optuna
 
-        from tuner.tracking import ABANDONED
+        from tuner.outcomes import ABANDONED
 
         study = optuna.load_study(study_name=self.study_name, storage=self.study_url)
         self.done = sum(1 for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs
@@ -300,8 +293,8 @@ class OutcomeRecorder:
         """
         import optuna
 
+        from tuner.outcomes import ABANDONED
         from tuner.searcher import fail_trials, tell_stopped
-        from tuner.tracking import ABANDONED
 
         study = optuna.load_study(study_name=self.study_name, storage=self.study_url)
         # The study knows which trials nobody has finished, across resumes too (this recorder does not).
@@ -427,8 +420,8 @@ def run_sweep(plan: SweepPlan, data: Any, sweep: Any) -> SweepSummary:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tuner import interrupts
+    from tuner.checkpoint import load_checkpoint
     from tuner.searcher import SpaceSearcher, create_study, warm_start
-    from tuner.train import load_checkpoint
     from tuner.trainable import CHECKPOINT_FILE, TrialSettings, train_trial
 
     space, started = plan.space, time.monotonic()

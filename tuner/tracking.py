@@ -23,7 +23,6 @@ This module and the CLIs (`promote`, `predict`, `report`) are the only places th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
@@ -41,9 +40,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
+from tuner.checkpoint import model_from_checkpoint, save_checkpoint
 from tuner.errors import UserError
+from tuner.evaluate import preprocess
 from tuner.model import count_macs, count_params
-from tuner.train import TrainConfig, model_from_checkpoint, preprocess, save_checkpoint
+from tuner.outcomes import run_status
+from tuner.train import TrainConfig
 
 DEFAULT_MODEL_NAME = "modified-resnet-cifar10"
 DEFAULT_EXPERIMENT = "tuner"
@@ -63,10 +65,6 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 PARENT_TAGS = ("tuner.git_commit", "tuner.space_hash", "tuner.data_fingerprint", "tuner.ray_address")
 
-ABANDONED = "abandoned"  # started by a driver that was killed before it saved the trial in its snapshot
-OUTCOMES = ("completed", "infeasible", "diverged", "errored", ABANDONED)  # plus stopped_outcome(epoch, by)
-STOPPED_PREFIX = "stopped_by_"
-FAILED_OUTCOMES = ("diverged", "errored")
 
 # One attempt per request, short timeout: a trial never sits in MLflow's retry loop (default: 7
 # retries with exponential backoff, about 4 minutes) while the server is away; we retry ourselves.
@@ -78,19 +76,6 @@ QUICK_HTTP_ENV = {
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
 MAX_BATCH_METRICS = 1000  # the REST API's limit per log_batch call
 PERMANENT_ERRORS = ("INVALID_PARAMETER_VALUE",)  # bad data: sending it again cannot succeed
-
-
-def stopped_outcome(epoch: int, by: str = "asha") -> str:
-    """The outcome tag of a trial stopped after `epoch` epochs by the ASHA scheduler or the sweep's budget."""
-    return f"{STOPPED_PREFIX}{by}_at_epoch_{epoch}"
-
-
-def run_status(outcome: str) -> str:
-    """MLflow run status for an outcome: diverged and errored (errored_*) trials show as FAILED, abandoned
-    ones as KILLED."""
-    if outcome == ABANDONED:
-        return "KILLED"
-    return "FAILED" if outcome.startswith(FAILED_OUTCOMES) else "FINISHED"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -757,12 +742,3 @@ def environment(**values: str | None) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-
-def data_fingerprint(images: Any) -> str:
-    """Short hash of an ImageSet's pixels and labels (the same recipe as DataSplits.fingerprint)."""
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(images.images).data)
-    digest.update(images.labels.astype(np.int64).data)
-    return digest.hexdigest()[:16]
-

@@ -18,30 +18,25 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from tuner import augment
-from tuner.data import DataSplits, ImageSet
-from tuner.errors import UserError, suggest, yaml_error
+from tuner.data import DataSplits
+from tuner.device import PRECISIONS, autocast_dtype, pick_device
+from tuner.errors import UserError, suggest
+from tuner.evaluate import DeviceImages, evaluate, normalise
 from tuner.model import build_model
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("onecycle", "cosine", "plateau")
-PRECISIONS = ("auto", "bf16", "fp32")
 CHECKPOINT_FORMAT = 1
-# Per-channel statistics of the CIFAR-10 training images, the usual normalisation.
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-EVAL_BATCH = 1024
+STAGE_FIELDS = ("widths", "blocks")  # one value per stage
 # Checking the loss for NaN forces a host sync; every few steps keeps that cost negligible.
 DIVERGENCE_CHECK_EVERY = 10
 # A mean training loss this far above chance (ln 10 = 2.3) is divergence even while it stays finite:
@@ -145,13 +140,23 @@ class TrainConfig:
                 raise bad(name, rule)
 
 
+def format_stages(values: Any) -> str:
+    """A per-stage tuple as text, `64,128,256`: how MLflow params and Optuna categoricals hold it."""
+    return ",".join(str(int(v)) for v in values)
+
+
+def parse_stages(value: Any) -> tuple[int, ...]:
+    """`64,128,256`, `[64, 128, 256]` or a sequence -> (64, 128, 256); ValueError when not whole numbers."""
+    items = value.strip("[]()").split(",") if isinstance(value, str) else list(value)
+    return tuple(int(v) for v in items if str(v).strip() != "")
+
+
 def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
     """Values from YAML or MLflow params into the field's type; a wrong type is a UserError."""
     expected = type(default).__name__
     try:
         if isinstance(default, tuple):
-            items = value.strip("[]()").split(",") if isinstance(value, str) else list(value)
-            return tuple(int(v) for v in items if str(v).strip() != "")
+            return parse_stages(value)
         if isinstance(default, bool):
             if isinstance(value, str) and value.lower() in ("true", "false"):
                 return value.lower() == "true"
@@ -240,30 +245,6 @@ class LrSchedule:
         self.plateau_scale, self.plateau_best, self.plateau_bad = state["scale"], state["best"], int(state["bad"])
 
 
-def pick_device(requested: str | None = None) -> torch.device:
-    """The requested device, else CUDA when present, else CPU (so trials run on CPU-only nodes too)."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cpu_has_native_bf16() -> bool:
-    """oneDNN runs bf16 natively here (AVX512-BF16 or AMX); elsewhere bf16 on CPU is emulated and slow."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA, and on CPUs with native bf16 (measured 2.0x fp32 there: docs/benchmarks.md)."""
-    if config.precision == "bf16":
-        return torch.bfloat16
-    if config.precision == "auto" and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())):
-        return torch.bfloat16
-    return None
-
-
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
     if config.optimizer == "sgd":
@@ -274,52 +255,11 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-class _DeviceImages:
-    """A split resident on the device as uint8 NCHW, normalised per batch (4x less memory than float)."""
-
-    def __init__(self, images: ImageSet, device: torch.device) -> None:
-        with warnings.catch_warnings():
-            # Arrays from the Ray object store are read-only; nothing writes to them (contiguous() copies).
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            self.images = torch.from_numpy(images.images).to(device).permute(0, 3, 1, 2).contiguous()
-        self.labels = torch.from_numpy(images.labels).to(device)
-        self.mean = torch.tensor(CIFAR_MEAN, device=device)[None, :, None, None]
-        self.std = torch.tensor(CIFAR_STD, device=device)[None, :, None, None]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def normalise(self, unit: torch.Tensor) -> torch.Tensor:
-        return (unit - self.mean) / self.std
-
-
 def _augment(config: TrainConfig, unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     unit = augment.batch_color_jitter(unit, config.color_jitter, generator)
     unit = augment.batch_affine(unit, config.rotation, config.translate, generator)
     unit = augment.batch_crop(unit, config.crop_padding, generator)
     return augment.batch_flip_lr(unit, generator) if config.flip else unit
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, split: _DeviceImages, tta_flip: bool, autocast: torch.dtype | None, channels_last: bool
-) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a resident split; flip TTA averages logits of both views."""
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    device = split.images.device
-    for start in range(0, len(split), EVAL_BATCH):
-        x = split.normalise(split.images[start : start + EVAL_BATCH].float() / 255)
-        y = split.labels[start : start + EVAL_BATCH]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            logits = model(x).float()
-            if tta_flip:
-                logits = (logits + model(x.flip(3)).float()) / 2
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    return loss_sum / len(split), correct / len(split)
 
 
 def fit(
@@ -345,16 +285,16 @@ def fit(
 def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, resume: Mapping[str, Any] | None,
          device: torch.device) -> FitResult:
     torch.manual_seed(config.seed)
-    # channels_last suits oneDNN too: on a 2-core Zen 4 CPU it measured 1.5x NCHW in fp32 (docs/benchmarks.md).
+    # channels_last suits oneDNN too, not only CUDA (docs/benchmarks.md#trainer-speed).
     channels_last = config.channels_last
-    autocast = autocast_dtype(config, device)
+    autocast = autocast_dtype(config.precision, device)
 
     model = build_model(config).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     forward = torch.compile(model) if config.compile else model
     optimizer = make_optimizer(config, model)
-    train, val = _DeviceImages(data.train, device), _DeviceImages(data.val, device)
+    train, val = DeviceImages(data.train, device), DeviceImages(data.val, device)
     batch_size = min(config.batch_size, len(train))
     steps_per_epoch = len(train) // batch_size  # drop the ragged last batch: every step sees a full batch
     schedule = LrSchedule(config, steps_per_epoch)
@@ -404,7 +344,7 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
             for group in optimizer.param_groups:
                 group["lr"] = lr
             index = order[step * batch_size : (step + 1) * batch_size]
-            x = train.normalise(_augment(config, train.images[index].float() / 255, generator))
+            x = normalise(_augment(config, train.batch(index), generator))
             y = train.labels[index]
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -495,133 +435,8 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """Write atomically (temp file + rename) so a killed process never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(dict(state), partial)
-    partial.replace(path)
-    return path
 
+if __name__ == "__main__":  # `python -m tuner.train`: the command lives in its own module
+    from tuner.train_command import main
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; tensors and plain values only (weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: give the path of a .pt file written by tuner")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}): "
-                        "it is corrupt or not a tuner checkpoint") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"checkpoint {path} is not a tuner checkpoint (no model/config inside)")
-    return state
-
-
-def model_from_checkpoint(state: Mapping[str, Any]) -> tuple[nn.Module, TrainConfig]:
-    """The trained network (eval mode, CPU) and its config from a checkpoint dict."""
-    config = TrainConfig.from_dict(state["config"], source="checkpoint config")
-    model = build_model(config)
-    model.load_state_dict(state["model"])
-    return model.eval(), config
-
-
-def evaluate_images(
-    model: nn.Module, images: ImageSet, tta_flip: bool = True, device: str | torch.device | None = None
-) -> tuple[float, float]:
-    """(loss, accuracy) of a trained model on any ImageSet, e.g. the test split at promotion."""
-    device = torch.device(device) if device is not None else pick_device()
-    model = model.to(device, memory_format=torch.channels_last)  # as fit evaluates, so figures agree
-    autocast = autocast_dtype(TrainConfig(), device)
-    return evaluate(model, _DeviceImages(images, device), tta_flip, autocast, channels_last=True)
-
-
-def preprocess(images: np.ndarray) -> torch.Tensor:
-    """uint8 N x 32 x 32 x 3 RGB images -> the normalised float batch the network expects."""
-    unit = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
-    mean = torch.tensor(CIFAR_MEAN)[None, :, None, None]
-    std = torch.tensor(CIFAR_STD)[None, :, None, None]
-    return (unit - mean) / std
-
-
-def config_from_file(path: str | Path) -> dict[str, Any]:
-    """TrainConfig fields from a YAML file (a mapping of field names to values)."""
-    import yaml
-
-    path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(f"config file {path} does not exist: give a YAML file of TrainConfig fields") from None
-    except yaml.YAMLError as err:
-        raise yaml_error(path, err, "fix the syntax") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{path}: expected a mapping of TrainConfig fields, e.g. 'lr: 0.1'")
-    return values
-
-
-def _parser() -> Any:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m tuner.train",
-        description="Train one ModifiedResNet configuration on CIFAR-10 and save its final checkpoint.",
-        epilog="example: python -m tuner.train --widths 32,64,128 --subset 10000 --epochs 10 --out runs/proxy.pt",
-    )
-    parser.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
-    parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default: data)")
-    parser.add_argument("--val-size", type=int, default=5000, help="validation images carved from training")
-    parser.add_argument("--subset", type=int, help="train on the first N training images only")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the stratified train/val split")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    parser.add_argument("--out", default="runs/train/final.pt", help="where the final checkpoint goes")
-    parser.add_argument("--resume", help="checkpoint to continue from")
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            parser.add_argument(flag, dest=f.name, default=None, help=f"default: {default}")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    from tuner.data import load_splits, load_test
-    from tuner.errors import exit_on_user_error
-
-    @exit_on_user_error
-    def run() -> None:
-        args = _parser().parse_args(argv)
-        values = config_from_file(args.config) if args.config else {}
-        values.update({k: getattr(args, k) for k in TrainConfig.field_names() if getattr(args, k) is not None})
-        config = TrainConfig.from_dict(values, source=args.config or "flags")
-        data = load_splits(args.data_dir, args.val_size, args.subset, args.split_seed)
-        resume = load_checkpoint(args.resume) if args.resume else None
-        print(f"train {len(data.train)} / val {len(data.val)} images; config {config.to_dict()}", flush=True)
-
-        def show(m: EpochMetrics, _: Callable[[], dict[str, Any]]) -> None:
-            print(f"epoch {m.epoch:3d}  train loss {m.train_loss:.4f} acc {m.train_acc:.4f}  "
-                  f"val loss {m.val_loss:.4f} acc {m.val_acc:.4f}  lr {m.lr:.4g}  "
-                  f"{m.epoch_seconds:.1f}s  {m.images_per_s:.0f} img/s", flush=True)
-
-        result = fit(config, data, show, resume=resume, device=args.device)
-        if result.status == "diverged":
-            print(f"diverged: loss became NaN/inf after epoch {len(result.history)}; lower lr or use warmup")
-            raise SystemExit(1)
-        print(f"saved {save_checkpoint(result.checkpoint, args.out)}  best val acc {result.best.val_acc:.4f}")
-        test = load_test(args.data_dir)
-        if test is None:
-            print("no test_batch in the data folder: test accuracy not measured")
-        else:
-            model, _ = model_from_checkpoint(result.checkpoint)
-            _, accuracy = evaluate_images(model, test, config.tta_flip, args.device)
-            print(f"test acc {accuracy:.4f} ({len(test)} images, flip TTA {config.tta_flip})")
-
-    run()
-
-
-if __name__ == "__main__":
     main()

@@ -18,9 +18,11 @@ import ray
 import torch
 from ray import tune
 
+from tuner.checkpoint import load_checkpoint, save_checkpoint
 from tuner.data import DataSplits
+from tuner.device import pick_device
 from tuner.model import count_macs, count_params
-from tuner.train import TrainConfig, fit, load_checkpoint, pick_device, save_checkpoint
+from tuner.train import TrainConfig, fit
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
