@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from tuner.augment import batch_affine, batch_color_jitter, batch_crop, batch_flip_lr
 
 CENTRE = 15.5  # the image centre in pixel coordinates (pixel centres at 0..31)
-
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, the grey that ColorJitter's contrast and saturation use
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -105,6 +105,31 @@ def test_color_jitter_scales_brightness_within_strength_and_keeps_grey_grey() ->
     levels = out[:, 0, 0, 0]
     assert levels.min() >= 0.4 - 1e-6 and levels.max() <= 0.6 + 1e-6
     assert levels.max() - levels.min() > 0.15  # the factors really spread over the range
+
+
+def test_color_jitter_draws_brightness_contrast_and_saturation_each_within_strength() -> None:
+    """Read the three factors back from each output: brightness scales the mean grey level, contrast then
+    scales each pixel's grey level about that mean, saturation then scales each pixel's colour about its grey."""
+    images = 0.3 + 0.4 * random_images(200)  # mid-range: no factor in 0.8..1.2 reaches the clamp
+    out = batch_color_jitter(images, 0.2, gen())
+    assert 0 < out.min() and out.max() < 1
+
+    def parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per image: mean grey level, size of the grey pattern about it, size of the colour about grey."""
+        grey = (x * torch.tensor(LUMA)[None, :, None, None]).sum(1)
+        mean = grey.mean((1, 2))
+        return mean, (grey - mean[:, None, None]).flatten(1).norm(dim=1), (x - grey[:, None]).flatten(1).norm(dim=1)
+
+    (mean_in, pattern_in, colour_in), (mean_out, pattern_out, colour_out) = parts(images), parts(out)
+    brightness = mean_out / mean_in
+    contrast = pattern_out / pattern_in / brightness
+    saturation = colour_out / colour_in / (brightness * contrast)
+    factors = {"brightness": brightness, "contrast": contrast, "saturation": saturation}
+    for name, factor in factors.items():
+        assert factor.min() >= 0.8 - 1e-4 and factor.max() <= 1.2 + 1e-4, name
+        assert factor.max() - factor.min() > 0.3, f"{name} factors do not spread over 0.8..1.2"
+    correlation = torch.corrcoef(torch.stack(list(factors.values()))) - torch.eye(3)
+    assert correlation.abs().max() < 0.3  # each factor is drawn on its own
 
 
 def test_color_jitter_leaves_grey_pixels_grey_in_textured_images() -> None:

@@ -228,9 +228,13 @@ def test_missing_data_without_download_says_where_to_put_the_files(tmp_path: Pat
     assert not missing.exists()  # nothing created as a side effect
 
 
-def test_locate_accepts_a_folder_with_all_five_training_batches(data_dir: Path) -> None:
-    assert locate(data_dir, download=False) == data_dir / BATCH_DIR
-    assert (data_dir / BATCH_DIR / TEST_FILE).exists()
+def test_locate_needs_all_five_training_batches_and_no_test_batch(tmp_path: Path) -> None:
+    batches = write_synthetic_cifar10(tmp_path, n_train=20, n_test=0)
+    assert not (batches / TEST_FILE).exists()
+    assert locate(tmp_path, download=False) == tmp_path / BATCH_DIR
+    (batches / TRAIN_FILES[4]).unlink()
+    with pytest.raises(UserError, match=re.escape(str(batches))):
+        locate(tmp_path, download=False)
 
 
 def test_fingerprint_is_stable_and_sees_a_single_label_change(data_dir: Path) -> None:

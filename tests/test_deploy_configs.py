@@ -32,6 +32,8 @@ MLFLOW_URI = "http://mlflow.tuner.svc:5000"
 
 # Names that hold a credential. A key or variable matching this must never carry a literal value.
 SENSITIVE = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|access[_-]?key|credential", re.IGNORECASE)
+# What a user must fill in: REPLACE_WITH_* values and the image name (cluster/README.md, "Placeholders").
+PLACEHOLDER = r"REPLACE_WITH_[A-Z_]+|[\w.-]+/your-org/[\w.:-]+"
 
 
 # ---------------------------------------------------------------- helpers
@@ -187,6 +189,26 @@ def readme_secret_commands() -> dict[str, set[str]]:
         assert namespace == NAMESPACE, f"README creates secret {name} in namespace {namespace}"
         created.setdefault(name, set()).update(re.findall(r"--from-literal=([^=\s]+)=", rest))
     return created
+
+
+def readme_placeholder_table() -> dict[str, set[Path]]:
+    """The README's placeholder table: {placeholder: the files under cluster/ its "Where" cell names}."""
+    section = README.read_text().partition("### Placeholders in the config files")[2].partition("\n#")[0]
+    table: dict[str, set[Path]] = {}
+    for token, where in re.findall(r"^\| `([^`]+)` \| ([^|]+) \|", section, re.MULTILINE):
+        table[token] = {path for pattern in re.findall(r"`([^`]+)`", where) for path in CLUSTER.glob(pattern)}
+    return table
+
+
+def readme_sed_substitutions() -> dict[str, set[Path]]:
+    """What the README's `sed -i "s|OLD|NEW|g; ..." FILES` commands replace: {OLD: the files they edit}."""
+    text = re.sub(r"\\\n\s*", " ", README.read_text())
+    filled: dict[str, set[Path]] = {}
+    for script, files in re.findall(r'sed -i "([^"]+)" ([^\n]+)', text):
+        paths = {path for pattern in shlex.split(files) for path in ROOT.glob(pattern)}
+        for old in re.findall(r"(?:^|;)\s*s\|([^|]+)\|", script):
+            filled.setdefault(old, set()).update(paths)
+    return filled
 
 
 def k8s_sensitive_env_items() -> Iterator[tuple[str, dict]]:
@@ -473,6 +495,7 @@ def test_gpu_workers_have_the_cpus_to_fill_their_gpus() -> None:
     ]
     spaces = search_space_resources()
     assert spaces, "no search space asks for a GPU"
+    assert launcher_workers and kuberay_workers, "no GPU worker type in ray-aws-gpu.yaml or raycluster.yaml"
     for worker, node_cpus, node_gpus in launcher_workers + kuberay_workers:
         for space, cpus, gpus in spaces:
             trials = math.floor(node_gpus / gpus + 1e-9)
@@ -643,8 +666,23 @@ def test_readme_walks_through_both_paths_and_local_multinode() -> None:
         assert step in text, f"cluster/README.md lacks the step `{step}`"
 
 
-def test_every_placeholder_is_explained_in_the_readme() -> None:
-    # Empty once you have filled them in your checkout; then there is nothing left to explain.
-    placeholders = {token for path in yaml_paths() for token in re.findall(r"REPLACE_WITH_[A-Z_]+", path.read_text())}
-    text = README.read_text()
-    assert not sorted(p for p in placeholders if p not in text), "undocumented placeholders"
+def test_the_readme_lists_every_placeholder_with_its_files() -> None:
+    table = readme_placeholder_table()
+    assert table, "cluster/README.md has no placeholder table"
+    named = set(re.findall(r"REPLACE_WITH_[A-Z_]+", README.read_text()))
+    assert named <= set(table), f"placeholders the README names but leaves out of its table: {named - set(table)}"
+    for token, files in table.items():
+        assert files, f"cluster/README.md names no file for {token}"
+    # None are left once you have filled them in your checkout; the table must still match the commands below.
+    for path in yaml_paths():
+        if path.is_relative_to(CLUSTER):
+            for token in set(re.findall(PLACEHOLDER, path.read_text())):
+                assert token in table, f"{path.relative_to(ROOT)}: {token} is not in cluster/README.md's table"
+                assert path in table[token], f"cluster/README.md does not list {path.relative_to(ROOT)} for {token}"
+
+
+def test_the_readme_commands_fill_every_placeholder_in_every_file_it_is_in() -> None:
+    filled = readme_sed_substitutions()
+    for token, files in readme_placeholder_table().items():
+        missing = sorted(str(path.relative_to(ROOT)) for path in files - filled.get(token, set()))
+        assert not missing, f"no `sed -i` in cluster/README.md replaces {token} in {missing}"
