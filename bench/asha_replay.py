@@ -13,7 +13,8 @@ simulated seeds:
 It prints, per setting, and for the same proposals with no early stopping, the share of simulated seeds
 that reach random search's best within BUDGET_SHARE of the epoch budget, and the epoch at which the mean
 best-so-far curve reaches the mean target: the two figures bench/search_efficiency.py reports for the
-real search. What TPE adds is the difference between those and these.
+real search. What TPE adds is the difference between those and these. Results:
+docs/benchmarks.md#search-efficiency.
 
     python bench/asha_replay.py runs/bench/recipe32a,runs/bench/recipe32b,runs/bench/recipe2
 """

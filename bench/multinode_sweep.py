@@ -21,9 +21,7 @@ Two local nodes on one machine (what tests/test_cluster.py does, with token auth
     python bench/multinode_sweep.py --address 127.0.0.1:6380 --space smoke.yaml --min-nodes 2 \\
         --trials 12 --json runs/bench/multinode.json
 
-Measured that way (two 1-CPU nodes on one 2-core AMD EPYC VM that another benchmark kept busy, load
-average ~4.5; smoke.yaml on the real CIFAR-10 images, --trials 12): 12 trials (20 epochs, ASHA) on both
-nodes, trial span 38.9 s, driver command 61.1 s, trial busy 72.8 s, slot utilisation 0.94.
+The figures measured that way are in docs/benchmarks.md#multi-node-sweep.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Training images/s of `fit` for each precision x memory layout, same network, same data, one run.
 
-Chooses what `precision: auto` and `channels_last` do on a device: on a 2-core Zen 4 CPU with native
-bf16, bf16 autocast + channels_last trained 2.9x faster than fp32 NCHW (docs/benchmarks.md).
+The measurement behind what `precision: auto` and `channels_last` choose on a device (tuner.device); the
+figures are in docs/benchmarks.md#trainer-speed (CPU) and docs/benchmarks.md#gpu-h200 (GPU).
 
     python bench/precision_layout.py --data-dir data [--device cuda] [--widths 32,64,128] [--images 2560]
 """

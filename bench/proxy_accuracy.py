@@ -2,7 +2,8 @@
 
 The proxy (issue #2): widths 32/64/128, the first 10,000 training images, 10 epochs, validation on
 5,000 held-out training images (stratified, seed 0). Both recipes run through the same trainer, so the
-difference is the recipe alone. Prints one line per epoch and a closing table.
+difference is the recipe alone. Prints one line per epoch and a closing table. Results:
+docs/benchmarks.md#trainer-accuracy-cpu-proxy.
 
     python bench/proxy_accuracy.py --data-dir data [--epochs 10] [--subset 10000] [--device cpu]
 """

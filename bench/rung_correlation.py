@@ -4,6 +4,7 @@ Reads the random-search sweeps (no early stopping: every trial ran every epoch) 
 bench/search_efficiency.py left in OUT/runs, and prints, for each epoch k, the Spearman rank correlation
 between the trials' validation accuracy at epoch k and their best validation accuracy, plus how often the
 eventual best trial of a sweep ranks in the top third at epoch k (the share ASHA keeps at reduction 3).
+Results: docs/benchmarks.md#weight-average-at-the-rungs.
 
     python bench/rung_correlation.py runs/bench/search
 """

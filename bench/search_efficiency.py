@@ -5,7 +5,8 @@ training images (validation split, CPU-sized networks), once per seed. Random se
 `--random-trials` trials of `--max-epochs` epochs each; TPE + ASHA gets the same total number of epochs
 (`budget.epochs`). From every trial's per-epoch results (ordered by when they were reported) we draw
 best-so-far validation accuracy against epochs spent, and report the share of the budget at which
-TPE + ASHA first reaches random search's final best. Goal (issue #3): within 40% of the budget.
+TPE + ASHA first reaches random search's final best, per seed and for the mean curve over seeds.
+Results, and the goals they answer to: docs/benchmarks.md#search-efficiency.
 
     python bench/search_efficiency.py --data-dir data --seeds 0,1,2 --out runs/bench/search
     python bench/search_efficiency.py --summarize runs/bench/a,runs/bench/b   # pool two runs' seeds
@@ -144,7 +145,8 @@ def earlier_random_sweep(outs: str, seed: int, space_text: str) -> Path:
     """The random search of an earlier run (--random-from) for this seed, checked to have this run's settings.
 
     On the CPU a seeded random search is deterministic (the same trials, the same accuracies, epoch for
-    epoch: docs/benchmarks.md), so rerunning it would only repeat it.
+    epoch; checked in docs/notes/benchmark-journal.md, "A larger budget, and a stricter rung"), so rerunning
+    it would only repeat it.
     """
     found = [path for out in outs.split(",") for path in sorted(Path(out).resolve().glob(f"random-s{seed}-*.yaml"))]
     if len(found) != 1:
@@ -209,10 +211,10 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument("--subset", type=int, default=3000)
     parser.add_argument("--val-size", type=int, default=1000)
-    # Epoch 1 ends the warm-up; its rank predicts the final rank poorly (docs/benchmarks.md).
+    # Epoch 1 ends the warm-up; its rank predicts the final rank poorly
+    # (docs/benchmarks.md#weight-average-at-the-rungs).
     parser.add_argument("--grace-period", type=int, default=2)
-    # The service's default (tuner.space.SearchSettings); before 2026-11-26 the bench used 4.
-    parser.add_argument("--startup-trials", type=int, default=8)
+    parser.add_argument("--startup-trials", type=int, default=8)  # the service's default (SearchSettings)
     parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--ema-epochs", type=float, default=0.0,
                         help="evaluate a moving average of the weights over this many epochs (TrainConfig.ema_epochs)")
@@ -223,17 +225,18 @@ def main() -> None:
     parser.add_argument("--random-from", metavar="OUT,OUT",
                         help="reuse these earlier runs' random searches (same seeds and settings) instead of rerunning")
     parser.add_argument("--out", default="runs/bench/search")
-    parser.add_argument("--plot", default="docs/search_efficiency.png")
+    parser.add_argument("--plot", help="where the plot goes (default: OUT/search_efficiency.png, OUT from --out)")
     parser.add_argument("--summarize", metavar="OUT,OUT",
                         help="run nothing: pool the seeds of earlier runs (their --out folders) into one summary")
     args = parser.parse_args()
+    plot_path = Path(args.plot) if args.plot else Path(args.out).resolve() / "search_efficiency.png"
     if args.summarize:
         results = measured_runs([Path(p).resolve() for p in args.summarize.split(",")])
         budgets = {row["budget_epochs"] for row, _, _ in results}
         if len(budgets) != 1:
             raise UserError(f"the runs have different budgets {sorted(budgets)}: pool only runs of one setting")
         print(f"\npooled from {args.summarize}")
-        report(results, budgets.pop(), Path(args.plot))
+        report(results, budgets.pop(), plot_path)
         return
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +251,7 @@ def main() -> None:
           f"ASHA grace {args.grace_period}, reduction {args.reduction_factor}; "
           f"TPE start-up trials {args.startup_trials}; "
           f"weight average {args.ema_epochs:g} epochs; GPUs per trial {args.gpus:g}")
-    report(results, budget, Path(args.plot))
+    report(results, budget, plot_path)
 
 
 def report(results: list[tuple[dict, list[float], list[float]]], budget: int, plot_path: Path) -> None:
@@ -263,7 +266,7 @@ def report(results: list[tuple[dict, list[float], list[float]]], budget: int, pl
               f"{r['asha_trials']:>3}              {reached:>3}                          {share}")
     shares = [r["share_of_budget"] for r in summary]
     met = sum(1 for s in shares if s is not None and s <= 0.4)
-    print(f"goal (reach random's best within 40% of the budget): met in {met} of {len(shares)} seeds")
+    print(f"reached random's best within 40% of the budget in {met} of {len(shares)} seeds")
     # A seed's share swings with which of two concurrent trials finishes first; the mean curve is steadier.
     random_mean = mean_curve([c[0] for c in curves.values()], budget)
     asha_mean = mean_curve([c[1] for c in curves.values()], budget)

@@ -10,6 +10,7 @@ then reads every trial's per-epoch results from the Ray storage folder:
   <= 5% of the epoch time.
 Start-up of a Ray worker process is not inside `time_total_s`; with reuse_actors it is paid once per
 concurrent slot, and the bench prints the sweep's wall time next to the sum of trial times for context.
+Results: docs/benchmarks.md#sweep-overhead.
 
     python bench/sweep_overhead.py --space smoke.yaml --data-dir data
     python bench/sweep_overhead.py --sweep-dir runs/smoke-20261125-204054     # analyse an earlier sweep

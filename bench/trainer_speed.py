@@ -16,7 +16,8 @@ Adam(lr=1e-3), batch 128, and the usual per-batch `loss.item()` / accuracy bookk
 Both sides train the same number of images on the same ModifiedResNet (two blocks per stage, as in
 the report); a few warmup batches (worker start-up, allocator, kernel selection) run before the clock
 starts: inside the report's loop, and as a short untimed `fit` of that many batches for ours. Prints images/s of each
-and the ratio ours/report, with the device, torch version, threads and widths.
+and the ratio ours/report, with the device, torch version, threads and widths. Results:
+docs/benchmarks.md#trainer-speed.
 
     python bench/trainer_speed.py --data-dir data --device cuda --json runs/bench/speed.json
     python bench/trainer_speed.py --synthetic --images 512 --widths 8,16,32    # smoke run, seconds
@@ -43,7 +44,7 @@ from tuner.device import autocast_dtype, pick_device
 from tuner.errors import UserError, exit_on_user_error
 from tuner.evaluate import CIFAR_MEAN, CIFAR_STD
 from tuner.model import ModifiedResNet
-from tuner.train import TrainConfig, fit
+from tuner.train import TrainConfig, fit, format_stages, parse_stages
 
 REPORT_BATCH = 128
 REPORT_AUGMENTATION = dict(color_jitter=0.2, rotation=15.0, translate=0.1)
@@ -154,9 +155,12 @@ def main() -> None:
         args = parser.parse_args()
         if args.images <= 0 or args.warmup_batches < 0 or args.workers < 0:
             raise UserError("--images must be positive; --warmup-batches and --workers must be >= 0")
-        widths = [w for w in args.widths.split(",") if w.strip()]
+        try:
+            widths = parse_stages(args.widths)
+        except ValueError:
+            raise UserError(f"--widths {args.widths!r}: give whole numbers, one per stage, e.g. 32,64,128") from None
         # the report's network has two blocks per stage; warmup must fit in the single epoch timed
-        overrides = {"widths": args.widths, "blocks": [2] * len(widths), "epochs": 1, "warmup_epochs": 1.0}
+        overrides = {"widths": widths, "blocks": [2] * len(widths), "epochs": 1, "warmup_epochs": 1.0}
         if args.batch_size is not None:
             overrides["batch_size"] = args.batch_size
         ours = TrainConfig.from_dict(overrides, source="flags")
@@ -172,7 +176,7 @@ def main() -> None:
         processor = platform.processor() or platform.machine()
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else processor
         print(f"device {device} ({name}), torch {torch.__version__}, {threads} threads; "
-              f"widths {','.join(map(str, ours.widths))} blocks {','.join(map(str, ours.blocks))}; "
+              f"widths {format_stages(ours.widths)} blocks {format_stages(ours.blocks)}; "
               f"{args.images} timed images after {args.warmup_batches} warmup batches; {source}", flush=True)
 
         precision = "bf16" if autocast_dtype(ours.precision, device) is not None else "fp32"  # what fit runs here

@@ -66,6 +66,20 @@ def test_sampling_respects_conditions_and_ranges(tmp_path: Path) -> None:
     assert seen_optimizers == {"sgd", "adamw"}
 
 
+def test_stage_choices_sample_whole_tuples_and_bound_the_network(tmp_path: Path) -> None:
+    text = VALID.replace("{type: int, low: 8, high: 64, step: 8, per_stage: 3}",
+                         "{choices: [[16, 32, 64], [8, 16, 32]]}")
+    space = load_space(write(tmp_path, text))
+    widths = next(p for p in space.parameters if p.name == "widths")
+    assert widths.choices == ("16,32,64", "8,16,32")  # Optuna's categoricals hold scalars: format_stages text
+    small, large = space.corner_configs()
+    assert (small.widths, small.blocks) == ((8, 16, 32), (1, 1, 1))
+    assert (large.widths, large.blocks) == ((16, 32, 64), (2, 2, 2))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampled = {space.sample(study.ask()).widths for _ in range(12)}
+    assert sampled == {(16, 32, 64), (8, 16, 32)}
+
+
 def test_rung_schedule_and_epoch_estimate(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, VALID))
     assert space.scheduler.rungs() == [1, 3]
@@ -93,6 +107,20 @@ BAD_FILES = {
                              "condition on unknown field 'optimiser'"),
     "fixed_bad_value": (VALID.replace("batch_size: 64", "batch_size: 0"), "batch_size=0 is invalid"),
     "negative_gpus": (VALID + "resources: {cpus: 1, gpus: -1}\n", "resources need"),
+    "stage_choice_not_numbers": (VALID.replace("{type: int, low: 8, high: 64, step: 8, per_stage: 3}",
+                                               "{choices: [[8, x, 32]]}"),
+                                 r"choice \[8, 'x', 32\] is invalid \(give whole numbers, one per stage"),
+    "stage_range_without_per_stage": (VALID.replace("low: 1, high: 2, per_stage: 3", "low: 1, high: 2"),
+                                      "widths/blocks ranges need per_stage: N"),
+    "per_stage_on_choices": (VALID.replace("{type: int, low: 1, high: 2, per_stage: 3}",
+                                           "{choices: [1, 2], per_stage: 3}"), "per_stage needs type: int"),
+    "per_stage_off_stages": (VALID.replace("high: 0.5, log: true}", "high: 0.5, log: true, per_stage: 2}"),
+                             "per_stage must be a positive integer and only applies to widths and blocks"),
+    "step_with_log": (VALID.replace("log: true}", "log: true, step: 0.01}"), "step and log cannot be combined"),
+    "int_range_fractional": (VALID.replace("low: 1, high: 2, per_stage", "low: 1.5, high: 2, per_stage"),
+                             "int ranges need whole-number low and high"),
+    "bound_invalid": (VALID.replace("low: 0.8, high: 0.95", "low: 0.8, high: 1.0"),
+                      r"bound 1.0 is invalid \(momentum=1.0 is invalid: must be in \[0, 1\)\)"),
 }
 
 

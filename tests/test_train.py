@@ -25,14 +25,16 @@ from tuner.train import (
     EpochMetrics,
     LrSchedule,
     TrainConfig,
+    augment_batch,
     fit,
+    format_stages,
+    make_optimizer,
+    parse_stages,
 )
 
 TINY = dict(widths=(8,), blocks=(1,), batch_size=32, epochs=2, warmup_epochs=0.5, lr=0.1)
 # The fields of EpochMetrics that a rerun must reproduce exactly (the others are wall-clock timings).
 REPRODUCIBLE = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
-
-
 
 @pytest.fixture
 def restore_determinism() -> Iterator[None]:
@@ -126,6 +128,15 @@ def test_wrong_types_are_user_errors_naming_the_field(values: dict[str, Any], fi
 @pytest.mark.parametrize("widths", [[32, 64, 128], (32, 64, 128), "32,64,128", "[32, 64, 128]", " 32, 64,128 "])
 def test_widths_are_accepted_as_a_list_or_a_comma_string(widths: Any) -> None:
     assert TrainConfig.from_dict({"widths": widths}).widths == (32, 64, 128)
+
+
+def test_stage_tuples_format_as_text_and_parse_back() -> None:
+    assert format_stages((64, 128, 256)) == "64,128,256"
+    for text in ("64,128,256", "[64, 128, 256]", "(64, 128, 256)", " 64, 128,256 "):
+        assert parse_stages(text) == (64, 128, 256)
+    assert parse_stages(format_stages([8, 16])) == (8, 16)
+    with pytest.raises(ValueError):
+        parse_stages("64,wide")
 
 
 def test_to_dict_and_from_dict_round_trip() -> None:
@@ -279,11 +290,29 @@ def test_preprocess_feeds_a_restored_model_like_evaluation_does(
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_each_optimizer_trains(small: DataSplits, optimizer: str) -> None:
+def test_each_optimizer_takes_one_step_per_batch(small: DataSplits, optimizer: str) -> None:
     lr = 0.05 if optimizer == "sgd" else 3e-3
     result = fit(tiny(optimizer=optimizer, lr=lr), small, device="cpu")
     assert result.status == "completed" and len(result.history) == 2
-    assert result.checkpoint["optimizer"]["state"]  # the optimizer really stepped
+    state = result.checkpoint["optimizer"]["state"]
+    assert len(state) == len(result.checkpoint["optimizer"]["param_groups"][0]["params"])  # every parameter
+    if optimizer == "sgd":
+        assert all("momentum_buffer" in s for s in state.values())
+    else:  # Adam counts its steps: two epochs of len(train) // batch_size
+        assert all(float(s["step"]) == 2 * (len(small.train) // 32) for s in state.values())
+
+
+def test_make_optimizer_builds_the_named_optimizer_from_the_config() -> None:
+    model = torch.nn.Linear(2, 2)
+    sgd = make_optimizer(tiny(optimizer="sgd", lr=0.3, momentum=0.8, weight_decay=1e-3), model)
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (0.3, 0.8, 1e-3)
+    assert sgd.defaults["nesterov"] is True
+    assert make_optimizer(tiny(optimizer="sgd", momentum=0.0), model).defaults["nesterov"] is False  # needs momentum
+    for name, kind in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
+        optimizer = make_optimizer(tiny(optimizer=name, lr=2e-3, weight_decay=0.05), model)
+        assert type(optimizer) is kind
+        assert (optimizer.defaults["lr"], optimizer.defaults["weight_decay"]) == (2e-3, 0.05)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -300,15 +329,91 @@ def test_each_schedule_trains_and_reports_its_lr(small: DataSplits, schedule: st
         assert last_lr == pytest.approx(0.1)  # patience 2: no cut can happen before the third epoch
 
 
-def test_fit_with_report_augmentation_trains(small: DataSplits) -> None:
-    config = tiny(color_jitter=0.2, rotation=15, translate=0.1, tta_flip=False, flip=False, crop_padding=0)
-    assert fit(config, small, device="cpu").status == "completed"
+def test_augment_batch_applies_the_configured_augmentation_only(small: DataSplits) -> None:
+    unit = torch.from_numpy(small.train.images[:16]).permute(0, 3, 1, 2).float() / 255
+    generator = torch.Generator().manual_seed(0)
+    off = tiny(crop_padding=0, flip=False, color_jitter=0.0, rotation=0.0, translate=0.0)
+    assert torch.equal(augment_batch(off, unit, generator), unit)
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # nothing drawn
+    report = tiny(color_jitter=0.2, rotation=15, translate=0.1, crop_padding=0, flip=False)
+    augmented = augment_batch(report, unit, generator)
+    assert augmented.shape == unit.shape and 0 <= augmented.min() and augmented.max() <= 1
+    assert not torch.equal(augmented, unit)
+    again = augment_batch(report, unit, torch.Generator().manual_seed(0))
+    assert torch.equal(augmented, again)  # the generator alone decides: a resumed run draws the same
 
 
-def test_fit_uses_the_whole_split_when_batch_exceeds_it(small: DataSplits) -> None:
-    result = fit(tiny(batch_size=10_000, epochs=1, warmup_epochs=0), small, device="cpu")
-    assert result.status == "completed"
-    assert result.history[0].images_per_s > 0
+def test_fit_with_report_augmentation_trains_on_augmented_batches(small: DataSplits) -> None:
+    plain = tiny(tta_flip=False, flip=False, crop_padding=0)
+    augmented = fit(tiny(color_jitter=0.2, rotation=15, translate=0.1, tta_flip=False, flip=False, crop_padding=0),
+                    small, device="cpu")
+    assert augmented.status == "completed"
+    assert augmented.history[0].train_loss != fit(plain, small, device="cpu").history[0].train_loss
+
+
+def count_training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make fit's model count its forward passes in training mode."""
+    calls = [0]
+    build = train_module.build_model
+
+    def counting_build(*args: Any, **kwargs: Any) -> torch.nn.Module:
+        model = build(*args, **kwargs)
+
+        def hook(module: torch.nn.Module, *_: Any) -> None:
+            calls[0] += module.training
+
+        model.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", counting_build)
+    return calls
+
+
+@pytest.mark.parametrize(("batch_size", "steps"), [(48, 3), (32, 5), (10_000, 1)])
+def test_an_epoch_is_one_step_per_full_batch_and_drops_the_ragged_rest(
+    small: DataSplits, monkeypatch: pytest.MonkeyPatch, batch_size: int, steps: int
+) -> None:
+    assert len(small.train) == 160  # 48: three steps and 16 images left over; 10,000: one step of all 160
+    counted = count_training_steps(monkeypatch)
+    result = fit(tiny(batch_size=batch_size, epochs=2, warmup_epochs=0), small, device="cpu")
+    assert counted[0] == 2 * steps
+    images = steps * min(batch_size, len(small.train))
+    for metrics in result.history:  # accuracy over the images stepped on: a whole number of them were right
+        assert metrics.train_acc * images == pytest.approx(round(metrics.train_acc * images), abs=1e-6)
+
+
+class FakeClock:
+    """Stands in for the `time` module in tuner.train: time passes only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_images_per_s_is_images_stepped_on_over_training_time_alone(
+    small: DataSplits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    train_one_epoch, evaluate = train_module.train_one_epoch, train_module.evaluate
+
+    def training_takes_2s(*args: Any) -> Any:
+        clock.now += 2.0
+        return train_one_epoch(*args)
+
+    def evaluation_takes_100s(*args: Any) -> Any:
+        clock.now += 100.0
+        return evaluate(*args)
+
+    monkeypatch.setattr(train_module, "time", clock)
+    monkeypatch.setattr(train_module, "train_one_epoch", training_takes_2s)
+    monkeypatch.setattr(train_module, "evaluate", evaluation_takes_100s)
+    result = fit(tiny(batch_size=48), small, device="cpu")
+    assert len(result.history) == 2
+    for metrics in result.history:
+        assert metrics.images_per_s == 3 * 48 / 2.0  # 144 images in 2 s; evaluation is not training
+        assert metrics.epoch_seconds == 102.0  # the epoch's time holds both
 
 
 # --- exact resume ------------------------------------------------------------------------------------
@@ -404,24 +509,6 @@ def test_checkpoint_is_plain_tensors_and_values(small: DataSplits, tmp_path: Pat
 # --- divergence --------------------------------------------------------------------------------------
 
 
-def count_training_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Make fit's model count its forward passes in training mode."""
-    calls = [0]
-    build = train_module.build_model
-
-    def counting_build(*args: Any, **kwargs: Any) -> torch.nn.Module:
-        model = build(*args, **kwargs)
-
-        def hook(module: torch.nn.Module, *_: Any) -> None:
-            calls[0] += module.training
-
-        model.register_forward_hook(hook)
-        return model
-
-    monkeypatch.setattr(train_module, "build_model", counting_build)
-    return calls
-
-
 @pytest.mark.parametrize(
     "overrides",
     [dict(optimizer="sgd", lr=1e6), dict(optimizer="adam", lr=1e9), dict(optimizer="sgd", lr=1e6, weight_decay=0)],
@@ -462,7 +549,7 @@ def test_loading_a_corrupt_checkpoint_is_a_user_error(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
-def test_loading_a_truncated_checkpoint_is_a_user_error(small: DataSplits, tmp_path: Path) -> None:
+def test_loading_a_truncated_checkpoint_is_a_user_error(tmp_path: Path) -> None:
     state = {"config": tiny().to_dict(), "model": {"w": torch.ones(1000)}}
     path = save_checkpoint(state, tmp_path / "ok.pt")
     path.write_bytes(path.read_bytes()[:-500])
@@ -503,7 +590,13 @@ def test_warmup_longer_than_the_run_is_capped_not_rejected() -> None:
     assert [schedule.lr(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
 
 
-def test_deterministic_mode_does_not_leak_out_of_fit(small) -> None:
+def test_deterministic_mode_is_on_during_fit_and_does_not_leak_out(small: DataSplits) -> None:
     before = torch.are_deterministic_algorithms_enabled()
-    fit(tiny(deterministic=True, epochs=1), small, device="cpu")
+    during: list[bool] = []
+
+    def record(*_: Any) -> None:
+        during.append(torch.are_deterministic_algorithms_enabled())
+
+    fit(tiny(deterministic=True, epochs=1), small, record, device="cpu")
+    assert during == [True]
     assert torch.are_deterministic_algorithms_enabled() == before

@@ -1,8 +1,9 @@
 """Checkpoints of `fit`: written atomically, read back as tensors and plain values only, turned into a model.
 
-A checkpoint is a dict: `format`, `config` (TrainConfig as a dict), `epoch`, `model` (the evaluated
-weights), `optimizer`, `schedule`, `rng`, `history`, and with a weight average `trained` +
-`averaged_steps`. Reading uses `torch.load(weights_only=True)`, so a planted file cannot run code.
+A checkpoint is the dict `tuner.train.TrainingState.checkpoint` builds (and `restore` reads back):
+`format`, `config` (TrainConfig as a dict), `epoch`, `model` (the evaluated weights), `optimizer`,
+`schedule`, `rng`, `history`, and with a weight average `trained` + `averaged_steps`. Reading uses
+`torch.load(weights_only=True)`, so a planted file cannot run code.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +22,7 @@ import yaml
 
 from tuner.errors import UserError, suggest, yaml_error
 from tuner.model import count_macs, count_params
-from tuner.train import TrainConfig
+from tuner.train import STAGE_FIELDS, TrainConfig, format_stages, parse_stages
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 TOP_KEYS = ("name", "metric", "mode", "fixed", "parameters", "search", "scheduler",
@@ -32,8 +32,9 @@ PARAM_TYPES = ("float", "int", "categorical")
 METRICS = ("val_acc", "val_loss")
 # Fields fixed by the sweep, not by trials: ASHA needs one epoch budget for every trial.
 SWEEP_OWNED_FIELDS = ("epochs",)
-# An assumption, not a measurement: an H100 peaks near 500 T bf16 MAC/s; small 32x32 convs with BN reach a
-# small part of that. Used only for the dry run's rough GPU-hour estimate.
+# An assumption, not a measurement, used only for the dry run's rough GPU-hour estimate: small 32x32 convs
+# with BatchNorm reach a small part of a GPU's bf16 peak (the rate achieved is under
+# docs/benchmarks.md#trainer-speed).
 GPU_SUSTAINED_MACS = 30e12
 
 
@@ -72,30 +73,25 @@ class Param:
             return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
         if self.type == "int":
             return trial.suggest_int(name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
-        value = trial.suggest_categorical(name, list(self.choices))
-        # Optuna categoricals must be scalars, so list choices travel as "32,64,128" strings.
-        return tuple(int(v) for v in value.split(",")) if self.name in ("widths", "blocks") and isinstance(
-            value, str) else value
+        # Optuna categoricals must be scalars, so stage tuples travel as format_stages text, "32,64,128".
+        return self._parse_choice(trial.suggest_categorical(name, list(self.choices)))
 
     def extremes(self) -> tuple[Any, Any]:
         """(smallest, largest) value, for the analytic bounds of params and MACs."""
         if self.type == "categorical":
             values = [self._parse_choice(c) for c in self.choices]
-            key = (lambda v: sum(v)) if isinstance(values[0], tuple) else (lambda v: v)
-            lo, hi = min(values, key=key), max(values, key=key)
-        else:
-            lo, hi = self.low, self.high
-            if self.type == "int":
-                lo, hi = int(lo), int(lo + (int(hi) - int(lo)) // int(self.step or 1) * int(self.step or 1))
+            size = sum if isinstance(values[0], tuple) else None  # a stage tuple is as large as its total
+            return min(values, key=size), max(values, key=size)
+        low, high = self.low, self.high
+        if self.type == "int":  # the largest value on the step grid
+            step = int(self.step or 1)
+            low, high = int(low), int(low) + (int(high) - int(low)) // step * step
         if self.per_stage:
-            return (lo,) * self.per_stage if not isinstance(lo, tuple) else lo, (
-                (hi,) * self.per_stage if not isinstance(hi, tuple) else hi)
-        return lo, hi
+            return (low,) * self.per_stage, (high,) * self.per_stage
+        return low, high
 
     def _parse_choice(self, choice: Any) -> Any:
-        if self.name in ("widths", "blocks") and isinstance(choice, str):
-            return tuple(int(v) for v in choice.split(","))
-        return choice
+        return parse_stages(choice) if self.name in STAGE_FIELDS and isinstance(choice, str) else choice
 
 
 @dataclass(frozen=True)
@@ -194,7 +190,7 @@ class SearchSpace:
         """The smallest and the largest network in the space (params and MACs grow with both)."""
         small, large = self.base_config(), self.base_config()
         for param in self.parameters:
-            if param.name in ("widths", "blocks"):
+            if param.name in STAGE_FIELDS:
                 small[param.name], large[param.name] = param.extremes()
         return TrainConfig.from_dict(small, self.path.name), TrainConfig.from_dict(large, self.path.name)
 
@@ -331,6 +327,22 @@ class _SpaceParser:
         return space
 
     def param(self, section: Mapping, name: str, spec: Any, fields: list[str], fixed: Mapping) -> Param:
+        """One entry of `parameters:`: the checks every kind shares, then those of its kind."""
+        spec, kind = self.param_spec(section, name, spec, fields, fixed)
+
+        def bad(message: str) -> UserError:
+            return self.error(section, name, f"parameter '{name}': {message}")
+
+        per_stage = _per_stage(name, kind, spec, bad)
+        when = _condition(spec, fields, bad)
+        if kind == "categorical":
+            return Param(name, kind, choices=self.choices(name, spec, bad), when=when)
+        return self.range_param(name, kind, spec, per_stage, when, bad)
+
+    def param_spec(self, section: Mapping, name: str, spec: Any, fields: list[str],
+                   fixed: Mapping) -> tuple[Mapping, str]:
+        """(the parameter's mapping, its kind) once its name is a searchable field and its keys are known;
+        a bare list is the short form of `{type: categorical, choices: [...]}`."""
         if name not in fields:
             raise self.error(section, name, f"unknown TrainConfig field '{name}' in parameters"
                                             f"{suggest(str(name), fields)}; valid fields: {', '.join(fields)}")
@@ -348,54 +360,32 @@ class _SpaceParser:
         kind = spec.get("type") or ("categorical" if "choices" in spec else None)
         if kind not in PARAM_TYPES:
             raise self.error(section, name, f"parameter '{name}' type {kind!r} must be one of {', '.join(PARAM_TYPES)}")
+        return spec, kind
 
-        def bad(message: str) -> UserError:
-            return self.error(section, name, f"parameter '{name}': {message}")
+    def choices(self, name: str, spec: Mapping, bad: Callable[[str], UserError]) -> tuple[Any, ...]:
+        """A categorical's choices, each a valid value of its field."""
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise bad("give a non-empty list of choices")
+        for choice in choices:
+            try:
+                TrainConfig.from_dict(_choice_values(name, choice), source=f"{self.path.name} parameter '{name}'")
+            except UserError as err:
+                raise bad(f"choice {choice!r} is invalid ({str(err).split(': ', 1)[-1]})") from None
+            except ValueError as err:
+                raise bad(f"choice {choice!r} is invalid ({err})") from None
+        # Optuna categoricals must be scalars: a stage tuple written as a list is kept as format_stages text.
+        return tuple(format_stages(c) if name in STAGE_FIELDS and isinstance(c, list) else c for c in choices)
 
-        is_stage_field = name in ("widths", "blocks")
-        per_stage = spec.get("per_stage")
-        if is_stage_field and kind != "categorical" and not per_stage:
-            raise bad("widths/blocks ranges need per_stage: N (one value per stage), or give choices")
-        if per_stage is not None and (not is_stage_field or not isinstance(per_stage, int) or per_stage < 1):
-            raise bad("per_stage must be a positive integer and only applies to widths and blocks")
-        when = spec.get("when") or {}
-        if not isinstance(when, dict):
-            raise bad("when must be a mapping like {optimizer: sgd}")
-        for key in when:
-            if key not in fields:
-                raise bad(f"condition on unknown field '{key}'{suggest(str(key), fields)}")
-        if kind == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise bad("give a non-empty list of choices")
-            if is_stage_field:
-                choices = [",".join(str(int(v)) for v in c) if isinstance(c, list) else c for c in choices]
-            for choice in choices:
-                try:
-                    values = _stage_pair(name, tuple(int(v) for v in str(choice).split(","))) if is_stage_field \
-                        else {name: choice}
-                    TrainConfig.from_dict(values, source=f"{self.path.name} parameter '{name}'")
-                except (UserError, ValueError) as err:
-                    raise bad(f"choice {choice!r} is invalid ({str(err).split(': ', 1)[-1]})") from None
-            return Param(name, kind, choices=tuple(choices), per_stage=None, when=when)
-        low, high = spec.get("low"), spec.get("high")
-        if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or isinstance(low, bool):
-            raise bad("give numeric low and high")
-        if low > high:
-            raise bad(f"range is inverted (low {low} > high {high}); swap them")
-        if low == high:
-            raise bad(f"range is empty (low = high = {low}); fix it with fixed: {{{name}: {low}}} instead")
-        if spec.get("log") and low <= 0:
-            raise bad(f"log range needs low > 0 (got {low}); use a positive low or log: false")
-        step = spec.get("step")
-        if step is not None and (not isinstance(step, (int, float)) or step <= 0):
-            raise bad(f"step {step!r} must be a positive number")
-        if step is not None and spec.get("log"):
-            raise bad("step and log cannot be combined (Optuna does not support it); drop one")
-        if kind == "int" and (low != int(low) or high != int(high)):
-            raise bad("int ranges need whole-number low and high")
-        param = Param(name, kind, float(low) if kind == "float" else int(low), float(high) if kind == "float"
-                      else int(high), bool(spec.get("log", False)), step, (), per_stage, when)
+    def range_param(self, name: str, kind: str, spec: Mapping, per_stage: int | None, when: Mapping[str, Any],
+                    bad: Callable[[str], UserError]) -> Param:
+        """A float or int range, checked as Optuna will sample it; both bounds must be valid values."""
+        low, high, step, log = spec.get("low"), spec.get("high"), spec.get("step"), bool(spec.get("log", False))
+        _check_bounds(name, kind, low, high, log, bad)
+        _check_step(step, log, bad)
+        number = float if kind == "float" else int
+        param = Param(name, kind, low=number(low), high=number(high), log=log, step=step, per_stage=per_stage,
+                      when=when)
         for value in param.extremes():
             try:
                 values = _stage_pair(name, value) if per_stage else {name: value}
@@ -446,10 +436,67 @@ class _SpaceParser:
                             f"{len(small.blocks)}; use the same number of stages for both")
 
 
+def _per_stage(name: str, kind: str, spec: Mapping, bad: Callable[[str], UserError]) -> int | None:
+    """How many stages a widths/blocks range samples, one value each; None for every other parameter."""
+    per_stage = spec.get("per_stage")
+    is_stage_field = name in STAGE_FIELDS
+    if is_stage_field and kind != "categorical" and not per_stage:
+        raise bad("widths/blocks ranges need per_stage: N (one value per stage), or give choices")
+    if per_stage is not None and (not is_stage_field or isinstance(per_stage, bool) or not isinstance(per_stage, int)
+                                  or per_stage < 1):
+        raise bad("per_stage must be a positive integer and only applies to widths and blocks")
+    if per_stage is not None and kind != "int":
+        raise bad("per_stage needs type: int (a stage holds a whole number); with choices, give one list per "
+                  "choice instead, e.g. choices: [[1, 1, 1], [2, 2, 2]]")
+    return per_stage
+
+
+def _condition(spec: Mapping, fields: list[str], bad: Callable[[str], UserError]) -> Mapping[str, Any]:
+    """The `when` mapping: the parameter is sampled only when every named field has that value."""
+    when = spec.get("when") or {}
+    if not isinstance(when, dict):
+        raise bad("when must be a mapping like {optimizer: sgd}")
+    for key in when:
+        if key not in fields:
+            raise bad(f"condition on unknown field '{key}'{suggest(str(key), fields)}")
+    return when
+
+
+def _check_bounds(name: str, kind: str, low: Any, high: Any, log: bool, bad: Callable[[str], UserError]) -> None:
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or isinstance(low, bool):
+        raise bad("give numeric low and high")
+    if low > high:
+        raise bad(f"range is inverted (low {low} > high {high}); swap them")
+    if low == high:
+        raise bad(f"range is empty (low = high = {low}); fix it with fixed: {{{name}: {low}}} instead")
+    if log and low <= 0:
+        raise bad(f"log range needs low > 0 (got {low}); use a positive low or log: false")
+    if kind == "int" and (low != int(low) or high != int(high)):
+        raise bad("int ranges need whole-number low and high")
+
+
+def _check_step(step: Any, log: bool, bad: Callable[[str], UserError]) -> None:
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise bad(f"step {step!r} must be a positive number")
+    if step is not None and log:
+        raise bad("step and log cannot be combined (Optuna does not support it); drop one")
+
+
+def _choice_values(name: str, choice: Any) -> dict[str, Any]:
+    """The TrainConfig values one choice stands for; ValueError when a stage choice is not whole numbers."""
+    if name not in STAGE_FIELDS:
+        return {name: choice}
+    try:
+        return _stage_pair(name, parse_stages(choice))
+    except (TypeError, ValueError):
+        raise ValueError("give whole numbers, one per stage, as a list, e.g. [64, 128, 256]") from None
+
+
 def _stage_pair(name: str, value: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """A valid widths/blocks pair around one stage tuple, so a bound is checked on its own."""
-    other = "blocks" if name == "widths" else "widths"
-    return {name: value, other: (1,) * len(value) if other == "blocks" else (16,) * len(value)}
+    """A valid widths/blocks pair around one stage tuple, so a bound or a choice is checked on its own: the
+    other field repeats its default first stage."""
+    return {other: value if other == name else (getattr(TrainConfig, other)[0],) * len(value)
+            for other in STAGE_FIELDS}
 
 
 def _parse_duration(text: str, error: UserError) -> float:

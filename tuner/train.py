@@ -2,14 +2,14 @@
 
 Framework-free (no Ray, no MLflow): the Ray adapter and `python -m tuner.train` both call `fit`.
 Where the speed comes from: the whole split lives on the training device as uint8 and every batch is
-sliced, augmented and normalised there (no DataLoader, no PIL); bf16 autocast and channels_last on
-CUDA; optional torch.compile. Measured figures are in docs/benchmarks.md.
+sliced, augmented and normalised there (no DataLoader, no PIL); bf16 autocast and channels_last;
+optional torch.compile. The figures are in docs/benchmarks.md#trainer-speed.
 
-One epoch, as a story: shuffle indices with the run's own generator, and for every batch slice the
-images, augment them, take an SGD step at the scheduled learning rate (and fold the weights into their
-moving average when `ema_epochs` asks for one); then evaluate on the validation split (with flip
-test-time augmentation), let the plateau schedule see the validation loss, and hand the epoch's metrics
-and a lazily built checkpoint to `on_epoch`.
+One epoch, as a story (`fit`, then `train_one_epoch`): shuffle the indices with the run's own generator,
+and for every full batch slice the images, augment them, take an optimizer step at the scheduled
+learning rate (and fold the weights into their moving average when `ema_epochs` asks for one); then
+evaluate on the validation split (with flip test-time augmentation), let the plateau schedule see the
+validation loss, and hand the epoch's metrics and a lazily built checkpoint to `on_epoch`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -39,8 +39,9 @@ CHECKPOINT_FORMAT = 1
 STAGE_FIELDS = ("widths", "blocks")  # one value per stage
 # Checking the loss for NaN forces a host sync; every few steps keeps that cost negligible.
 DIVERGENCE_CHECK_EVERY = 10
-# A mean training loss this far above chance (ln 10 = 2.3) is divergence even while it stays finite:
-# Adam at lr 1e9, or SGD at lr 1e6 without weight decay, trains on at losses of 1e15..1e18.
+# A mean training loss this far above chance (ln 10 = 2.3) is divergence even while it stays finite: at a
+# huge learning rate Adam, or SGD without weight decay, trains on at finite losses far above this (the
+# divergence tests in tests/test_train.py run both).
 DIVERGED_LOSS = 1e4
 
 
@@ -140,13 +141,16 @@ class TrainConfig:
                 raise bad(name, rule)
 
 
-def format_stages(values: Any) -> str:
+def format_stages(values: Iterable[Any]) -> str:
     """A per-stage tuple as text, `64,128,256`: how MLflow params and Optuna categoricals hold it."""
     return ",".join(str(int(v)) for v in values)
 
 
-def parse_stages(value: Any) -> tuple[int, ...]:
-    """`64,128,256`, `[64, 128, 256]` or a sequence -> (64, 128, 256); ValueError when not whole numbers."""
+def parse_stages(value: str | Iterable[Any]) -> tuple[int, ...]:
+    """`64,128,256`, `[64, 128, 256]` or a sequence -> (64, 128, 256).
+
+    ValueError when an item is not a whole number, TypeError when `value` is neither text nor a sequence.
+    """
     items = value.strip("[]()").split(",") if isinstance(value, str) else list(value)
     return tuple(int(v) for v in items if str(v).strip() != "")
 
@@ -155,7 +159,7 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
     """Values from YAML or MLflow params into the field's type; a wrong type is a UserError."""
     expected = type(default).__name__
     try:
-        if isinstance(default, tuple):
+        if name in STAGE_FIELDS:
             return parse_stages(value)
         if isinstance(default, bool):
             if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -184,8 +188,8 @@ class EpochMetrics:
     val_loss: float
     val_acc: float
     lr: float
-    epoch_seconds: float
-    images_per_s: float
+    epoch_seconds: float  # training and evaluation
+    images_per_s: float  # training images stepped on per second of training, evaluation excluded
 
     def as_dict(self) -> dict[str, float]:
         return dataclasses.asdict(self)
@@ -204,6 +208,196 @@ class FitResult:
 
 # on_epoch(metrics, checkpoint) where checkpoint() builds the full training state only when asked.
 EpochCallback = Callable[[EpochMetrics, Callable[[], dict[str, Any]]], None]
+
+
+def fit(
+    config: TrainConfig,
+    data: DataSplits,
+    on_epoch: EpochCallback | None = None,
+    resume: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+) -> FitResult:
+    """Train `config` on `data`; resume from a checkpoint made by this function if given."""
+    device = torch.device(device) if device is not None else pick_device()
+    # Deterministic mode is process-wide; restore it so a reused Ray worker's next trial is unaffected.
+    previous = torch.are_deterministic_algorithms_enabled()
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    try:
+        return _fit(config, data, on_epoch, resume, device)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, resume: Mapping[str, Any] | None,
+         device: torch.device) -> FitResult:
+    run = TrainingState.start(config, len(data.train), device)
+    first_epoch = run.restore(resume) if resume is not None else 1
+    train, val = DeviceImages(data.train, device), DeviceImages(data.val, device)
+    for epoch in range(first_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        trained = train_one_epoch(run, train, epoch)
+        if trained is None:
+            return FitResult("diverged", run.history, None)
+        train_seconds = time.perf_counter() - started
+        val_loss, val_acc = evaluate(run.evaluated, val, config.tta_flip, run.autocast, config.channels_last)
+        if not math.isfinite(val_loss):
+            return FitResult("diverged", run.history, None)
+        run.schedule.end_epoch(val_loss)
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=trained.loss,
+            train_acc=trained.accuracy,
+            val_loss=val_loss,
+            val_acc=val_acc,
+            lr=trained.lr,
+            epoch_seconds=time.perf_counter() - started,
+            images_per_s=trained.images / train_seconds,
+        )
+        run.history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics, lambda epoch=epoch: run.checkpoint(epoch))
+    return FitResult("completed", run.history, run.checkpoint(config.epochs))
+
+
+@dataclass(frozen=True)
+class TrainedEpoch:
+    """What one epoch of training steps measured."""
+
+    loss: float  # mean training loss over the images stepped on
+    accuracy: float  # of the training batches, as augmented
+    lr: float  # the learning rate of the epoch's last step
+    images: int  # images stepped on: steps x batch size
+
+
+def train_one_epoch(run: TrainingState, train: DeviceImages, epoch: int) -> TrainedEpoch | None:
+    """One pass over the shuffled split, one optimizer step per full batch; None once the loss diverges.
+
+    The returned figures come from the device with `.item()`, which waits for it: when this returns, the
+    epoch's steps have run, so the caller's clock measures them.
+    """
+    device, batch_size, steps = train.images.device, run.batch_size, run.steps_per_epoch
+    run.model.train()
+    order = torch.randperm(len(train), generator=run.generator, device=device)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    first_step = (epoch - 1) * steps
+    for step in range(steps):
+        index = order[step * batch_size : (step + 1) * batch_size]
+        images = augment_batch(run.config, train.batch(index), run.generator)
+        labels = train.labels[index]
+        lr = run.schedule.lr(first_step + step)
+        loss, logits = _optimizer_step(run, images, labels, lr)
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
+        if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 or step + 1 == steps:
+            if not loss_sum.item() / ((step + 1) * batch_size) < DIVERGED_LOSS:  # also NaN / inf
+                return None
+    images_seen = steps * batch_size
+    return TrainedEpoch(loss_sum.item() / images_seen, correct.item() / images_seen, lr, images_seen)
+
+
+def augment_batch(config: TrainConfig, unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The config's training augmentation of a batch of [0, 1] images, drawing from `generator` only."""
+    unit = augment.batch_color_jitter(unit, config.color_jitter, generator)
+    unit = augment.batch_affine(unit, config.rotation, config.translate, generator)
+    unit = augment.batch_crop(unit, config.crop_padding, generator)
+    return augment.batch_flip_lr(unit, generator) if config.flip else unit
+
+
+def _optimizer_step(run: TrainingState, unit: torch.Tensor, labels: torch.Tensor,
+                    lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on an augmented batch at learning rate `lr`; (loss, logits) for the running totals."""
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    x = normalise(unit)
+    if run.config.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=run.autocast or torch.float32, enabled=run.autocast is not None):
+        logits = run.forward(x)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=run.config.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    if run.average is not None:
+        run.average.update()
+    return loss, logits
+
+
+@dataclass(eq=False)
+class TrainingState:
+    """Everything a run changes as it trains, so what a checkpoint saves and a resume restores."""
+
+    config: TrainConfig
+    model: nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, compiled when config.compile asks
+    optimizer: torch.optim.Optimizer
+    schedule: LrSchedule
+    average: WeightAverage | None
+    generator: torch.Generator  # shuffling and augmentation
+    autocast: torch.dtype | None
+    batch_size: int
+    steps_per_epoch: int
+    history: list[EpochMetrics] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, config: TrainConfig, train_images: int, device: torch.device) -> TrainingState:
+        """A fresh run: initial weights from `config.seed`, on `device`."""
+        torch.manual_seed(config.seed)
+        model = build_model(config).to(device)
+        if config.channels_last:  # suits oneDNN too, not only CUDA (docs/benchmarks.md#trainer-speed)
+            model = model.to(memory_format=torch.channels_last)
+        batch_size = min(config.batch_size, train_images)
+        steps_per_epoch = train_images // batch_size  # drop the ragged last batch: every step sees a full batch
+        return cls(
+            config=config,
+            model=model,
+            forward=torch.compile(model) if config.compile else model,
+            optimizer=make_optimizer(config, model),
+            schedule=LrSchedule(config, steps_per_epoch),
+            average=WeightAverage(model, config.ema_epochs * steps_per_epoch) if config.ema_epochs > 0 else None,
+            generator=torch.Generator(device=device).manual_seed(config.seed),
+            autocast=autocast_dtype(config.precision, device),
+            batch_size=batch_size,
+            steps_per_epoch=steps_per_epoch,
+        )
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The weights that are evaluated and checkpointed: the average when there is one."""
+        return self.average.module if self.average is not None else self.model
+
+    def checkpoint(self, epoch: int) -> dict[str, Any]:
+        """The full training state after `epoch`, as CPU tensors and plain values (tuner.checkpoint writes it)."""
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "epoch": epoch,
+            # the weights that were evaluated: what predicting and promoting load
+            "model": _to_cpu(self.evaluated.state_dict()),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "schedule": self.schedule.state_dict(),
+            "rng": {"generator": self.generator.get_state().cpu(), "torch": torch.get_rng_state()},
+            "history": [m.as_dict() for m in self.history],
+        }
+        if self.average is not None:  # resuming continues from the trained weights and the average alike
+            state["trained"] = _to_cpu(self.model.state_dict())
+            state["averaged_steps"] = self.average.updates
+        return state
+
+    def restore(self, state: Mapping[str, Any]) -> int:
+        """Continue from what `checkpoint` saved; returns the first epoch still to run."""
+        self.model.load_state_dict(state.get("trained", state["model"]))
+        if self.average is not None:
+            self.average.module.load_state_dict(state["model"])
+            self.average.updates = int(state.get("averaged_steps", 0))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["rng"]["generator"].to("cpu"))
+        torch.set_rng_state(state["rng"]["torch"])
+        self.history[:] = [EpochMetrics(**m) for m in state["history"]]
+        return int(state["epoch"]) + 1
 
 
 class LrSchedule:
@@ -255,143 +449,14 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _augment(config: TrainConfig, unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    unit = augment.batch_color_jitter(unit, config.color_jitter, generator)
-    unit = augment.batch_affine(unit, config.rotation, config.translate, generator)
-    unit = augment.batch_crop(unit, config.crop_padding, generator)
-    return augment.batch_flip_lr(unit, generator) if config.flip else unit
-
-
-def fit(
-    config: TrainConfig,
-    data: DataSplits,
-    on_epoch: EpochCallback | None = None,
-    resume: Mapping[str, Any] | None = None,
-    device: str | torch.device | None = None,
-) -> FitResult:
-    """Train `config` on `data`; resume from a checkpoint made by this function if given."""
-    device = torch.device(device) if device is not None else pick_device()
-    # Deterministic mode is process-wide; restore it so a reused Ray worker's next trial is unaffected.
-    previous = torch.are_deterministic_algorithms_enabled()
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    try:
-        return _fit(config, data, on_epoch, resume, device)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
-def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, resume: Mapping[str, Any] | None,
-         device: torch.device) -> FitResult:
-    torch.manual_seed(config.seed)
-    # channels_last suits oneDNN too, not only CUDA (docs/benchmarks.md#trainer-speed).
-    channels_last = config.channels_last
-    autocast = autocast_dtype(config.precision, device)
-
-    model = build_model(config).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if config.compile else model
-    optimizer = make_optimizer(config, model)
-    train, val = DeviceImages(data.train, device), DeviceImages(data.val, device)
-    batch_size = min(config.batch_size, len(train))
-    steps_per_epoch = len(train) // batch_size  # drop the ragged last batch: every step sees a full batch
-    schedule = LrSchedule(config, steps_per_epoch)
-    average = WeightAverage(model, config.ema_epochs * steps_per_epoch) if config.ema_epochs > 0 else None
-    evaluated = average.module if average is not None else model
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    history: list[EpochMetrics] = []
-    first_epoch = 1
-    if resume is not None:
-        model.load_state_dict(resume.get("trained", resume["model"]))
-        if average is not None:
-            evaluated.load_state_dict(resume["model"])
-            average.updates = int(resume.get("averaged_steps", 0))
-        optimizer.load_state_dict(resume["optimizer"])
-        schedule.load_state_dict(resume["schedule"])
-        generator.set_state(resume["rng"]["generator"].to("cpu"))
-        torch.set_rng_state(resume["rng"]["torch"])
-        history = [EpochMetrics(**m) for m in resume["history"]]
-        first_epoch = int(resume["epoch"]) + 1
-
-    def checkpoint(epoch: int) -> dict[str, Any]:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "config": config.to_dict(),
-            "epoch": epoch,
-            # the weights that were evaluated: what predicting and promoting load
-            "model": _to_cpu(evaluated.state_dict()),
-            "optimizer": _to_cpu(optimizer.state_dict()),
-            "schedule": schedule.state_dict(),
-            "rng": {"generator": generator.get_state().cpu(), "torch": torch.get_rng_state()},
-            "history": [m.as_dict() for m in history],
-        }
-        if average is not None:  # resuming continues from the trained weights and the average alike
-            state["trained"] = _to_cpu(model.state_dict())
-            state["averaged_steps"] = average.updates
-        return state
-
-    for epoch in range(first_epoch, config.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(train), generator=generator, device=device)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        step0 = (epoch - 1) * steps_per_epoch
-        for step in range(steps_per_epoch):
-            lr = schedule.lr(step0 + step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            index = order[step * batch_size : (step + 1) * batch_size]
-            x = normalise(_augment(config, train.batch(index), generator))
-            y = train.labels[index]
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                logits = forward(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if average is not None:
-                average.update()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            if (step + 1) % DIVERGENCE_CHECK_EVERY == 0 or step + 1 == steps_per_epoch:
-                if not loss_sum.item() / ((step + 1) * batch_size) < DIVERGED_LOSS:  # also NaN / inf
-                    return FitResult("diverged", history, None)
-        seen = steps_per_epoch * batch_size
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate(evaluated, val, config.tta_flip, autocast, channels_last)
-        if not math.isfinite(val_loss):
-            return FitResult("diverged", history, None)
-        schedule.end_epoch(val_loss)
-        metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=loss_sum.item() / seen,
-            train_acc=correct.item() / seen,
-            val_loss=val_loss,
-            val_acc=val_acc,
-            lr=lr,
-            epoch_seconds=time.perf_counter() - started,
-            images_per_s=seen / train_seconds,
-        )
-        history.append(metrics)
-        if on_epoch is not None:
-            on_epoch(metrics, lambda epoch=epoch: checkpoint(epoch))
-    return FitResult("completed", history, checkpoint(config.epochs))
-
-
 class WeightAverage:
     """An exponential moving average of a model's weights and BatchNorm statistics over about horizon_steps
     optimizer steps; the first update copies the weights, so early epochs are not pulled toward the init.
 
     Why: at a high learning rate the current weights sit far from where training is heading, so an early
     epoch's accuracy ranks a high-lr trial below a low-lr one that finishes worse (the short-horizon bias
-    that misleads early stopping); the average is much closer to the eventual weights (docs/benchmarks.md).
+    that misleads early stopping); the average is much closer to the eventual weights
+    (docs/benchmarks.md#weight-average-at-the-rungs).
     Not torch's AveragedModel: its update moves a step counter to the device every step, which on CUDA is
     a host sync per batch. Here the tensors are paired once (training updates them in place) and the
     counter stays a Python int.
@@ -433,7 +498,6 @@ def _to_cpu(value: Any) -> Any:
     if isinstance(value, list):
         return [_to_cpu(v) for v in value]
     return value
-
 
 
 if __name__ == "__main__":  # `python -m tuner.train`: the command lives in its own module

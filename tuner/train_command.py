@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
 
     result = fit(config, data, show, resume=resume, device=args.device)
     if result.status == "diverged":
-        print(f"diverged: loss became NaN/inf after epoch {len(result.history)}; lower lr or use warmup")
+        print(f"diverged in epoch {len(result.history) + 1}: the loss became NaN, inf or huge; "
+              "lower lr or use warmup")
         raise SystemExit(1)
     print(f"saved {save_checkpoint(result.checkpoint, args.out)}  best val acc {result.best.val_acc:.4f}")
     test = load_test(args.data_dir)
