@@ -1,13 +1,19 @@
 """The deployment files under cluster/ and docker/ parse, and say what the cluster relies on.
 
-Static checks, no Docker, Kubernetes or AWS: pyyaml and pytest only, well under a second. Each test
+Static checks, no Docker, Kubernetes or AWS: pyyaml and pytest only, a few seconds. Each test
 names one property that a plausible edit would break: an image without a pinned tag, a port published
 beyond loopback, a literal password, a head node that accepts GPU trials, a RayJob whose cluster has
-drifted from the RayCluster, a Secret the README never tells you to create.
+drifted from the RayCluster, a Secret the README never tells you to create, a worker that may write the
+driver's state or shares an identity with the head, a Ray port open to pods outside the cluster.
+
+The IAM policies in cluster/iam/ are evaluated here with AWS's rules (wildcards, explicit Deny first)
+against the S3 requests Ray makes, so a policy too narrow for Ray fails as surely as one too broad.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import re
@@ -47,8 +53,14 @@ def yaml_paths() -> list[Path]:
     return [p for p in deploy_files() if p.suffix in (".yaml", ".yml")]
 
 
+@functools.cache
+def _parsed_yaml(text: str) -> tuple[Any, ...]:
+    return tuple(yaml.safe_load_all(text))
+
+
 def load_docs(path: Path) -> list[Any]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    """The file's documents, parsed once per content (tests get their own copies to change)."""
+    return [copy.deepcopy(doc) for doc in _parsed_yaml(path.read_text()) if doc is not None]
 
 
 def load_one(path: Path) -> dict:
@@ -231,6 +243,187 @@ def search_space_resources() -> list[tuple[str, float, float]]:
     return out
 
 
+# ---------------------------------------------------------------- helpers: who may write and connect to what
+
+IAM = CLUSTER / "iam"
+SECURITY_GROUPS = CLUSTER / "security-groups"
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+RAY_LABEL = {"app.kubernetes.io/name": "tuner-ray"}
+# Ray's listening ports, by `ray start` flag: only the head has the first group; every node has the rest.
+HEAD_ONLY_PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port")
+NODE_PORT_FLAGS = ("object-manager-port", "node-manager-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                   "metrics-export-port", "dashboard-agent-listen-port", "min-worker-port", "max-worker-port")
+# Pinned but opened to no other pod or machine: Ray Client (nobody here uses it) and Prometheus metrics.
+CLOSED_PORT_FLAGS = ("ray-client-server-port", "metrics-export-port")
+
+# The S3 requests Ray 2.60.0 (pyarrow 25.0.1) makes, recorded against a local S3 server and written as
+# (IAM action, object key; "" for the bucket). A worker: `StorageContext.persist_current_checkpoint` when a
+# trial reports a checkpoint (it first checks Ray's marker, then writes an empty folder marker for every
+# parent), then `Checkpoint.as_directory()` when another worker resumes the trial. The driver: the marker,
+# its experiment state, Tune's per-trial records, deleting a checkpoint beyond num_to_keep, and tuner's own
+# state under _driver/. Re-record them when Ray or pyarrow changes (see RECORDED_WITH_RAY).
+RECORDED_WITH_RAY = "2.60.0"
+SWEEP, TRIAL = "ray-results/widths-001", "ray-results/widths-001/t003-abcd1234"
+WORKER_REQUESTS = [
+    ("s3:GetObject", f"{SWEEP}/.validate_storage_marker"),
+    ("s3:ListBucket", ""),
+    ("s3:PutObject", "ray-results/"),
+    ("s3:PutObject", f"{SWEEP}/"),
+    ("s3:PutObject", f"{TRIAL}/"),
+    ("s3:PutObject", f"{TRIAL}/checkpoint_000002/"),
+    ("s3:PutObject", f"{TRIAL}/checkpoint_000002/sub/"),
+    ("s3:PutObject", f"{TRIAL}/checkpoint_000002/checkpoint.pt"),
+    ("s3:AbortMultipartUpload", f"{TRIAL}/checkpoint_000002/checkpoint.pt"),
+    ("s3:GetObject", f"{TRIAL}/checkpoint_000002"),
+    ("s3:GetObject", f"{TRIAL}/checkpoint_000002/checkpoint.pt"),
+    ("s3:GetObject", f"{TRIAL}/checkpoint_000002/.metadata.json"),
+]
+DRIVER_REQUESTS = [
+    ("s3:ListBucket", ""),
+    ("s3:PutObject", f"{SWEEP}/.validate_storage_marker"),
+    ("s3:PutObject", f"{SWEEP}/tuner.pkl"),
+    ("s3:PutObject", f"{SWEEP}/experiment_state-2026-01-01_00-00-00.json"),
+    ("s3:PutObject", f"{TRIAL}/result.json"),
+    ("s3:GetObject", f"{SWEEP}/tuner.pkl"),
+    ("s3:GetObject", f"{TRIAL}/result.json"),
+    ("s3:GetObject", f"{TRIAL}/checkpoint_000002/checkpoint.pt"),
+    ("s3:DeleteObject", f"{TRIAL}/checkpoint_000000/checkpoint.pt"),
+    ("s3:DeleteObject", f"{TRIAL}/checkpoint_000000/"),
+    ("s3:PutObject", "ray-results/_driver/widths-001/budget.json"),
+    ("s3:GetObject", "ray-results/_driver/widths-001/budget.json"),
+]
+# What a worker must never do: overwrite what the driver unpickles or trusts, or read the driver's state.
+WORKER_FORBIDDEN = [
+    ("s3:PutObject", f"{SWEEP}/tuner.pkl"),
+    ("s3:PutObject", f"{SWEEP}/experiment_state-2026-01-01_00-00-00.json"),
+    ("s3:PutObject", f"{SWEEP}/searcher-state-2026-01-01_00-00-00.pkl"),
+    ("s3:PutObject", f"{SWEEP}/checkpoint_000001.pkl"),
+    ("s3:PutObject", f"{TRIAL}/result.json"),
+    ("s3:PutObject", f"{TRIAL}/error.pkl"),
+    ("s3:PutObject", f"{TRIAL}/params.pkl"),
+    ("s3:PutObject", "ray-results/_driver/widths-001/budget.json"),
+    ("s3:PutObject", "ray-results/_driver/widths-001/t003-abcd1234/checkpoint_000001/x"),
+    ("s3:PutObject", "mlflow-artifacts/1/abc/artifacts/model.pt"),
+    ("s3:DeleteObject", f"{TRIAL}/checkpoint_000002/checkpoint.pt"),
+    ("s3:DeleteObject", f"{SWEEP}/tuner.pkl"),
+    ("s3:GetObject", "ray-results/_driver/widths-001/budget.json"),
+    ("s3:GetObject", f"{SWEEP}/tuner.pkl"),
+    ("s3:PutBucketPolicy", ""),
+    ("iam:PassRole", "*"),
+    ("ec2:RunInstances", "*"),
+    ("ec2:TerminateInstances", "*"),
+]
+
+
+def json_paths() -> list[Path]:
+    return [p for p in deploy_files() if p.suffix == ".json"]
+
+
+def iam_policy(name: str) -> dict:
+    return json.loads((IAM / f"{name}.json").read_text())
+
+
+def policy_bucket(policy: dict) -> str:
+    """The bucket a storage policy is about: the Resource of its s3:ListBucket statement (placeholder or real)."""
+    for statement in policy["Statement"]:
+        if statement["Effect"] == "Allow" and statement.get("Action") == "s3:ListBucket":
+            return statement["Resource"].removeprefix("arn:aws:s3:::")
+    raise AssertionError("the policy has no s3:ListBucket statement to name its bucket")
+
+
+def iam_pattern_matches(pattern: str, value: str, ignore_case: bool = False) -> bool:
+    """IAM's wildcards: `*` is any run of characters, slashes included; `?` is one character."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.IGNORECASE if ignore_case else 0) is not None
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value
+
+
+def _statement_applies(statement: dict, action: str, resource: str, context: dict[str, str]) -> bool:
+    if "Action" in statement:
+        if not any(iam_pattern_matches(p, action, ignore_case=True) for p in _listed(statement["Action"])):
+            return False
+    elif any(iam_pattern_matches(p, action, ignore_case=True) for p in _listed(statement["NotAction"])):
+        return False
+    if "Resource" in statement:
+        if not any(iam_pattern_matches(p, resource) for p in _listed(statement["Resource"])):
+            return False
+    elif any(iam_pattern_matches(p, resource) for p in _listed(statement["NotResource"])):
+        return False
+    for operator, tests in statement.get("Condition", {}).items():
+        if_exists = operator.endswith("IfExists")
+        operator = operator.removesuffix("IfExists")
+        assert operator in ("StringLike", "StringEquals"), f"this test does not evaluate {operator} conditions"
+        for key, expected in tests.items():
+            if key not in context:
+                if not if_exists:
+                    return False
+                continue
+            match = iam_pattern_matches if operator == "StringLike" else lambda p, v: p == v
+            if not any(match(p, context[key]) for p in _listed(expected)):
+                return False
+    return True
+
+
+def iam_decision(policies: list[dict], action: str, resource: str, context: dict[str, str] | None = None) -> str:
+    """AWS's evaluation of identity policies: an explicit Deny wins, then any Allow, else an implicit deny."""
+    applying = [s for p in policies for s in p["Statement"] if _statement_applies(s, action, resource, context or {})]
+    if any(s["Effect"] == "Deny" for s in applying):
+        return "explicitDeny"
+    return "allowed" if applying else "implicitDeny"
+
+
+def s3_arn(bucket: str, key: str) -> str:
+    return f"arn:aws:s3:::{bucket}" + (f"/{key}" if key else "")
+
+
+def s3_decision(policies: list[dict], bucket: str, action: str, key: str) -> str:
+    resource = "*" if not action.startswith("s3:") else s3_arn(bucket, key)
+    return iam_decision(policies, action, resource)
+
+
+def ray_start_flags(command: str) -> dict[str, str]:
+    return dict(re.findall(r"--([a-z-]+)=(\S+)", command))
+
+
+def port_set(flags: dict[str, str], names: tuple[str, ...]) -> set[int]:
+    """The TCP ports that the given `ray start` flags make Ray listen on (the worker range expanded)."""
+    ports = {int(flags[n]) for n in names if n in flags and n not in ("min-worker-port", "max-worker-port")}
+    if "min-worker-port" in names:
+        ports |= set(range(int(flags["min-worker-port"]), int(flags["max-worker-port"]) + 1))
+    return ports
+
+
+def policy_rule_ports(rule: dict) -> set[int]:
+    ports: set[int] = set()
+    for port in rule.get("ports", []):
+        assert port.get("protocol", "TCP") == "TCP" and isinstance(port["port"], int), port
+        ports |= set(range(port["port"], port.get("endPort", port["port"]) + 1))
+    return ports
+
+
+def security_group_ports(permission: dict) -> set[int]:
+    assert permission["IpProtocol"] == "tcp", permission
+    return set(range(permission["FromPort"], permission["ToPort"] + 1))
+
+
+def ray_cluster_specs() -> list[tuple[str, dict]]:
+    return [
+        ("RayCluster/tuner", k8s_object("RayCluster", "tuner")["spec"]),
+        ("RayJob/tuner-widths", k8s_object("RayJob", "tuner-widths")["spec"]["rayClusterSpec"]),
+    ]
+
+
+def pod_spec_mounts_api_token(pod_spec: dict, service_accounts: dict[str, dict]) -> bool:
+    """Whether Kubernetes would automount the service-account token into this pod's containers."""
+    if "automountServiceAccountToken" in pod_spec:
+        return pod_spec["automountServiceAccountToken"] is not False
+    account = service_accounts.get(pod_spec.get("serviceAccountName", "default"), {})
+    return account.get("automountServiceAccountToken") is not False
+
+
 # ---------------------------------------------------------------- every file
 
 
@@ -239,6 +432,11 @@ def test_every_yaml_file_parses_into_documents(path: Path) -> None:
     docs = load_docs(path)
     assert docs, f"{path} holds no YAML document"
     assert all(isinstance(doc, dict) for doc in docs), f"{path}: every document should be a mapping"
+
+
+@pytest.mark.parametrize("path", json_paths(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_json_file_parses(path: Path) -> None:
+    assert json.loads(path.read_text()), f"{path} is empty"
 
 
 def test_every_image_is_pinned_to_a_version_tag() -> None:
@@ -563,7 +761,6 @@ def test_ray_pods_run_as_the_image_user_without_privilege_escalation() -> None:
             pod = template["spec"]["securityContext"]
             assert pod["runAsNonRoot"] is True, f"{kind}/{name} {group}"
             assert pod["runAsUser"] == uid, f"{kind}/{name} {group}: runAsUser differs from the image's USER"
-            assert template["spec"]["serviceAccountName"] == "tuner-ray"
             for container in containers(template):
                 security = container["securityContext"]
                 assert security["allowPrivilegeEscalation"] is False, f"{kind}/{name} {group} {container['name']}"
@@ -639,6 +836,272 @@ def test_nothing_in_the_cluster_is_exposed_outside_it() -> None:
         assert obj["metadata"].get("namespace", NAMESPACE) == NAMESPACE, obj["metadata"]["name"]
 
 
+# ---------------------------------------------------------------- who may write what: storage (cluster/iam/)
+
+
+def test_the_recorded_s3_requests_are_those_of_the_ray_in_the_image() -> None:
+    assert dockerfile_ray_version() == RECORDED_WITH_RAY, (
+        "Ray changed: re-record WORKER_REQUESTS / DRIVER_REQUESTS for it (a worker saving and restoring a"
+        " checkpoint against an S3 server) and check iam/storage-worker.json still allows exactly those"
+    )
+
+
+def test_a_worker_can_save_and_restore_checkpoints() -> None:
+    worker = iam_policy("storage-worker")
+    bucket = policy_bucket(worker)
+    denied = [(a, k) for a, k in WORKER_REQUESTS if s3_decision([worker], bucket, a, k) != "allowed"]
+    assert not denied, f"iam/storage-worker.json refuses what Ray's workers do to checkpoint: {denied}"
+
+
+def test_a_worker_cannot_touch_the_drivers_state() -> None:
+    worker = iam_policy("storage-worker")
+    bucket = policy_bucket(worker)
+    allowed = [(a, k) for a, k in WORKER_FORBIDDEN if s3_decision([worker], bucket, a, k) == "allowed"]
+    assert not allowed, f"iam/storage-worker.json lets a worker do: {allowed}"
+
+
+def test_a_worker_stays_out_of_the_drivers_state_whatever_else_is_attached() -> None:
+    """Explicit denies: attaching a broad policy to the worker role later must not open the driver's state."""
+    worker = iam_policy("storage-worker")
+    bucket = policy_bucket(worker)
+    everything = {"Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    for action, key in WORKER_FORBIDDEN:
+        if action.startswith("s3:") and (action != "s3:GetObject" or "/_driver/" in f"/{key}"):
+            decision = s3_decision([worker, everything], bucket, action, key)
+            assert decision == "explicitDeny", f"with s3:* attached, a worker's {action} {key} is {decision}"
+
+
+def test_the_driver_can_do_everything_a_sweep_needs() -> None:
+    head = iam_policy("storage-head")
+    bucket = policy_bucket(head)
+    assert bucket == policy_bucket(iam_policy("storage-worker")) == policy_bucket(iam_policy("mlflow-artifacts"))
+    denied = [(a, k) for a, k in DRIVER_REQUESTS if s3_decision([head], bucket, a, k) != "allowed"]
+    assert not denied, f"iam/storage-head.json refuses what the driver does: {denied}"
+    assert s3_decision([head], bucket, "s3:PutObject", "mlflow-artifacts/1/x") == "implicitDeny"
+
+
+def test_workers_hold_no_ec2_iam_or_sts_rights() -> None:
+    worker = iam_policy("storage-worker")
+    for statement in worker["Statement"]:
+        if statement["Effect"] == "Allow":
+            assert "NotAction" not in statement, "an Allow with NotAction grants everything it does not name"
+            for action in _listed(statement["Action"]):
+                assert action.lower().startswith("s3:") and action != "s3:*", f"the worker policy allows {action}"
+    # Path A: EC2 and iam:PassRole go to the head's role alone, and PassRole names the worker role only.
+    text = re.sub(r"\\\n\s*", " ", README.read_text())
+    grants = re.findall(r"aws iam (?:attach|put)-role-policy --role-name (\S+) (.*)", text)
+    ec2_or_pass = [role for role, rest in grants if "EC2" in rest or "launcher-head" in rest]
+    assert ec2_or_pass and set(ec2_or_pass) == {"tuner-ray-head"}, f"EC2/PassRole granted to {ec2_or_pass}"
+    (pass_role,) = iam_policy("launcher-head")["Statement"]
+    assert pass_role["Action"] == "iam:PassRole" and pass_role["Resource"].endswith(":role/tuner-ray-worker")
+    worker_profile = load_one(LAUNCHER)["available_node_types"]["gpu_worker"]["node_config"]["IamInstanceProfile"]
+    assert worker_profile["Arn"].endswith(":instance-profile/tuner-ray-worker")
+
+
+def test_the_mlflow_server_touches_its_artifacts_only() -> None:
+    mlflow = iam_policy("mlflow-artifacts")
+    bucket = policy_bucket(mlflow)
+    assert s3_decision([mlflow], bucket, "s3:PutObject", "mlflow-artifacts/1/abc/artifacts/model.pt") == "allowed"
+    for action, key in DRIVER_REQUESTS:
+        if key:
+            assert s3_decision([mlflow], bucket, action, key) != "allowed", f"MLflow may {action} {key}"
+
+
+def test_head_and_workers_have_separate_cloud_identities() -> None:
+    launcher = load_one(LAUNCHER)["available_node_types"]
+    profiles = {name: t["node_config"]["IamInstanceProfile"]["Arn"] for name, t in launcher.items()}
+    assert len(set(profiles.values())) == len(profiles), f"node types share an instance profile: {profiles}"
+    roles = {
+        o["metadata"]["name"]: o["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn")
+        for o in k8s_objects()
+        if o["kind"] == "ServiceAccount"
+    }
+    assert roles["tuner-ray-head"] and roles["tuner-ray-worker"] and roles["mlflow"]
+    assert len({roles["tuner-ray-head"], roles["tuner-ray-worker"], roles["mlflow"]}) == 3, roles
+    assert roles["tuner-ray-submitter"] is None, "the RayJob submitter needs no cloud identity"
+
+
+def test_storage_uris_and_readme_use_the_prefix_the_policies_guard() -> None:
+    bucket = policy_bucket(iam_policy("storage-worker"))
+    storage = cli_options(shlex.split(k8s_object("RayJob", "tuner-widths")["spec"]["entrypoint"]))["--storage"]
+    assert storage == f"s3://{bucket}/ray-results", f"the RayJob's --storage {storage} is not what iam/ guards"
+    text = README.read_text()
+    assert text.count('--storage "s3://$BUCKET/ray-results"') == 2, "both paths submit with the guarded prefix"
+    section = text.partition("## Who may write what")[2].partition("\n## ")[0]
+    assert section, "cluster/README.md has no section 'Who may write what'"
+    for words in ("`_driver/<sweep>/`", "`<sweep>/<trial>/checkpoint_NNNNNN/`", "iam/storage-worker.json",
+                  "tuner-ray-worker", "tuner-ray-head", "tuner-ray-submitter", "simulate-principal-policy"):
+        assert words in section, f"'Who may write what' does not mention {words}"
+    # The README's _driver/ prefix is the one the worker's explicit deny names.
+    deny = [s for s in iam_policy("storage-worker")["Statement"] if s["Effect"] == "Deny" and "Resource" in s]
+    assert any(r.endswith("/ray-results/_driver/*") for s in deny for r in _listed(s["Resource"]))
+
+
+def test_trials_upload_checkpoints_and_nothing_else() -> None:
+    """Ray's artifact sync would have workers write their trial folder's own files, which they may not."""
+    for path in sorted((ROOT / "tuner").glob("*.py")):
+        assert not re.search(r"sync_artifacts\s*=\s*True", path.read_text()), f"{path.name} turns on sync_artifacts"
+
+
+# ---------------------------------------------------------------- who may connect to what
+
+
+def test_kuberay_head_workers_and_submitter_run_as_separate_service_accounts() -> None:
+    accounts = {o["metadata"]["name"]: o for o in k8s_objects() if o["kind"] == "ServiceAccount"}
+    for where, spec in ray_cluster_specs():
+        templates = pod_templates(spec)
+        head = templates.pop("head")["spec"]["serviceAccountName"]
+        workers = {t["spec"]["serviceAccountName"] for t in templates.values()}
+        assert head == "tuner-ray-head" and workers == {"tuner-ray-worker"}, f"{where}: {head}, {workers}"
+        assert {head, *workers} <= set(accounts), f"{where}: a service account is not in cluster/"
+    submitter = k8s_object("RayJob", "tuner-widths")["spec"]["submitterPodTemplate"]["spec"]
+    assert submitter["serviceAccountName"] == "tuner-ray-submitter" in accounts
+    assert submitter["securityContext"]["runAsNonRoot"] is True
+    for container in submitter["containers"]:
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_no_pod_mounts_an_api_token_and_the_autoscaler_gets_its_own() -> None:
+    accounts = {o["metadata"]["name"]: o for o in k8s_objects() if o["kind"] == "ServiceAccount"}
+    for name, account in accounts.items():
+        assert account.get("automountServiceAccountToken") is False, f"ServiceAccount/{name} automounts its token"
+    pods = {f"{o['kind']}/{o['metadata']['name']}": o["spec"]["template"]["spec"]
+            for o in k8s_objects() if o["kind"] in ("Deployment", "StatefulSet")}
+    pods["RayJob/tuner-widths submitter"] = k8s_object("RayJob", "tuner-widths")["spec"]["submitterPodTemplate"]["spec"]
+    for where, spec in ray_cluster_specs():
+        pods.update({f"{where} {group}": t["spec"] for group, t in pod_templates(spec).items()})
+    for where, pod in pods.items():
+        assert pod.get("automountServiceAccountToken") is False, f"{where}: set automountServiceAccountToken: false"
+        assert not pod_spec_mounts_api_token(pod, accounts), where
+    for where, spec in ray_cluster_specs():
+        # KubeRay's autoscaler sidecar calls the Kubernetes API: a projected token, in that container only.
+        head_pod = spec["headGroupSpec"]["template"]["spec"]
+        token_volumes = {v["name"] for v in head_pod["volumes"]
+                         if any("serviceAccountToken" in src for src in v.get("projected", {}).get("sources", []))}
+        mounts = [m for m in spec["autoscalerOptions"].get("volumeMounts", []) if m["mountPath"] == TOKEN_PATH]
+        assert len(mounts) == 1 and mounts[0]["name"] in token_volumes and mounts[0]["readOnly"] is True, where
+        for group, template in pod_templates(spec).items():
+            for container in containers(template):
+                mounted = {m["name"] for m in container.get("volumeMounts", [])}
+                assert not mounted & token_volumes, f"{where} {group} {container['name']} mounts the API token"
+
+
+def test_ray_ports_are_pinned_the_same_on_every_node() -> None:
+    config = load_one(LAUNCHER)
+    aws_head = ray_start_flags(" ".join(config["head_start_ray_commands"]))
+    aws_worker = ray_start_flags(" ".join(config["worker_start_ray_commands"]))
+    for where, spec in ray_cluster_specs():
+        head = spec["headGroupSpec"]["rayStartParams"]
+        for group in spec["workerGroupSpecs"]:
+            worker = group["rayStartParams"]
+            for flag in NODE_PORT_FLAGS:
+                assert flag in worker and worker[flag] == head.get(flag), f"{where} {group['groupName']}: {flag}"
+                assert aws_worker.get(flag) == aws_head.get(flag) == worker[flag], f"ray-aws-gpu.yaml: --{flag}"
+        for flag in HEAD_ONLY_PORT_FLAGS:
+            assert head.get(flag) and aws_head.get(flag) == head[flag], f"{where} head: {flag} is not pinned"
+        everything = {int(head[f]) for f in HEAD_ONLY_PORT_FLAGS + NODE_PORT_FLAGS}
+        assert len(everything) == len(HEAD_ONLY_PORT_FLAGS + NODE_PORT_FLAGS), f"{where}: two flags share a port"
+
+
+def test_ray_pods_admit_only_the_clusters_pods_on_the_pinned_ports() -> None:
+    policies = {o["metadata"]["name"]: o["spec"] for o in k8s_objects() if o["kind"] == "NetworkPolicy"}
+    for where, spec in ray_cluster_specs():
+        head_flags = spec["headGroupSpec"]["rayStartParams"]
+        node_ports = port_set(head_flags, NODE_PORT_FLAGS) - port_set(head_flags, CLOSED_PORT_FLAGS)
+        head_ports = node_ports | port_set(head_flags, ("port", "dashboard-port"))
+        closed = port_set(head_flags, CLOSED_PORT_FLAGS)
+        for group, template in pod_templates(spec).items():
+            labels = template["metadata"]["labels"]
+            node_type = "head" if group == "head" else "worker"  # KubeRay's ray.io/node-type label
+            selecting = [n for n, p in policies.items()
+                         if p["podSelector"]["matchLabels"] == {**RAY_LABEL, "ray.io/node-type": node_type}]
+            assert RAY_LABEL.items() <= labels.items() and len(selecting) == 1, f"{where} {group}: {selecting}"
+            policy = policies[selecting[0]]
+            assert policy["policyTypes"] == ["Ingress"]
+            from_cluster = set()
+            for rule in policy["ingress"]:
+                assert rule.get("from") and rule.get("ports"), f"{selecting[0]}: a rule open to everyone or every port"
+                ports = policy_rule_ports(rule)
+                assert not ports & closed, f"{selecting[0]} opens {sorted(ports & closed)}"
+                for peer in rule["from"]:
+                    assert "ipBlock" not in peer, f"{selecting[0]}: ipBlock admits addresses outside the cluster"
+                    selector = peer.get("podSelector", {}).get("matchLabels")
+                    assert selector, f"{selecting[0]}: a peer without a pod label selector"
+                    if selector == RAY_LABEL and "namespaceSelector" not in peer:
+                        from_cluster |= ports
+                    else:  # the RayJob submitter and the KubeRay operator: the job API only
+                        assert ports == {int(head_flags["dashboard-port"])} and node_type == "head", (selecting, peer)
+            expected = head_ports if node_type == "head" else node_ports
+            assert from_cluster == expected, f"{where} {group}: {sorted(from_cluster ^ expected)} differ"
+    # The job API's other clients are pods this project makes, or the operator in its own namespace.
+    submitter_labels = k8s_object("RayJob", "tuner-widths")["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    head_peers = [peer for rule in policies["tuner-ray-head"]["ingress"] for peer in rule["from"]]
+    others = [p for p in head_peers if p["podSelector"]["matchLabels"] != RAY_LABEL]
+    assert any(p["podSelector"]["matchLabels"].items() <= submitter_labels.items() for p in others)
+    for peer in others:
+        namespace = peer.get("namespaceSelector", {}).get("matchLabels", {})
+        assert namespace in ({}, {"kubernetes.io/metadata.name": "kuberay-system"}), peer
+
+
+def test_mlflow_is_reachable_from_the_ray_head_only() -> None:
+    policy = k8s_object("NetworkPolicy", "mlflow")["spec"]
+    peers = [peer for rule in policy["ingress"] for peer in rule["from"]]
+    assert peers and all(p["podSelector"]["matchLabels"] == {**RAY_LABEL, "ray.io/node-type": "head"} for p in peers)
+    assert all("namespaceSelector" not in p and "ipBlock" not in p for p in peers)
+    for where, spec in ray_cluster_specs():
+        for group, template in pod_templates(spec).items():
+            names = set(env_of(template["spec"]["containers"][0]))
+            if group == "head":
+                assert {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_PASSWORD"} <= names, f"{where}: the driver's login"
+            else:
+                assert not {n for n in names if n.startswith("MLFLOW_")}, f"{where} {group}: workers get no MLflow"
+
+
+def test_security_groups_admit_ssh_from_you_and_ray_ports_from_the_cluster_only() -> None:
+    config = load_one(LAUNCHER)
+    types = config["available_node_types"]
+    (head_sg,) = types[config["head_node_type"]]["node_config"]["SecurityGroupIds"]
+    (worker_sg,) = types["gpu_worker"]["node_config"]["SecurityGroupIds"]
+    assert head_sg != worker_sg
+    head_flags = ray_start_flags(" ".join(config["head_start_ray_commands"]))
+    node_ports = port_set(head_flags, NODE_PORT_FLAGS) - port_set(head_flags, CLOSED_PORT_FLAGS)
+    expected = {
+        "head": {22: {"you"}, **{p: {worker_sg} for p in node_ports | port_set(head_flags, ("port",))}},
+        "worker": {22: {head_sg}, **{p: {head_sg, worker_sg} for p in node_ports}},
+    }
+    for name, wanted in expected.items():
+        opened: dict[int, set[str]] = {}
+        for permission in json.loads((SECURITY_GROUPS / f"{name}.json").read_text()):
+            assert not permission.get("Ipv6Ranges") and not permission.get("PrefixListIds"), permission
+            sources = {pair["GroupId"] for pair in permission.get("UserIdGroupPairs", [])}
+            for cidr in (r["CidrIp"] for r in permission.get("IpRanges", [])):
+                assert (cidr == "REPLACE_WITH_ADMIN_CIDR" or cidr.endswith("/32")) and permission["FromPort"] == 22, (
+                    f"security-groups/{name}.json admits {cidr} on {permission['FromPort']}: only your address, SSH"
+                )
+                sources.add("you")
+            for port in security_group_ports(permission):
+                opened.setdefault(port, set()).update(sources)
+        wrong = sorted(p for p in opened.keys() | wanted.keys() if opened.get(p) != wanted.get(p))
+        assert not wrong, (f"security-groups/{name}.json: ports {wrong[0]}..{wrong[-1]} ({len(wrong)}) admit"
+                           f" {opened.get(wrong[0])}, expected {wanted.get(wrong[0])}")
+
+
+def test_launcher_keeps_mlflow_on_the_heads_loopback() -> None:
+    config = load_one(LAUNCHER)
+    assert "GatewayPorts" not in LAUNCHER.read_text(), "no sshd setting that lets a tunnel bind beyond loopback"
+    text = re.sub(r"\\\n\s*", " ", README.read_text())
+    path_a = text.partition("## Path A")[2].partition("## Path B")[0]
+    tunnels = re.findall(r"ssh [^\n]*?-R (\S+)", path_a)
+    assert tunnels and all(t.startswith("127.0.0.1:") for t in tunnels), f"Path A tunnels MLflow to {tunnels}"
+    uris = re.findall(r"--mlflow-uri (\S+)", path_a)
+    assert uris and all(urlsplit(u.strip("'\"")).hostname == "127.0.0.1" for u in uris), uris
+    assert all(str(p).startswith("127.0.0.1:") for svc in load_one(COMPOSE)["services"].values()
+               for p in svc.get("ports", []))
+    for rule in json.loads((SECURITY_GROUPS / "head.json").read_text()):
+        assert not security_group_ports(rule) & {5000, 8265}, "MLflow and the dashboard are reached by SSH tunnel"
+    assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
+
+
 # ---------------------------------------------------------------- cluster/README.md
 
 
@@ -674,7 +1137,7 @@ def test_the_readme_lists_every_placeholder_with_its_files() -> None:
     for token, files in table.items():
         assert files, f"cluster/README.md names no file for {token}"
     # None are left once you have filled them in your checkout; the table must still match the commands below.
-    for path in yaml_paths():
+    for path in yaml_paths() + json_paths():
         if path.is_relative_to(CLUSTER):
             for token in set(re.findall(PLACEHOLDER, path.read_text())):
                 assert token in table, f"{path.relative_to(ROOT)}: {token} is not in cluster/README.md's table"
