@@ -7,8 +7,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from tuner.architecture import count_params
 from tuner.errors import UserError
-from tuner.model import count_params
 from tuner.space import SPACES_DIR, describe, estimate_epochs, load_space
 
 SHIPPED = ("smoke.yaml", "widths.yaml", "recipe.yaml", "full.yaml")
@@ -88,7 +88,7 @@ def test_rung_schedule_and_epoch_estimate(tmp_path: Path) -> None:
     # an epoch budget below that stops the sweep first
     capped = load_space(write(tmp_path, VALID.replace("budget: {", "budget: {epochs: 7, ")))
     assert capped.budget.epochs == 7 and estimate_epochs(capped) == 7
-    assert "expected epochs: about 7 in all (the epoch budget stops the sweep)" in describe(capped)
+    assert "epochs: about 7 in all (the epoch budget stops the sweep)" in describe(capped)
 
 
 BAD_FILES = {
@@ -106,7 +106,8 @@ BAD_FILES = {
     "condition_on_unknown": (VALID.replace("when: {optimizer: sgd}", "when: {optimiser: sgd}"),
                              "condition on unknown field 'optimiser'"),
     "fixed_bad_value": (VALID.replace("batch_size: 64", "batch_size: 0"), "batch_size=0 is invalid"),
-    "negative_gpus": (VALID + "resources: {cpus: 1, gpus: -1}\n", "resources need"),
+    "negative_gpus": (VALID + "resources: {cpus: 1, gpus: -1}\n",
+                      "resources.gpus=-1 must be a finite number from 0 to 64"),
     "stage_choice_not_numbers": (VALID.replace("{type: int, low: 8, high: 64, step: 8, per_stage: 3}",
                                                "{choices: [[8, x, 32]]}"),
                                  r"choice \[8, 'x', 32\] is invalid \(give whole numbers, one per stage"),

@@ -122,7 +122,19 @@ def bad_runs(with_test: Path, tmp_path_factory: pytest.TempPathFactory) -> BadRu
     blocker.write_text("")
     (root / "typo.yaml").write_text("lrr: 0.1\n")
     (root / "broken.yaml").write_text("lr: 0.1\nbatch_size: 32\n  epochs: 2\n")
+    (root / "list.yaml").write_text("- lr\n- 0.1\n")
+    (root / "bomb.yaml").write_text("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+                                    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n"
+                                              for p, c in zip("abcdefgh", "bcdefghi")))
+    (root / "many.yaml").write_text("lr: .inf\nseed: 1.7\nepochs: 1e21\nlearning_rate: 0.1\n")
     cases = {
+        "device-index": ["--data-dir", with_test, *TINY_FLAGS[:-2], "--device", "cuda:99", "--epochs", "1"],
+        "config-directory": ["--config", root, "--data-dir", with_test],
+        "config-missing": ["--config", root / "nope.yaml", "--data-dir", with_test],
+        "config-list": ["--config", root / "list.yaml", "--data-dir", with_test],
+        "config-aliases": ["--config", root / "bomb.yaml", "--data-dir", with_test],
+        "config-many": ["--config", root / "many.yaml", "--data-dir", with_test],
+        "out-directory": ["--data-dir", with_test, *TINY_FLAGS, "--epochs", "1", "--out", root],
         "missing-data": ["--data-dir", blocker / "data", *TINY_FLAGS, "--epochs", "1"],
         "unknown-key": ["--config", root / "typo.yaml", "--data-dir", with_test],
         "yaml-syntax": ["--config", root / "broken.yaml", "--data-dir", with_test],
@@ -154,3 +166,45 @@ def test_yaml_syntax_error_names_the_file_and_line(bad_runs: BadRuns) -> None:
 def test_impossible_flags_are_one_line_errors_and_nothing_is_trained(bad_runs: BadRuns, case: str, field: str) -> None:
     assert_one_line_error(bad_runs.results[case], f"flags: {field}")
     assert not (bad_runs.root / "runs").exists()  # nothing trained, nothing saved
+
+
+@pytest.mark.parametrize(("case", "fragments"), [
+    ("device-index", ["--device cuda:99"]),
+    ("config-directory", ["is a directory, not a config file"]),
+    ("config-missing", ["nope.yaml does not exist"]),
+    ("config-list", ["list.yaml: expected a mapping of TrainConfig fields"]),
+    ("config-aliases", ["bomb.yaml:2: YAML aliases (*name) are not accepted"]),
+    ("out-directory", ["is a directory; give a file path"]),
+])
+def test_bad_paths_devices_and_files_are_one_line_errors_before_training(bad_runs: BadRuns, case: str,
+                                                                         fragments: list[str]) -> None:
+    result = bad_runs.results[case]
+    assert_one_line_error(result, *fragments)
+    assert not epoch_lines(result.stdout)  # refused before any training
+
+
+def test_every_problem_of_a_config_file_is_reported_with_its_line(bad_runs: BadRuns) -> None:
+    result = bad_runs.results["config-many"]
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    config = bad_runs.root / "many.yaml"
+    lines = result.stderr.strip().splitlines()
+    assert [line.split(": ", 2)[1] for line in lines] == [f"{config}:{n}" for n in (1, 2, 3, 4)], lines
+    assert "lr=.inf is not a valid finite number" in lines[0]
+    assert "seed=1.7 is not a valid whole number" in lines[1]
+    assert "epochs=" in lines[2] and "between 1 and 10,000" in lines[2]
+    assert "did you mean 'lr'" in lines[3]
+
+
+def test_resume_continues_the_checkpoints_config_and_refuses_contradicting_flags(with_test: Path,
+                                                                                 tmp_path: Path) -> None:
+    first = tmp_path / "first.pt"
+    result = run_train("--data-dir", with_test, *TINY_FLAGS, "--epochs", "1", "--out", first, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # no architecture flags: the checkpoint's config (widths 8,16) is continued, one more epoch
+    more = run_train("--data-dir", with_test, "--val-size", "40", "--device", "cpu", "--resume", first,
+                     "--epochs", "2", "--out", tmp_path / "second.pt", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert [line.split()[1] for line in epoch_lines(more.stdout)] == ["2"]
+    clash = run_train("--data-dir", with_test, "--val-size", "40", "--device", "cpu", "--resume", first,
+                      "--widths", "16,32", cwd=tmp_path)
+    assert_one_line_error(clash, "flags: widths=[16, 32] contradicts the checkpoint", "widths=[8, 16]")

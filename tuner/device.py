@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("auto", "bf16", "fp32")
+from tuner.config import PRECISIONS, check_device_name  # noqa: F401 - PRECISIONS re-exported (it lives with TrainConfig)
+from tuner.errors import UserError
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -11,6 +12,25 @@ def pick_device(requested: str | None = None) -> torch.device:
     if requested:
         return torch.device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def require_device(requested: str) -> torch.device:
+    """The device a user named, once it exists here; otherwise a UserError that says what does.
+
+    The name's form is checked first (`check_device_name`, torch-free, for the CLIs' flag parsing).
+    """
+    device = torch.device(check_device_name(requested))
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {requested}: no CUDA GPU is visible to torch here; use --device cpu "
+                            "(or check the driver and CUDA_VISIBLE_DEVICES)")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {requested}: this machine has {count} CUDA GPU(s), cuda:0 to "
+                            f"cuda:{count - 1}; pick one of those")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError(f"--device {requested}: Apple's MPS is not available here; use --device cpu")
+    return device
 
 
 def cpu_has_native_bf16() -> bool:

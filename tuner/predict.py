@@ -12,28 +12,21 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from tuner.errors import OneLineParser, UserError, exit_on_user_error
+from tuner.mlflow_names import DEFAULT_MODEL_URI, add_tracking_argument
 
-from tuner.data import LABEL_NAMES
-from tuner.errors import UserError, exit_on_user_error
-from tuner.evaluate import preprocess, tta_logits
-from tuner.tracking import (
-    CHAMPION_ALIAS,
-    DEFAULT_MODEL_NAME,
-    add_tracking_argument,
-    mlflow_globals,
-    open_client,
-    resolve_tracking_uri,
-)
+if TYPE_CHECKING:  # numpy, torch and mlflow load inside the functions that use them: --help stays instant
+    import numpy as np
+    import torch
 
-DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
 IMAGE_SIZE = 32
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """One file as a 32 x 32 x 3 uint8 RGB array; anything PIL cannot decode is a UserError."""
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -55,6 +48,8 @@ def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from tuner.tracking import mlflow_globals, open_client, resolve_tracking_uri
+
     tracking_uri = resolve_tracking_uri(mlflow_uri)
     if model_uri.startswith(("models:/", "runs:/")):
         _, tracking_uri = open_client(mlflow_uri)
@@ -70,16 +65,20 @@ def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
         raise UserError(f"cannot load model {model_uri}: {err}; check the URI") from None
 
 
-@torch.no_grad()
 def classify(model: torch.nn.Module, images: np.ndarray, tta_flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(class index, probability) per image of an N x 32 x 32 x 3 uint8 batch."""
-    probabilities = torch.softmax(tta_logits(model, preprocess(images), tta_flip), dim=1)
+    import torch
+
+    from tuner.evaluate import preprocess, tta_logits
+
+    with torch.no_grad():
+        probabilities = torch.softmax(tta_logits(model, preprocess(images), tta_flip), dim=1)
     best, index = probabilities.max(dim=1)
     return index.numpy(), best.numpy()
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m tuner.predict",
         description="Classify PNG/JPEG images with a registered ModifiedResNet; prints path, label, probability.",
         epilog="example: python -m tuner.predict cat.png ship.jpg --mlflow-uri http://127.0.0.1:5000",
@@ -95,6 +94,10 @@ def _parser() -> argparse.ArgumentParser:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    import numpy as np
+
+    from tuner.data import LABEL_NAMES
+
     images = np.stack([read_image(path) for path in args.images])
     model = load_model(args.model_uri, args.mlflow_uri)
     indices, probabilities = classify(model, images, args.tta_flip)

@@ -13,7 +13,37 @@ validation accuracies recorded at registration (tag `val_acc`).
 """
 from __future__ import annotations
 
+# ruff: noqa: E402 - `python -m tuner.promote` parses its flags before mlflow and torch load (below)
 import argparse
+
+from tuner.errors import OneLineParser
+from tuner.mlflow_names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, add_tracking_argument
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="python -m tuner.promote",
+        description="Evaluate a registered version on the test split and move the 'champion' alias if it is better.",
+        epilog="example: python -m tuner.promote --sweep widths-0412 --data-dir data "
+               "--mlflow-uri http://127.0.0.1:5000",
+    )
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sweep", help="candidate = the newest version registered by this sweep")
+    which.add_argument("--version", help="candidate = this version number")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
+                        help=f"registered model (default: {DEFAULT_MODEL_NAME})")
+    parser.add_argument("--data-dir", default="data",
+                        help="folder holding cifar-10-batches-py/test_batch (default: data)")
+    parser.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
+    parser.add_argument("--allow-val", action="store_true",
+                        help="without a test split, compare the validation accuracy recorded at registration")
+    add_tracking_argument(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer here, before the imports below take seconds
+    _parser().parse_args()
+
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,13 +57,7 @@ from tuner.checkpoint import load_checkpoint, model_from_checkpoint
 from tuner.data import BATCH_DIR, TEST_FILE, ImageSet, fingerprint, load_test
 from tuner.errors import UserError, exit_on_user_error, suggest
 from tuner.evaluate import evaluate_images
-from tuner.tracking import (
-    CHAMPION_ALIAS,
-    CHECKPOINT_ARTIFACT,
-    DEFAULT_MODEL_NAME,
-    add_tracking_argument,
-    open_client,
-)
+from tuner.tracking import CHECKPOINT_ARTIFACT, open_client
 
 
 @dataclass(frozen=True)
@@ -215,27 +239,6 @@ def promote(
     print(f"kept: version {old.version} stays '{CHAMPION_ALIAS}' ({new.accuracy - old.accuracy:+.4f} {new.metric}); "
           f"pass --force to promote version {candidate.version} anyway")
     return False
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tuner.promote",
-        description="Evaluate a registered version on the test split and move the 'champion' alias if it is better.",
-        epilog="example: python -m tuner.promote --sweep widths-0412 --data-dir data "
-               "--mlflow-uri http://127.0.0.1:5000",
-    )
-    which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--sweep", help="candidate = the newest version registered by this sweep")
-    which.add_argument("--version", help="candidate = this version number")
-    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
-                        help=f"registered model (default: {DEFAULT_MODEL_NAME})")
-    parser.add_argument("--data-dir", default="data",
-                        help="folder holding cifar-10-batches-py/test_batch (default: data)")
-    parser.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
-    parser.add_argument("--allow-val", action="store_true",
-                        help="without a test split, compare the validation accuracy recorded at registration")
-    add_tracking_argument(parser)
-    return parser
 
 
 @exit_on_user_error

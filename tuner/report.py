@@ -16,9 +16,30 @@ run:
 """
 from __future__ import annotations
 
+# ruff: noqa: E402 - `python -m tuner.report` parses its flags before pandas, matplotlib and mlflow load (below)
 import argparse
-import math
 from pathlib import Path
+
+from tuner.errors import OneLineParser
+from tuner.mlflow_names import add_tracking_argument
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="python -m tuner.report",
+        description="Tables (Parquet, CSV) and plots of every trial of a sweep, logged to its parent run.",
+        epilog="example: python -m tuner.report --sweep widths-0412 --mlflow-uri http://127.0.0.1:5000",
+    )
+    parser.add_argument("--sweep", required=True, help="the sweep's name (tag tuner.sweep of its parent run)")
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/reports/<sweep>)")
+    add_tracking_argument(parser)
+    return parser
+
+
+if __name__ == "__main__":  # --help and flag errors answer here, before the imports below take seconds
+    _parser().parse_args()
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -26,6 +47,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 
 from tuner import outcomes
+from tuner.config import TrainConfig
 from tuner.errors import UserError, exit_on_user_error, suggest
 from tuner.tracking import (
     TAG_GPU_SECONDS,
@@ -33,14 +55,12 @@ from tuner.tracking import (
     TAG_OUTCOME,
     TAG_PARAMS,
     TAG_TRIAL,
-    add_tracking_argument,
     find_sweep_run,
     open_client,
     safe_name,
     sweep_names,
     trial_runs,
 )
-from tuner.train import TrainConfig
 
 SUMMARY_COLUMNS = [
     "trial_id", "run_name", "outcome", "status", "epochs_run", "final_val_acc", "best_val_acc", "best_epoch",
@@ -346,18 +366,6 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None) -> Path:
         print(f"best: {best['run_name'].iloc[0]}  val acc {best['best_val_acc'].iloc[0]:.4f}")
     print(f"logged {len(written)} files under report/ of run {parent.info.run_id}")
     return out
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m tuner.report",
-        description="Tables (Parquet, CSV) and plots of every trial of a sweep, logged to its parent run.",
-        epilog="example: python -m tuner.report --sweep widths-0412 --mlflow-uri http://127.0.0.1:5000",
-    )
-    parser.add_argument("--sweep", required=True, help="the sweep's name (tag tuner.sweep of its parent run)")
-    parser.add_argument("--out", type=Path, help="output folder (default: runs/reports/<sweep>)")
-    add_tracking_argument(parser)
-    return parser
 
 
 @exit_on_user_error

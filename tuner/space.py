@@ -1,41 +1,69 @@
 """Search-space files: parse and validate once, then sample TrainConfigs define-by-run.
 
-A space file (schema and examples in search_spaces/README.md) names TrainConfig fields. Everything is
-checked before anything starts, and every error is one line with the file, the line and the fix:
-unknown keys and field names (with a suggestion), empty or inverted ranges, log ranges with low <= 0,
-conditions on unknown parameters, and constraints that no configuration in the space can meet.
+A space file (schema and examples in search_spaces/README.md; the JSON Schema for editors,
+search_spaces/space.schema.json, is generated from this module's declarations by tuner.space_schema)
+names TrainConfig fields. Everything is
+checked before anything starts, and every error of a file is reported in one run, one line each with the
+file, the line and the fix: unknown keys and field names (with "did you mean", known aliases included),
+values of the wrong type, out of range or not finite, empty or inverted ranges, log ranges with low <= 0,
+conditions that name unknown or later parameters or can never hold, and constraints that no configuration
+in the space can meet.
+
+Every setting of the format is read by one typed reader (`Setting.read`), declared beside its field, and
+the JSON Schema is written from the same declarations, so a rule cannot be checked in one place and
+forgotten in the other.
 
 Sampling is define-by-run (`sample(trial)` takes an Optuna trial) so conditional parameters exist only
 when their condition holds, e.g. momentum only for sgd. Parameter count and MACs are computed
-analytically (tuner.model), so an infeasible configuration is rejected before it reaches a GPU.
+analytically (tuner.architecture), so an infeasible configuration is rejected before it reaches a GPU.
+This module imports neither torch, Ray, MLflow nor Optuna: `--dry-run` and `--help` stay fast.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
-
-from tuner.errors import UserError, suggest, yaml_error
-from tuner.model import count_macs, count_params
-from tuner.train import STAGE_FIELDS, TrainConfig, format_stages, parse_stages
+from tuner.architecture import count_macs, count_params
+from tuner.config import (
+    FIELD_ALIASES,
+    MAX_EPOCHS,
+    MAX_SEED,
+    MAX_STAGES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    STAGE_FIELDS,
+    TrainConfig,
+    format_stages,
+    parse_stages,
+    real_number,
+    whole_number,
+)
+from tuner.errors import UserError, excerpt, suggest
+from tuner.estimate import describe_cost, estimate_epochs, format_duration
+from tuner.yamlfile import LineDict, load_yaml
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
-TOP_KEYS = ("name", "metric", "mode", "fixed", "parameters", "search", "scheduler",
-            "resources", "budget", "constraints", "data")
-PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "per_stage", "when")
+FORMAT_HELP = "schema: search_spaces/README.md"
 PARAM_TYPES = ("float", "int", "categorical")
 METRICS = ("val_acc", "val_loss")
 # Fields fixed by the sweep, not by trials: ASHA needs one epoch budget for every trial.
 SWEEP_OWNED_FIELDS = ("epochs",)
-# An assumption, not a measurement, used only for the dry run's rough GPU-hour estimate: small 32x32 convs
-# with BatchNorm reach a small part of a GPU's bf16 peak (the rate achieved is under
-# docs/benchmarks.md#trainer-speed).
-GPU_SUSTAINED_MACS = 30e12
+# Limits of the format, each far above any sweep we run, so a typo or a hostile file is caught here.
+MAX_TRIALS = 100_000
+MAX_CONCURRENT = 10_000
+MAX_WALL_TIME_S = 30 * 86400
+MAX_GPU_HOURS = 1_000_000
+MAX_CHOICES = 1_000
+CIFAR_TRAIN_IMAGES = 50_000
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # sweep names become folder names
+DURATION_PATTERN = re.compile(r"(?:\s*\d+(?:\.\d+)?\s*[smhd])+\s*")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class SuggestingTrial(Protocol):
@@ -47,6 +75,219 @@ class SuggestingTrial(Protocol):
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
 
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# settings: one typed reader for every value of the format
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one setting of a space file is read (`read`) and published (`schema`).
+
+    kind: int (a whole number), float (a finite number), word (one of `words`), duration (seconds, or
+    text like 30m, 2h, 1d) or name (letters, digits, . _ -, as in a folder name).
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    above: float | None = None  # an exclusive lower bound (cpus > 0)
+    words: tuple[str, ...] = ()
+    optional: bool = False  # null means "no limit"
+    key: str | None = None  # the name in the file when it differs from the field's
+    doc: str = ""  # what the setting does, for the JSON Schema (an editor shows it)
+
+    def read(self, value: Any) -> Any:
+        """`value` in this setting's type; ValueError with the rule it breaks."""
+        if value is None:
+            if self.optional:
+                return None
+            raise ValueError(f"needs a value: {self.rule()}")
+        if self.kind in ("word", "name"):
+            if not isinstance(value, str):
+                raise ValueError(self.rule())
+            if self.kind == "word" and value not in self.words:
+                raise ValueError(f"{self.rule()}{suggest(value, self.words)}")
+            if self.kind == "name" and not NAME_PATTERN.fullmatch(value):
+                raise ValueError(self.rule())
+            return value
+        try:
+            if self.kind == "duration" and isinstance(value, str) and DURATION_PATTERN.fullmatch(value):
+                number: float = sum(float(amount) * DURATION_UNITS[unit]
+                                    for amount, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", value))
+            else:
+                number = whole_number(value) if self.kind == "int" else real_number(value)
+        except ValueError:
+            raise ValueError(self.rule()) from None
+        if (self.low is not None and number < self.low) or (self.above is not None and number <= self.above):
+            raise ValueError(self.rule())
+        if self.high is not None and number > self.high:
+            shown = format_duration(self.high) if self.kind == "duration" else f"{self.high:,}"
+            raise ValueError(f"is above the limit of {shown}")
+        return number
+
+    def rule(self) -> str:
+        """What the setting accepts, as a sentence ending."""
+        if self.kind == "word":
+            return f"must be one of {', '.join(self.words)}"
+        if self.kind == "name":
+            return "must be letters, digits, '.', '_' or '-' (at most 64; it names folders)"
+        what = {"int": "a whole number", "float": "a finite number",
+                "duration": "a duration: seconds, or e.g. 90s, 30m, 2h, 1d"}[self.kind]
+        if self.kind == "duration":
+            bounds = f" above 0 and at most {format_duration(self.high)}" if self.high else ""
+        elif self.above is not None:
+            bounds = f" above {self.above:g}" + (f" and at most {self.high:,}" if self.high is not None else "")
+        else:
+            bounds = f" from {self.low:,} to {self.high:,}" if self.high is not None else f" >= {self.low:,}"
+        return f"must be {what}{bounds}" + (" (or null for no limit)" if self.optional else "")
+
+    def schema(self) -> dict[str, Any]:
+        """This setting as JSON Schema."""
+        if self.kind == "word":
+            out: dict[str, Any] = {"enum": list(self.words)}
+        elif self.kind == "name":
+            out = {"type": "string", "pattern": f"^{NAME_PATTERN.pattern}$"}
+        elif self.kind == "duration":
+            out = {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": self.high},
+                             {"type": "string", "pattern": f"^{DURATION_PATTERN.pattern}$"}]}
+        else:
+            out = {"type": "integer" if self.kind == "int" else "number"}
+            if self.low is not None:
+                out["minimum"] = self.low
+            if self.above is not None:
+                out["exclusiveMinimum"] = self.above
+            if self.high is not None:
+                out["maximum"] = self.high
+        if self.optional:
+            out = {"anyOf": [out, {"type": "null"}]}
+        rule = self.rule()
+        return {"description": f"{self.doc}; {rule}" if self.doc else rule[0].upper() + rule[1:], **out}
+
+
+def _setting(default: Any, kind: str, low: float | None = None, high: float | None = None, **rest: Any) -> Any:
+    """A dataclass field whose value a space file sets, read by `Setting(kind, low, high, **rest)`."""
+    return field(default=default, metadata={"setting": Setting(kind, low, high, **rest)})
+
+
+def declared_settings(cls: type) -> Iterator[tuple[str, str, Setting]]:
+    """(field name, key in the file, Setting) of every setting of a section class."""
+    for f in dataclasses.fields(cls):
+        spec = f.metadata["setting"]
+        yield f.name, spec.key or f.name, spec
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    algorithm: str = _setting("tpe", "word", words=("tpe", "random"),
+                              doc="tpe (Optuna's TPE, fitted at an ASHA rung) or random (the baseline)")
+    seed: int = _setting(0, "int", 0, MAX_SEED, doc="seed of the sampler")
+    startup_trials: int = _setting(8, "int", 0, MAX_TRIALS,
+                                   doc="trials from a Latin hypercube before TPE starts modelling")
+    max_concurrent: int = _setting(4, "int", 1, MAX_CONCURRENT, doc="trials running at once")
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    type: str = _setting("asha", "word", words=("asha", "fifo"), doc="asha, or fifo (no early stopping)")
+    max_epochs: int = _setting(15, "int", 1, MAX_EPOCHS, doc="every trial's epoch budget (TrainConfig.epochs)")
+    grace_period: int = _setting(3, "int", 1, MAX_EPOCHS, doc="the first rung: epochs every trial runs")
+    reduction_factor: int = _setting(3, "int", 2, 100, doc="1/reduction_factor of the trials pass each rung")
+
+    def rungs(self) -> list[int]:
+        """Epochs at which ASHA compares trials: grace * rf^k below max_epochs."""
+        if self.type != "asha":
+            return []
+        rungs, epoch = [], self.grace_period
+        while epoch < self.max_epochs:
+            rungs.append(epoch)
+            epoch *= self.reduction_factor
+        return rungs
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: float = _setting(1.0, "float", high=1024, above=0, doc="CPUs per trial")
+    gpus: float = _setting(0.0, "float", 0, 64,
+                           doc="GPUs per trial: a fraction packs trials onto one GPU; 0 trains on CPU")
+
+
+@dataclass(frozen=True)
+class Budget:
+    trials: int = _setting(16, "int", 1, MAX_TRIALS, doc="samples that become trials (rejected ones do not count)")
+    wall_time_s: float | None = _setting(None, "duration", high=MAX_WALL_TIME_S, above=0, optional=True,
+                                         key="wall_time", doc="stop the sweep after this long (across --resume)")
+    gpu_hours: float | None = _setting(None, "float", high=MAX_GPU_HOURS, above=0, optional=True,
+                                       doc="stop once trials have used this much GPU time (share x wall time)")
+    epochs: int | None = _setting(None, "int", 1, MAX_TRIALS * MAX_EPOCHS, optional=True,
+                                  doc="stop once all trials together ran this many epochs")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_params: int | None = _setting(None, "int", 1, 10**12, optional=True,
+                                      doc="largest network, in trainable parameters")
+    max_macs: int | None = _setting(None, "int", 1, 10**15, optional=True,
+                                    doc="most multiply-accumulates per 32x32 image")
+
+    def violation(self, config: TrainConfig) -> str | None:
+        """Why the config breaks a constraint, or None when it is feasible."""
+        if self.max_params is not None and (n := count_params(config)) > self.max_params:
+            return f"{n:,} params > max_params {self.max_params:,}"
+        if self.max_macs is not None and (n := count_macs(config)) > self.max_macs:
+            return f"{n:,} MACs > max_macs {self.max_macs:,}"
+        return None
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    val_size: int = _setting(5000, "int", 10, CIFAR_TRAIN_IMAGES - 1,  # at least one image per class
+                             doc="validation images carved from the 50,000 training images")
+    subset: int | None = _setting(None, "int", 1, CIFAR_TRAIN_IMAGES, optional=True,
+                                  doc="train on the first N training images only")
+    split_seed: int = _setting(0, "int", 0, MAX_SEED, doc="seed of the stratified train/validation split")
+
+
+SECTIONS: dict[str, type] = {"search": SearchSettings, "scheduler": SchedulerSettings, "resources": Resources,
+                             "budget": Budget, "constraints": Constraints, "data": DataSettings}
+TOP_SETTINGS = {
+    "name": Setting("name", doc="sweeps are named <name>-<date>-<time>; default: the file name"),
+    "metric": Setting("word", words=METRICS, doc="what the search optimises, on the validation split"),
+    "mode": Setting("word", words=("max", "min"), optional=True, doc="default: max for val_acc, min for val_loss"),
+}
+TOP_KEYS = ("name", "metric", "mode", "fixed", "parameters", *SECTIONS)
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "per_stage", "when")
+PER_STAGE = Setting("int", 1, MAX_STAGES, doc="widths/blocks only: sample one value per stage")
+
+# Names from other tools (Ray Tune, Optuna, W&B sweeps) and papers, and where they belong in this format.
+SPACE_ALIASES = {
+    "epochs": "scheduler.max_epochs", "max_t": "scheduler.max_epochs", "num_epochs": "scheduler.max_epochs",
+    "max_epochs": "scheduler.max_epochs", "grace": "scheduler.grace_period", "eta": "scheduler.reduction_factor",
+    "trials": "budget.trials", "num_samples": "budget.trials", "n_trials": "budget.trials",
+    "samples": "budget.trials", "time_budget_s": "budget.wall_time", "timeout": "budget.wall_time",
+    "time_limit": "budget.wall_time", "gpu_budget": "budget.gpu_hours",
+    "concurrency": "search.max_concurrent", "max_concurrent_trials": "search.max_concurrent",
+    "sampler": "search.algorithm", "searcher": "search.algorithm", "n_startup_trials": "search.startup_trials",
+    "gpu": "resources.gpus", "num_gpus": "resources.gpus", "gpus_per_trial": "resources.gpus",
+    "cpu": "resources.cpus", "num_cpus": "resources.cpus", "cpus_per_trial": "resources.cpus",
+    "params": "parameters", "search_space": "parameters", "space": "parameters", "hyperparameters": "parameters",
+    "fixed_params": "fixed", "constants": "fixed", "defaults": "fixed",
+    "max_flops": "constraints.max_macs", "flops": "constraints.max_macs", "macs": "constraints.max_macs",
+    "max_parameters": "constraints.max_params", "param_budget": "constraints.max_params",
+    "validation_size": "data.val_size", "val": "data.val_size", "objective": "metric", "direction": "mode",
+}
+PARAM_KEY_ALIASES = {
+    "min": "low", "max": "high", "lower": "low", "upper": "high", "values": "choices", "options": "choices",
+    "log_scale": "log", "logscale": "log", "q": "step", "condition": "when", "if": "when", "only_if": "when",
+    "kind": "type", "dist": "type", "distribution": "type", "stages": "per_stage",
+}
+PARAM_TYPE_ALIASES = {"uniform": "float", "loguniform": "float", "real": "float", "integer": "int",
+                      "randint": "int", "choice": "categorical", "categories": "categorical"}
+
+
+# ---------------------------------------------------------------------------------------------
+# the space
 
 
 @dataclass(frozen=True)
@@ -90,69 +331,14 @@ class Param:
             return (low,) * self.per_stage, (high,) * self.per_stage
         return low, high
 
+    def values(self) -> list[Any]:
+        """The values a condition on this parameter can match: its choices, or the ends of its range."""
+        if self.type == "categorical":
+            return [self._parse_choice(c) for c in self.choices]
+        return list(self.extremes())
+
     def _parse_choice(self, choice: Any) -> Any:
         return parse_stages(choice) if self.name in STAGE_FIELDS and isinstance(choice, str) else choice
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    algorithm: str = "tpe"          # tpe | random
-    seed: int = 0
-    startup_trials: int = 8
-    max_concurrent: int = 4
-
-
-@dataclass(frozen=True)
-class SchedulerSettings:
-    type: str = "asha"              # asha | fifo (no early stopping)
-    max_epochs: int = 15
-    grace_period: int = 3
-    reduction_factor: int = 3
-
-    def rungs(self) -> list[int]:
-        """Epochs at which ASHA compares trials: grace * rf^k below max_epochs."""
-        if self.type != "asha":
-            return []
-        rungs, epoch = [], self.grace_period
-        while epoch < self.max_epochs:
-            rungs.append(epoch)
-            epoch *= self.reduction_factor
-        return rungs
-
-
-@dataclass(frozen=True)
-class Resources:
-    cpus: float = 1.0
-    gpus: float = 0.0
-
-
-@dataclass(frozen=True)
-class Budget:
-    trials: int = 16
-    wall_time_s: float | None = None
-    gpu_hours: float | None = None
-    epochs: int | None = None   # total epochs over all trials (equal-budget comparisons)
-
-
-@dataclass(frozen=True)
-class Constraints:
-    max_params: int | None = None
-    max_macs: int | None = None
-
-    def violation(self, config: TrainConfig) -> str | None:
-        """Why the config breaks a constraint, or None when it is feasible."""
-        if self.max_params is not None and (n := count_params(config)) > self.max_params:
-            return f"{n:,} params > max_params {self.max_params:,}"
-        if self.max_macs is not None and (n := count_macs(config)) > self.max_macs:
-            return f"{n:,} MACs > max_macs {self.max_macs:,}"
-        return None
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    val_size: int = 5000
-    subset: int | None = None
-    split_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,36 +380,23 @@ class SearchSpace:
                 small[param.name], large[param.name] = param.extremes()
         return TrainConfig.from_dict(small, self.path.name), TrainConfig.from_dict(large, self.path.name)
 
+    def with_trials(self, trials: int, source: str = "--trials") -> SearchSpace:
+        """This space with another trial budget (`--trials N`), checked like budget.trials."""
+        spec = next(s for name, _, s in declared_settings(Budget) if name == "trials")
+        try:
+            trials = spec.read(trials)
+        except ValueError as err:
+            raise UserError(f"{source} {excerpt(trials)} {err}") from None
+        return dataclasses.replace(self, budget=dataclasses.replace(self.budget, trials=trials))
+
     def summary(self) -> dict[str, Any]:
         """Settings that describe the search (for the dry run and the MLflow parent run's params)."""
         flat: dict[str, Any] = {"space": self.name, "metric": self.metric, "mode": self.mode}
-        for section in ("search", "scheduler", "resources", "budget", "constraints", "data"):
+        for section in SECTIONS:
             for key, value in dataclasses.asdict(getattr(self, section)).items():
                 flat[f"{section}.{key}"] = value
         flat["parameters"] = ",".join(p.name for p in self.parameters)
         return flat
-
-
-class _LineLoader(yaml.SafeLoader):
-    """safe_load that also remembers the line of every mapping key, for error messages."""
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
-    mapping = _LineDict()
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        mapping[key] = loader.construct_object(value_node, deep=True)
-        mapping.lines[key] = key_node.start_mark.line + 1
-    return mapping
-
-
-class _LineDict(dict):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: dict[Any, int] = {}
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def resolve_space_path(name: str | Path) -> Path:
@@ -232,292 +405,430 @@ def resolve_space_path(name: str | Path) -> Path:
     for candidate in (path, Path("search_spaces") / path, SPACES_DIR / path):
         if candidate.is_file():
             return candidate
-    shipped = sorted(p.name for p in SPACES_DIR.glob("*.yaml")) if SPACES_DIR.is_dir() else []
+    if path.is_dir():
+        raise UserError(f"space file '{name}' is a directory; give a .yaml file (shipped: "
+                        f"{', '.join(_shipped()) or 'none'})")
     raise UserError(f"space file '{name}' not found (looked in ., search_spaces/ and {SPACES_DIR}); "
-                    f"shipped spaces: {', '.join(shipped) or 'none'}")
+                    f"shipped spaces: {', '.join(_shipped()) or 'none'}")
+
+
+def _shipped() -> list[str]:
+    return sorted(p.name for p in SPACES_DIR.glob("*.yaml")) if SPACES_DIR.is_dir() else []
 
 
 def load_space(name: str | Path) -> SearchSpace:
-    """Read, parse and fully validate a space file. Raises UserError with file:line and the fix."""
+    """Read, parse and fully validate a space file. Raises a UserError listing every problem, one per line,
+    each with file:line and the fix."""
     path = resolve_space_path(name)
+    raw = load_yaml(path, "space file", FORMAT_HELP)
     text = path.read_text()
-    try:
-        loader = _LineLoader(text)  # a SafeLoader that also records key lines (what yaml.safe_load does)
-        try:
-            raw = loader.get_single_data()
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as err:
-        raise yaml_error(path, err, "fix the file (schema: search_spaces/README.md)") from None
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a space file is a mapping with keys like 'parameters:' and 'scheduler:'")
+        raise UserError(f"{path}: a space file is a mapping with keys like 'parameters:' and 'scheduler:' "
+                        f"(got {'an empty file' if raw is None else type(raw).__name__}); {FORMAT_HELP}")
     return _SpaceParser(path, text).parse(raw)
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing: every error of the file is collected, then all are raised together
 
 
 class _SpaceParser:
     def __init__(self, path: Path, text: str) -> None:
         self.path, self.text = path, text
+        self.errors: list[tuple[int, str]] = []
 
-    def error(self, section: Mapping | None, key: Any, message: str) -> UserError:
-        line = getattr(section, "lines", {}).get(key) if section is not None else None
-        return UserError(f"{self.path}{f':{line}' if line else ''}: {message}")
+    def fail(self, section: Any, key: Any, message: str) -> None:
+        """Record an error at the line of `key` in `section` (a LineDict), or at the file when unknown."""
+        line = section.lines.get(key) if isinstance(section, LineDict) else None
+        self.errors.append((line or 0, f"{self.path}{f':{line}' if line else ''}: {message}"))
 
-    def check_keys(self, section: Mapping, allowed: tuple[str, ...], where: str) -> None:
-        for key in section:
-            if key not in allowed:
-                raise self.error(section, key, f"unknown key '{key}' in {where}{suggest(str(key), allowed)}; "
-                                               f"valid keys: {', '.join(allowed)}")
+    def raise_errors(self) -> None:
+        if self.errors:
+            raise UserError.of(message for _, message in sorted(self.errors, key=lambda e: e[0]))
+
+    def unknown(self, section: Mapping, key: Any, where: str, valid: tuple[str, ...] | list[str],
+                aliases: Mapping[str, str] | None = None) -> None:
+        local = {name: target.removeprefix(f"{where}.") for name, target in (aliases or {}).items()}
+        hint = suggest(str(key), valid, local) or _elsewhere(str(key), where)
+        self.fail(section, key, f"unknown key {excerpt(key)} in {where}{hint}; valid keys: {', '.join(valid)}")
 
     def mapping(self, raw: Mapping, key: str) -> Mapping:
-        value = raw.get(key) or {}
+        value = raw.get(key)
+        if value is None:
+            return LineDict()
         if not isinstance(value, dict):
-            raise self.error(raw, key, f"'{key}' must be a mapping (key: value lines indented below it)")
+            self.fail(raw, key, f"'{key}' must be a mapping (key: value lines indented below it), "
+                                f"not {excerpt(value, 40)}; {FORMAT_HELP}")
+            return LineDict()
         return value
 
-    def settings(self, raw: Mapping, key: str, cls: type) -> Any:
-        section = self.mapping(raw, key)
-        names = tuple(f.name for f in dataclasses.fields(cls))
-        aliases = {"wall_time": "wall_time_s"} if cls is Budget else {}
-        self.check_keys(section, names + tuple(aliases), key)
-        defaults = cls()
-        values = {}
-        for k, v in section.items():
-            name = aliases.get(k, k)
-            default = getattr(defaults, name)
-            if name == "wall_time_s" and isinstance(v, str):
-                v = _parse_duration(v, self.error(section, k, f"{key}.{k}={v!r}: use seconds or e.g. '2h', '30m'"))
-            if v is not None and not isinstance(default, str) and not isinstance(v, (int, float)):
-                raise self.error(section, k, f"{key}.{k}={v!r} must be a number")
-            if isinstance(default, str) and not isinstance(v, str):
-                raise self.error(section, k, f"{key}.{k}={v!r} must be a word")
-            if isinstance(v, float) and isinstance(default, int) and name not in ("cpus", "gpus"):
-                v = int(v) if v == int(v) else v
-            values[name] = v
-        return cls(**values)
-
     def parse(self, raw: Mapping) -> SearchSpace:
-        self.check_keys(raw, TOP_KEYS, "the space file")
-        fields = TrainConfig.field_names()
-        fixed = dict(self.mapping(raw, "fixed"))
-        for key in fixed:
-            if key not in fields:
-                raise self.error(raw["fixed"], key, f"unknown TrainConfig field '{key}' in fixed"
-                                                    f"{suggest(key, fields)}; valid fields: {', '.join(fields)}")
-            if key in SWEEP_OWNED_FIELDS:
-                raise self.error(raw["fixed"], key, "set the epoch budget with scheduler.max_epochs, not fixed.epochs")
-        params_raw = self.mapping(raw, "parameters")
-        parameters = tuple(self.param(params_raw, name, spec, fields, fixed) for name, spec in params_raw.items())
-        metric, mode = raw.get("metric", "val_acc"), raw.get("mode")
-        if metric not in METRICS:
-            raise self.error(raw, "metric", f"metric '{metric}' is not reported; choose one of {', '.join(METRICS)}")
-        mode = mode or ("max" if metric == "val_acc" else "min")
-        if mode not in ("max", "min"):
-            raise self.error(raw, "mode", f"mode '{mode}' must be max or min")
-        space = SearchSpace(
-            name=str(raw.get("name") or self.path.stem), path=self.path, text=self.text, metric=metric, mode=mode,
-            fixed=fixed, parameters=parameters,
-            search=self.settings(raw, "search", SearchSettings),
-            scheduler=self.settings(raw, "scheduler", SchedulerSettings),
-            resources=self.settings(raw, "resources", Resources),
-            budget=self.settings(raw, "budget", Budget),
-            constraints=self.settings(raw, "constraints", Constraints),
-            data=self.settings(raw, "data", DataSettings),
-        )
-        self.check_settings(raw, space)
+        for key in raw:
+            if key not in TOP_KEYS:
+                self.unknown(raw, key, "the space file", TOP_KEYS, SPACE_ALIASES)
+        top = {}
+        for key, spec in TOP_SETTINGS.items():
+            try:
+                top[key] = spec.read(raw[key]) if key in raw else None
+            except ValueError as err:
+                self.fail(raw, key, f"{key}={excerpt(raw[key])} {err}")
+        metric = top["metric"] or "val_acc"
+        mode = top["mode"] or ("max" if metric == "val_acc" else "min")
+        sections = {name: self.settings(raw, name, cls) for name, cls in SECTIONS.items()}
+        fixed = self.fixed(raw, sections["scheduler"])
+        parameters = self.parameters(raw, fixed, sections["scheduler"])
+        self.raise_errors()
+        space = SearchSpace(name=top["name"] or _default_name(self.path), path=self.path, text=self.text,
+                            metric=metric, mode=mode, fixed=fixed, parameters=parameters, **sections)
+        self.check_space(raw, space)
+        self.raise_errors()
         return space
 
-    def param(self, section: Mapping, name: str, spec: Any, fields: list[str], fixed: Mapping) -> Param:
-        """One entry of `parameters:`: the checks every kind shares, then those of its kind."""
-        spec, kind = self.param_spec(section, name, spec, fields, fixed)
+    def settings(self, raw: Mapping, name: str, cls: type) -> Any:
+        """One section (search, scheduler, ...), every value through its Setting; defaults for the rest."""
+        section = self.mapping(raw, name)
+        specs = {key: (field_name, spec) for field_name, key, spec in declared_settings(cls)}
+        values: dict[str, Any] = {}
+        for key, value in section.items():
+            if key not in specs:
+                self.unknown(section, key, name, tuple(specs), SPACE_ALIASES)
+                continue
+            field_name, spec = specs[key]
+            try:
+                values[field_name] = spec.read(value)
+            except ValueError as err:
+                self.fail(section, key, f"{name}.{key}={excerpt(value)} {err}")
+        settings = cls(**values)
+        if cls is SchedulerSettings and settings.type == "asha" and settings.grace_period > settings.max_epochs:
+            self.fail(section, "grace_period", f"scheduler.grace_period {settings.grace_period} is above "
+                                               f"max_epochs {settings.max_epochs}; lower it (the first rung)")
+        if cls is Resources and settings.gpus > 1 and not float(settings.gpus).is_integer():
+            self.fail(section, "gpus", f"resources.gpus={excerpt(settings.gpus)}: above 1 a trial takes whole GPUs; "
+                                       "give a fraction below 1 (trials share a GPU) or a whole number")
+        return settings
 
-        def bad(message: str) -> UserError:
-            return self.error(section, name, f"parameter '{name}': {message}")
+    def fixed(self, raw: Mapping, scheduler: SchedulerSettings) -> dict[str, Any]:
+        """`fixed:` values, each a valid value of its TrainConfig field."""
+        section = self.mapping(raw, "fixed")
+        fields = searchable_fields()
+        fixed: dict[str, Any] = {}
+        for key, value in section.items():
+            if key in SWEEP_OWNED_FIELDS:
+                self.fail(section, key, "set the epoch budget with scheduler.max_epochs, not fixed.epochs")
+            elif key not in fields:
+                self.unknown_field(section, key, "fixed", fields)
+            else:
+                fixed[key] = value
+        for key, message in _problems({**fixed, "epochs": scheduler.max_epochs}, fixed):
+            self.fail(section, key, f"fixed {message}")
+            fixed.pop(key, None)
+        return {key: TrainConfig.coerce(key, value) for key, value in fixed.items()}
 
-        per_stage = _per_stage(name, kind, spec, bad)
-        when = _condition(spec, fields, bad)
-        if kind == "categorical":
-            return Param(name, kind, choices=self.choices(name, spec, bad), when=when)
-        return self.range_param(name, kind, spec, per_stage, when, bad)
+    def unknown_field(self, section: Mapping, key: Any, where: str, fields: list[str]) -> None:
+        hint = suggest(str(key), fields, FIELD_ALIASES) or _elsewhere(str(key), where)
+        self.fail(section, key, f"unknown TrainConfig field {excerpt(key)} in {where}{hint}; "
+                                f"valid fields: {', '.join(fields)}")
 
-    def param_spec(self, section: Mapping, name: str, spec: Any, fields: list[str],
-                   fixed: Mapping) -> tuple[Mapping, str]:
-        """(the parameter's mapping, its kind) once its name is a searchable field and its keys are known;
-        a bare list is the short form of `{type: categorical, choices: [...]}`."""
-        if name not in fields:
-            raise self.error(section, name, f"unknown TrainConfig field '{name}' in parameters"
-                                            f"{suggest(str(name), fields)}; valid fields: {', '.join(fields)}")
+    def parameters(self, raw: Mapping, fixed: Mapping[str, Any], scheduler: SchedulerSettings) -> tuple[Param, ...]:
+        section = self.mapping(raw, "parameters")
+        base = {**fixed, "epochs": scheduler.max_epochs}
+        parsed: list[Param] = []
+        for name, spec in section.items():
+            errors = len(self.errors)
+
+            def bad(message: str, name: Any = name) -> None:
+                self.fail(section, name, f"parameter {excerpt(name)}: {message}")
+
+            param = self.param(section, name, spec, fixed, parsed, bad)
+            if param is not None and len(self.errors) == errors:
+                self.check_values(param, base, bad)
+                if len(self.errors) == errors:
+                    parsed.append(param)
+        return tuple(parsed)
+
+    def param(self, section: Mapping, name: Any, spec: Any, fixed: Mapping[str, Any], earlier: list[Param],
+              bad: Callable[[str], None]) -> Param | None:
+        """One entry of `parameters:`; None (with its errors recorded) when it is not valid."""
+        fields = searchable_fields()
         if name in SWEEP_OWNED_FIELDS:
-            raise self.error(section, name,
-                             "epochs cannot be searched (ASHA needs one budget); set scheduler.max_epochs")
+            bad("epochs cannot be searched (ASHA needs one budget); set scheduler.max_epochs")
+            return None
+        if name not in fields:
+            self.unknown_field(section, name, "parameters", fields)
+            return None
         if name in fixed:
-            raise self.error(section, name, f"'{name}' is both fixed and searched; remove it from one of them")
+            bad(f"'{name}' is both fixed and searched; remove it from one of them")
+            return None
         if isinstance(spec, list):
             spec = {"type": "categorical", "choices": spec}
         if not isinstance(spec, dict):
-            raise self.error(section, name, f"parameter '{name}' needs a mapping, e.g. {{type: float, low: 0.01, "
-                                            f"high: 0.5, log: true}} or a list of choices")
-        self.check_keys(spec, PARAM_KEYS, f"parameter '{name}'")
-        kind = spec.get("type") or ("categorical" if "choices" in spec else None)
+            bad("needs a mapping, e.g. {type: float, low: 0.01, high: 0.5, log: true}, or a list of choices")
+            return None
+        for key in spec:
+            if key not in PARAM_KEYS:
+                self.unknown(spec, key, f"parameter '{name}'", PARAM_KEYS, PARAM_KEY_ALIASES)
+        kind = spec.get("type", "categorical" if "choices" in spec else None)
         if kind not in PARAM_TYPES:
-            raise self.error(section, name, f"parameter '{name}' type {kind!r} must be one of {', '.join(PARAM_TYPES)}")
-        return spec, kind
+            hint = suggest(str(kind), PARAM_TYPES, PARAM_TYPE_ALIASES) if isinstance(kind, str) else ""
+            bad(f"type {excerpt(kind)} must be one of {', '.join(PARAM_TYPES)}{hint}"
+                + (" (a log range is type: float with log: true)" if kind == "loguniform" else ""))
+            return None
+        errors = len(self.errors)
+        per_stage = self.per_stage(name, kind, spec, bad)
+        when = self.condition(name, spec, fixed, earlier, list(section), bad)
+        if len(self.errors) > errors:
+            return None
+        field_type = type(getattr(TrainConfig, name))
+        if kind != "categorical" and name not in STAGE_FIELDS and field_type in (bool, str):
+            bad(f"{name} takes words or true/false: give choices, e.g. {name}: "
+                f"{_choices_example(name)}")
+            return None
+        if kind == "float" and field_type is int and name not in STAGE_FIELDS:
+            bad(f"{name} is a whole number: use type: int (or give choices)")
+            return None
+        if kind == "categorical":
+            choices = self.choices(name, spec, bad)
+            return None if choices is None else Param(name, kind, choices=choices, when=when)
+        return self.range_param(name, kind, spec, per_stage, when, bad)
 
-    def choices(self, name: str, spec: Mapping, bad: Callable[[str], UserError]) -> tuple[Any, ...]:
-        """A categorical's choices, each a valid value of its field."""
+    def per_stage(self, name: str, kind: str, spec: Mapping, bad: Callable[[str], None]) -> int | None:
+        """How many stages a widths/blocks range samples, one value each; None for every other parameter."""
+        if "per_stage" not in spec:
+            if name in STAGE_FIELDS and kind != "categorical":
+                bad("widths/blocks ranges need per_stage: N (one value per stage), or give choices")
+            return None
+        if name not in STAGE_FIELDS:
+            bad("per_stage must be a positive integer and only applies to widths and blocks")
+            return None
+        if kind != "int":
+            bad("per_stage needs type: int (a stage holds a whole number); with choices, give one list per "
+                "choice instead, e.g. choices: [[1, 1, 1], [2, 2, 2]]")
+            return None
+        try:
+            return PER_STAGE.read(spec["per_stage"])
+        except ValueError as err:
+            bad(f"per_stage={excerpt(spec['per_stage'])} {err}")
+            return None
+
+    def condition(self, name: str, spec: Mapping, fixed: Mapping[str, Any], earlier: list[Param],
+                  listed: list[Any], bad: Callable[[str], None]) -> Mapping[str, Any]:
+        """The `when` mapping, each value in its field's type: the parameter is sampled only when every named
+        field has that value. A condition must be able to hold: on a parameter listed above this one (one of
+        its choices), or on a fixed or default value it equals."""
+        when = spec.get("when") or {}
+        if not isinstance(when, dict):
+            bad("when must be a mapping like {optimizer: sgd}")
+            return {}
+        fields = TrainConfig.field_names()
+        by_name = {p.name: p for p in earlier}
+        coerced: dict[str, Any] = {}
+        for key, value in when.items():
+            if key not in fields:
+                bad(f"condition on unknown field {excerpt(key)}{suggest(str(key), fields, FIELD_ALIASES)}")
+                continue
+            if key not in by_name and key in listed:
+                if listed.index(key) > listed.index(name):
+                    bad(f"condition on '{key}', which is listed after this parameter; list '{key}' above it")
+                continue  # listed above, with an error of its own
+            try:
+                coerced[key] = TrainConfig.coerce(key, value)
+            except ValueError as err:
+                bad(f"condition {err}")
+                continue
+            if key in by_name:
+                param = by_name[key]
+                possible = param.values() if param.type == "categorical" else None
+            elif key in SWEEP_OWNED_FIELDS:
+                possible = None  # scheduler.max_epochs: holds or not for every trial
+            else:
+                possible = [TrainConfig.coerce(key, fixed[key]) if key in fixed else getattr(TrainConfig, key)]
+            if possible is not None and coerced[key] not in possible:
+                where = "its choices are" if key in by_name else ("it is fixed at" if key in fixed else
+                                                                 "it is not searched; its default is")
+                shown = ", ".join(excerpt(list(v) if isinstance(v, tuple) else v, 24) for v in possible)
+                bad(f"condition {key}={excerpt(value)} never holds: {where} {shown}")
+        return coerced
+
+    def choices(self, name: str, spec: Mapping, bad: Callable[[str], None]) -> tuple[Any, ...] | None:
+        """A categorical's choices, each a scalar (or, for widths/blocks, a list of whole numbers)."""
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
-            raise bad("give a non-empty list of choices")
+            bad("give a non-empty list of choices")
+            return None
+        if len(choices) > MAX_CHOICES:
+            bad(f"{len(choices):,} choices is above the limit of {MAX_CHOICES:,}; use a range")
+            return None
+        out = []
         for choice in choices:
-            try:
-                TrainConfig.from_dict(_choice_values(name, choice), source=f"{self.path.name} parameter '{name}'")
-            except UserError as err:
-                raise bad(f"choice {choice!r} is invalid ({str(err).split(': ', 1)[-1]})") from None
-            except ValueError as err:
-                raise bad(f"choice {choice!r} is invalid ({err})") from None
-        # Optuna categoricals must be scalars: a stage tuple written as a list is kept as format_stages text.
-        return tuple(format_stages(c) if name in STAGE_FIELDS and isinstance(c, list) else c for c in choices)
+            if name in STAGE_FIELDS:
+                try:
+                    out.append(format_stages(parse_stages(choice)))
+                except (TypeError, ValueError):
+                    bad(f"choice {excerpt(choice)} is invalid (give whole numbers, one per stage, as a list, "
+                        "e.g. [64, 128, 256])")
+                    return None
+            elif isinstance(choice, (list, dict)):
+                bad(f"choice {excerpt(choice)} is invalid: choices of {name} are single values")
+                return None
+            else:
+                out.append(choice)
+        if len(set(out)) != len(out):
+            bad("a choice is listed twice; list each once")
+            return None
+        return tuple(out)
 
     def range_param(self, name: str, kind: str, spec: Mapping, per_stage: int | None, when: Mapping[str, Any],
-                    bad: Callable[[str], UserError]) -> Param:
-        """A float or int range, checked as Optuna will sample it; both bounds must be valid values."""
-        low, high, step, log = spec.get("low"), spec.get("high"), spec.get("step"), bool(spec.get("log", False))
-        _check_bounds(name, kind, low, high, log, bad)
-        _check_step(step, log, bad)
-        number = float if kind == "float" else int
-        param = Param(name, kind, low=number(low), high=number(high), log=log, step=step, per_stage=per_stage,
-                      when=when)
-        for value in param.extremes():
+                    bad: Callable[[str], None]) -> Param | None:
+        """A float or int range, checked as Optuna will sample it."""
+        number = whole_number if kind == "int" else real_number
+        bounds = {}
+        for key in ("low", "high"):
+            if key not in spec:
+                bad(f"give {key} (a {kind} range needs low and high)")
+                continue
             try:
-                values = _stage_pair(name, value) if per_stage else {name: value}
-                TrainConfig.from_dict(values, source=f"{self.path.name} parameter '{name}'")
-            except UserError as err:
-                raise bad(f"bound {value!r} is invalid ({str(err).split(': ', 1)[-1]})") from None
-        return param
+                bounds[key] = number(spec[key])
+            except ValueError:
+                bad(f"{key}={excerpt(spec[key])} must be a {'whole' if kind == 'int' else 'finite'} number"
+                    + (" (int ranges need whole-number low and high)" if kind == "int" else ""))
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            bad(f"log={excerpt(log)} must be true or false")
+            return None
+        step = spec.get("step")
+        if step is not None:
+            try:
+                step = number(step)
+                if step <= 0:
+                    raise ValueError
+            except ValueError:
+                bad(f"step {excerpt(spec['step'])} must be a positive {'whole ' if kind == 'int' else ''}number")
+                return None
+            if log:
+                bad("step and log cannot be combined (Optuna does not support it); drop one")
+                return None
+        if len(bounds) < 2:
+            return None
+        low, high = bounds["low"], bounds["high"]
+        if low > high:
+            bad(f"range is inverted (low {low} > high {high}); swap them")
+        elif low == high:
+            bad(f"range is empty (low = high = {low}); fix it with fixed: {{{name}: {low}}} instead")
+        elif log and low <= 0:
+            bad(f"log range needs low > 0 (got {low}); use a positive low or log: false")
+        elif step is not None and step > high - low:
+            bad(f"step {step} is wider than the range {low} to {high}; a smaller step, or fix the value")
+        else:
+            return Param(name, kind, low=low, high=high, log=log, step=step, per_stage=per_stage, when=when)
+        return None
 
-    def check_settings(self, raw: Mapping, space: SearchSpace) -> None:
-        sched, search, res, budget = space.scheduler, space.search, space.resources, space.budget
-        if sched.type not in ("asha", "fifo"):
-            raise self.error(raw.get("scheduler"), "type", f"scheduler.type '{sched.type}' must be asha or fifo")
-        if sched.max_epochs < 1:
-            raise self.error(raw.get("scheduler"), "max_epochs", "scheduler.max_epochs must be at least 1")
-        if sched.type == "asha":
-            if not 1 <= sched.grace_period <= sched.max_epochs:
-                raise self.error(raw.get("scheduler"), "grace_period",
-                                 f"scheduler.grace_period {sched.grace_period} must be between 1 and max_epochs")
-            if sched.reduction_factor < 2:
-                raise self.error(raw.get("scheduler"), "reduction_factor", "scheduler.reduction_factor must be >= 2")
-        if search.algorithm not in ("tpe", "random"):
-            raise self.error(raw.get("search"), "algorithm", f"search.algorithm '{search.algorithm}' must be tpe "
-                                                            "or random")
-        if search.max_concurrent < 1 or search.startup_trials < 0:
-            raise self.error(raw.get("search"), "max_concurrent", "search.max_concurrent must be >= 1 and "
-                                                                  "startup_trials >= 0")
-        if res.cpus <= 0 or res.gpus < 0 or (res.gpus > 1 and res.gpus != int(res.gpus)):
-            raise self.error(raw.get("resources"), "gpus" if res.gpus else "cpus",
-                             "resources need cpus > 0 and gpus >= 0 (a fraction below 1, or a whole number)")
-        if budget.trials < 1:
-            raise self.error(raw.get("budget"), "trials", "budget.trials must be at least 1")
-        for key in ("wall_time_s", "gpu_hours", "epochs"):
-            if getattr(budget, key) is not None and getattr(budget, key) <= 0:
-                raise self.error(raw.get("budget"), key.replace("_s", ""), f"budget.{key} must be positive")
+    def check_values(self, param: Param, base: Mapping[str, Any], bad: Callable[[str], None]) -> None:
+        """Every choice, or both ends of a range, must be a valid value of the field with the fixed values."""
+        what = "choice" if param.type == "categorical" else "bound"
+        values = param.values()
+        for value, written in zip(values, param.choices or values):
+            problems = _problems({**base, param.name: value}, {param.name: value})
+            if problems:
+                shown = excerpt(list(value) if isinstance(value, tuple) else value) if param.type != "categorical" \
+                    else excerpt(written if param.name not in STAGE_FIELDS else list(value))
+                bad(f"{what} {shown} is invalid ({problems[0][1]})")
+                return
+
+    def check_space(self, raw: Mapping, space: SearchSpace) -> None:
+        """What only the whole space can tell: the fixed values and parameters form a valid config, with
+        as many stages in widths as in blocks, and the smallest network meets the constraints."""
         try:
             small, _ = space.corner_configs()
         except UserError as err:
-            raise UserError(f"{self.path}: the fixed values and parameters do not form a valid config: "
-                            f"{str(err).split(': ', 1)[-1]}") from None
+            self.fail(None, None, "the fixed values and parameters do not form a valid config: "
+                                  f"{str(err).splitlines()[0].split(': ', 1)[-1]}")
+            return
+        if len(small.widths) != len(small.blocks):
+            self.fail(None, None, f"widths give {len(small.widths)} stages but blocks give {len(small.blocks)}; "
+                                  "use the same number of stages for both")
+            return
         reason = space.constraints.violation(small)
         if reason:
-            raise self.error(raw.get("constraints"), "max_params" if "params" in reason else "max_macs",
-                             f"no configuration can meet the constraints: even the smallest network "
-                             f"(widths {list(small.widths)}, blocks {list(small.blocks)}) has {reason}; "
-                             "raise the limit or shrink the widths/blocks ranges")
-        if len(small.widths) != len(small.blocks):
-            raise UserError(f"{self.path}: widths give {len(small.widths)} stages but blocks give "
-                            f"{len(small.blocks)}; use the same number of stages for both")
+            self.fail(raw.get("constraints"), "max_params" if "params" in reason else "max_macs",
+                      f"no configuration can meet the constraints: even the smallest network "
+                      f"(widths {list(small.widths)}, blocks {list(small.blocks)}) has {reason}; "
+                      "raise the limit or shrink the widths/blocks ranges")
 
 
-def _per_stage(name: str, kind: str, spec: Mapping, bad: Callable[[str], UserError]) -> int | None:
-    """How many stages a widths/blocks range samples, one value each; None for every other parameter."""
-    per_stage = spec.get("per_stage")
-    is_stage_field = name in STAGE_FIELDS
-    if is_stage_field and kind != "categorical" and not per_stage:
-        raise bad("widths/blocks ranges need per_stage: N (one value per stage), or give choices")
-    if per_stage is not None and (not is_stage_field or isinstance(per_stage, bool) or not isinstance(per_stage, int)
-                                  or per_stage < 1):
-        raise bad("per_stage must be a positive integer and only applies to widths and blocks")
-    if per_stage is not None and kind != "int":
-        raise bad("per_stage needs type: int (a stage holds a whole number); with choices, give one list per "
-                  "choice instead, e.g. choices: [[1, 1, 1], [2, 2, 2]]")
-    return per_stage
+def _default_name(path: Path) -> str:
+    """The file's stem as a sweep name, with anything a folder name should not hold replaced."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem)[:64].lstrip("._-")
+    return name or "space"
 
 
-def _condition(spec: Mapping, fields: list[str], bad: Callable[[str], UserError]) -> Mapping[str, Any]:
-    """The `when` mapping: the parameter is sampled only when every named field has that value."""
-    when = spec.get("when") or {}
-    if not isinstance(when, dict):
-        raise bad("when must be a mapping like {optimizer: sgd}")
-    for key in when:
-        if key not in fields:
-            raise bad(f"condition on unknown field '{key}'{suggest(str(key), fields)}")
-    return when
+def searchable_fields() -> list[str]:
+    return [name for name in TrainConfig.field_names() if name not in SWEEP_OWNED_FIELDS]
 
 
-def _check_bounds(name: str, kind: str, low: Any, high: Any, log: bool, bad: Callable[[str], UserError]) -> None:
-    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or isinstance(low, bool):
-        raise bad("give numeric low and high")
-    if low > high:
-        raise bad(f"range is inverted (low {low} > high {high}); swap them")
-    if low == high:
-        raise bad(f"range is empty (low = high = {low}); fix it with fixed: {{{name}: {low}}} instead")
-    if log and low <= 0:
-        raise bad(f"log range needs low > 0 (got {low}); use a positive low or log: false")
-    if kind == "int" and (low != int(low) or high != int(high)):
-        raise bad("int ranges need whole-number low and high")
+def _choices_example(name: str) -> str:
+    default = getattr(TrainConfig, name)
+    if isinstance(default, bool):
+        return "[true, false]"
+    known = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS}.get(name, (default,))
+    return f"[{', '.join(known)}]"
 
 
-def _check_step(step: Any, log: bool, bad: Callable[[str], UserError]) -> None:
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
-        raise bad(f"step {step!r} must be a positive number")
-    if step is not None and log:
-        raise bad("step and log cannot be combined (Optuna does not support it); drop one")
+def _elsewhere(key: str, where: str) -> str:
+    """' (did you mean 'scheduler.max_epochs'?)' when `key` is an alias of, or the name of, a setting that
+    belongs in another part of the file; '' otherwise."""
+    normal = key.strip().lower().replace("-", "_")
+    target = SPACE_ALIASES.get(normal)
+    if target is None:
+        for section, cls in SECTIONS.items():
+            if section != where and normal in {k for _, k, _ in declared_settings(cls)}:
+                target = f"{section}.{normal}"
+        if normal in TrainConfig.field_names() and where not in ("fixed", "parameters"):
+            target = f"fixed.{normal}' or 'parameters.{normal}"
+        elif normal in FIELD_ALIASES and where not in ("fixed", "parameters"):
+            target = f"fixed.{FIELD_ALIASES[normal]}' or 'parameters.{FIELD_ALIASES[normal]}"
+    if target is None or target == f"{where}.{normal}" or target == normal:
+        return ""
+    return f" (did you mean '{target}'?)"
 
 
-def _choice_values(name: str, choice: Any) -> dict[str, Any]:
-    """The TrainConfig values one choice stands for; ValueError when a stage choice is not whole numbers."""
-    if name not in STAGE_FIELDS:
-        return {name: choice}
-    try:
-        return _stage_pair(name, parse_stages(choice))
-    except (TypeError, ValueError):
-        raise ValueError("give whole numbers, one per stage, as a list, e.g. [64, 128, 256]") from None
+def _problems(values: Mapping[str, Any], of: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Problems of the fields in `of`, as TrainConfig values together with `values` (which include them):
+    each value is coerced to its field's type on its own, then the ranges are checked together. A lone
+    widths or blocks is checked against a matching other one, so a bound or a choice is judged on its own."""
+    coerced: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for key, value in values.items():
+        try:
+            coerced[key] = TrainConfig.coerce(key, value)
+        except ValueError as err:
+            if key in of:
+                problems.append((key, str(err)))
+    if problems:
+        return problems
+    stages = [k for k in STAGE_FIELDS if k in coerced]
+    if len(stages) == 1:
+        other = next(k for k in STAGE_FIELDS if k not in coerced)
+        coerced[other] = (getattr(TrainConfig, other)[0],) * len(coerced[stages[0]])
+    _, found = TrainConfig.check(coerced)
+    return [(key, message) for key, message in found if key in of]
 
 
-def _stage_pair(name: str, value: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """A valid widths/blocks pair around one stage tuple, so a bound or a choice is checked on its own: the
-    other field repeats its default first stage."""
-    return {other: value if other == name else (getattr(TrainConfig, other)[0],) * len(value)
-            for other in STAGE_FIELDS}
-
-
-def _parse_duration(text: str, error: UserError) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip().lower()
-    try:
-        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
-    except (ValueError, IndexError):
-        raise error from None
+# ---------------------------------------------------------------------------------------------
+# the dry run
 
 
 def describe(space: SearchSpace) -> str:
-    """The dry-run report: validated space, ASHA rungs, trial count, params/MACs range, GPU-hour estimate."""
+    """The dry-run report: the validated space, ASHA rungs, network sizes, and what the sweep will cost
+    (tuner.estimate: feasible share of random samples, GPU-hours, wall clock)."""
     small, large = space.corner_configs()
     lines = [f"space {space.name} ({space.path}), sha256 {space.digest}",
              f"metric {space.metric} ({space.mode})"]
-    lines.append("fixed: " + (", ".join(f"{k}={v}" for k, v in space.fixed.items()) or "none"))
+    lines.append("fixed: " + (", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}"
+                                         for k, v in space.fixed.items()) or "none"))
     lines.append("parameters:")
     for p in space.parameters:
         rng = f"choices {list(p.choices)}" if p.type == "categorical" else (
-            f"{p.type} [{p.low}, {p.high}]{' log' if p.log else ''}{f' step {p.step}' if p.step else ''}")
+            f"{p.type} [{p.low:g}, {p.high:g}]{' log' if p.log else ''}{f' step {p.step:g}' if p.step else ''}")
         stage = f" x{p.per_stage} stages" if p.per_stage else ""
         cond = f" when {dict(p.when)}" if p.when else ""
         lines.append(f"  {p.name}: {rng}{stage}{cond}")
@@ -526,43 +837,25 @@ def describe(space: SearchSpace) -> str:
     lines.append(f"scheduler {sched.type}: max {sched.max_epochs} epochs" + (
         f", grace {sched.grace_period}, reduction {sched.reduction_factor}, rungs at epochs {rungs}" if rungs else ""))
     b = space.budget
+    limits = [f"wall time {format_duration(b.wall_time_s)}" if b.wall_time_s else "",
+              f"GPU budget {b.gpu_hours:g} GPU-hours" if b.gpu_hours else "",
+              f"epoch budget {b.epochs:,}" if b.epochs else ""]
     lines.append(f"trials: {b.trials} (max {space.search.max_concurrent} at once, {space.search.algorithm}, "
-                 f"seed {space.search.seed})" + (f", wall time {b.wall_time_s:.0f}s" if b.wall_time_s else "")
-                 + (f", GPU budget {b.gpu_hours} h" if b.gpu_hours else "")
-                 + (f", epoch budget {b.epochs}" if b.epochs else ""))
-    lines.append(f"network size in this space: {count_params(small):,} to {count_params(large):,} params, "
-                 f"{count_macs(small) / 1e6:.1f} to {count_macs(large) / 1e6:.1f} M MACs per image")
+                 f"seed {space.search.seed})" + "".join(f", {limit}" for limit in limits if limit))
+    sizes = [(f"{count_params(small):,}", f"{count_params(large):,}"),
+             (f"{count_macs(small) / 1e6:.1f}", f"{count_macs(large) / 1e6:.1f}")]
+    params, macs = (low if low == high else f"{low} to {high}" for low, high in sizes)
+    lines.append(f"network size in this space: {params} params, {macs} M MACs per image")
     c = space.constraints
     if c.max_params or c.max_macs:
-        lines.append(f"constraints: max_params {c.max_params or '-'}, max_macs {c.max_macs or '-'} "
-                     "(infeasible samples are rejected before launch)")
-    lines.append(f"resources per trial: {space.resources.cpus} CPU, {space.resources.gpus} GPU")
+        limits = ", ".join(f"{name} {value:,}" for name, value in (("max_params", c.max_params),
+                                                                     ("max_macs", c.max_macs)) if value)
+        lines.append(f"constraints: {limits} (computed from the architecture; infeasible samples never launch)")
+    lines.append(f"resources per trial: {space.resources.cpus:g} CPU, {space.resources.gpus:g} GPU")
     lines.append(f"data: val {space.data.val_size}, subset {space.data.subset or 'all'}, split seed "
                  f"{space.data.split_seed}")
-    epochs = estimate_epochs(space)
-    images = (space.data.subset or 50_000 - space.data.val_size)
-    # A training step costs about 3x the forward MACs. A trial at a fraction of a GPU runs about that much
-    # slower, so GPU-hours do not depend on the fraction.
-    gpu_hours = epochs * images * 3 * count_macs(large) / GPU_SUSTAINED_MACS / 3600 if space.resources.gpus else 0.0
-    why = "the epoch budget stops the sweep" if b.epochs and epochs == b.epochs else (
-        "ASHA stops most trials early" if sched.type == "asha" else "every trial runs every epoch")
-    lines.append(f"expected epochs: about {epochs:.0f} in all ({why})"
-                 + (f"; estimated {gpu_hours:.2f} GPU-hours at the largest network" if gpu_hours else
-                    "; no GPU requested, so 0 GPU-hours"))
+    lines += describe_cost(space)
     return "\n".join(lines)
 
 
-def estimate_epochs(space: SearchSpace) -> float:
-    """Expected total epochs: under ASHA a fraction 1/rf of the trials passes each rung; an epoch budget
-    stops the sweep sooner."""
-    sched, trials = space.scheduler, space.budget.trials
-    if sched.type != "asha":
-        total = float(trials * sched.max_epochs)
-    else:
-        total, alive, previous = 0.0, float(trials), 0
-        for rung in sched.rungs():
-            total += alive * (rung - previous)
-            alive, previous = alive / sched.reduction_factor, rung
-        total += alive * (sched.max_epochs - previous)
-    return min(total, float(space.budget.epochs)) if space.budget.epochs else total
-
+__all__ = ["SearchSpace", "describe", "estimate_epochs", "load_space", "resolve_space_path"]

@@ -13,12 +13,19 @@ validation loss, and hand the epoch's metrics and a lazily built checkpoint to `
 """
 from __future__ import annotations
 
+# ruff: noqa: E402 - `python -m tuner.train` hands over to its command before torch is imported (below)
+if __name__ == "__main__":  # the command parses its flags first, so --help and flag errors answer at once
+    from tuner.train_command import main
+
+    main()
+    raise SystemExit(0)
+
 import copy
 import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,157 +34,27 @@ from torch import nn
 from torch.nn import functional as F
 
 from tuner import augment
+from tuner.config import (  # noqa: F401 - re-exported: TrainConfig and its helpers lived here first
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    STAGE_FIELDS,
+    TrainConfig,
+    format_stages,
+    parse_stages,
+)
 from tuner.data import DataSplits
-from tuner.device import PRECISIONS, autocast_dtype, pick_device
-from tuner.errors import UserError, suggest
+from tuner.device import autocast_dtype, pick_device
 from tuner.evaluate import DeviceImages, evaluate, normalise
 from tuner.model import build_model
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("onecycle", "cosine", "plateau")
 CHECKPOINT_FORMAT = 1
-STAGE_FIELDS = ("widths", "blocks")  # one value per stage
 # Checking the loss for NaN forces a host sync; every few steps keeps that cost negligible.
 DIVERGENCE_CHECK_EVERY = 10
 # A mean training loss this far above chance (ln 10 = 2.3) is divergence even while it stays finite: at a
 # huge learning rate Adam, or SGD without weight decay, trains on at finite losses far above this (the
 # divergence tests in tests/test_train.py run both).
 DIVERGED_LOSS = 1e4
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every hyperparameter of one training run. The defaults are our best recipe."""
-
-    # architecture: stem width = widths[0]; stride 2 entering every stage after the first
-    widths: tuple[int, ...] = (64, 128, 256)
-    blocks: tuple[int, ...] = (2, 2, 2)
-    # optimisation
-    optimizer: str = "sgd"
-    lr: float = 0.2
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    epochs: int = 15
-    schedule: str = "onecycle"
-    warmup_epochs: float = 2.0
-    plateau_patience: int = 2
-    plateau_factor: float = 0.5
-    label_smoothing: float = 0.1
-    # augmentation (on the device, batched)
-    crop_padding: int = 4
-    flip: bool = True
-    color_jitter: float = 0.0
-    rotation: float = 0.0
-    translate: float = 0.0
-    # evaluation
-    tta_flip: bool = True
-    # Evaluate (and checkpoint) an exponential moving average of the weights over about this many epochs;
-    # 0 evaluates the weights as trained.
-    ema_epochs: float = 0.0
-    # execution
-    seed: int = 0
-    precision: str = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    deterministic: bool = False
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
-        """Build and validate from plain values (YAML, MLflow params, checkpoints).
-
-        Unknown names and wrong types are UserErrors that say where (`source`) and what is valid.
-        """
-        names = cls.field_names()
-        for key in values:
-            if key not in names:
-                raise UserError(
-                    f"{source}: unknown field '{key}'{suggest(key, names)}; valid fields: {', '.join(names)}"
-                )
-        defaults = cls()
-        coerced = {key: _coerce(key, value, getattr(defaults, key), source) for key, value in values.items()}
-        config = dataclasses.replace(defaults, **coerced)
-        config.validate(source)
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: list(v) if isinstance(v, tuple) else v for key, v in dataclasses.asdict(self).items()}
-
-    def validate(self, source: str = "config") -> None:
-        """Raise a UserError naming the first impossible value and the fix."""
-        def bad(name: str, rule: str) -> UserError:
-            return UserError(f"{source}: {name}={getattr(self, name)!r} is invalid: {rule}")
-
-        if not self.widths or any(w <= 0 for w in self.widths):
-            raise bad("widths", "give one positive channel count per stage, e.g. [64, 128, 256]")
-        if len(self.blocks) != len(self.widths) or any(b <= 0 for b in self.blocks):
-            raise bad("blocks", f"give one positive block count for each of the {len(self.widths)} stages")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("precision", PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise bad(name, f"choose one of {', '.join(allowed)}")
-        checks = (
-            ("lr", self.lr > 0, "must be > 0"),
-            ("batch_size", self.batch_size > 0, "must be a positive number of images"),
-            ("epochs", self.epochs > 0, "must be at least 1"),
-            ("momentum", 0 <= self.momentum < 1, "must be in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, "must be >= 0"),
-            ("warmup_epochs", self.warmup_epochs >= 0, "must be >= 0 (it is capped at epochs)"),
-            ("plateau_patience", self.plateau_patience >= 0, "must be >= 0"),
-            ("plateau_factor", 0 < self.plateau_factor < 1, "must be in (0, 1)"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
-            ("crop_padding", 0 <= self.crop_padding <= 16, "must be between 0 and 16 pixels"),
-            ("color_jitter", 0 <= self.color_jitter <= 1, "must be in [0, 1]"),
-            ("rotation", 0 <= self.rotation <= 180, "must be between 0 and 180 degrees"),
-            ("translate", 0 <= self.translate <= 0.5, "must be a fraction of the image in [0, 0.5]"),
-            ("ema_epochs", 0 <= self.ema_epochs <= self.epochs, "must be between 0 (off) and epochs"),
-        )
-        for name, ok, rule in checks:
-            if not ok:
-                raise bad(name, rule)
-
-
-def format_stages(values: Iterable[Any]) -> str:
-    """A per-stage tuple as text, `64,128,256`: how MLflow params and Optuna categoricals hold it."""
-    return ",".join(str(int(v)) for v in values)
-
-
-def parse_stages(value: str | Iterable[Any]) -> tuple[int, ...]:
-    """`64,128,256`, `[64, 128, 256]` or a sequence -> (64, 128, 256).
-
-    ValueError when an item is not a whole number, TypeError when `value` is neither text nor a sequence.
-    """
-    items = value.strip("[]()").split(",") if isinstance(value, str) else list(value)
-    return tuple(int(v) for v in items if str(v).strip() != "")
-
-
-def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
-    """Values from YAML or MLflow params into the field's type; a wrong type is a UserError."""
-    expected = type(default).__name__
-    try:
-        if name in STAGE_FIELDS:
-            return parse_stages(value)
-        if isinstance(default, bool):
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if isinstance(default, int):
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise TypeError
-            return int(float(value))
-        if isinstance(default, float):
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{source}: {name}={value!r} is not a valid {expected}; e.g. {name}={default!r}") from None
 
 
 @dataclass(frozen=True)
@@ -499,8 +376,3 @@ def _to_cpu(value: Any) -> Any:
         return [_to_cpu(v) for v in value]
     return value
 
-
-if __name__ == "__main__":  # `python -m tuner.train`: the command lives in its own module
-    from tuner.train_command import main
-
-    main()
