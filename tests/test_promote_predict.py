@@ -20,7 +20,7 @@ from PIL import Image
 from tuner import predict, promote
 from tuner.data import LABEL_NAMES, load_splits, load_test, write_synthetic_cifar10
 from tuner.evaluate import preprocess
-from tuner.tracking import SweepRun, TrialRun, mlflow_globals, trial_run_name
+from tuner.tracking import SweepRun, mlflow_globals
 from tuner.train import TrainConfig, fit
 
 pytestmark = pytest.mark.integration
@@ -45,9 +45,11 @@ def train_and_register(uri: str, tmp: Path, data, config: TrainConfig, sweep_nam
     space.write_text("parameters: {}\n")
     sweep = SweepRun.start(uri, sweep_name, space, {"num_samples": 1},
                            {"tuner.git_commit": "c0ffee", "tuner.data_fingerprint": data.fingerprint()})
-    trial = TrialRun(uri, sweep.run_id, "t_0", trial_run_name(0, config), config, {})
-    result = fit(config, data, lambda m, _: trial.log_epoch(m.as_dict(), m.epoch), device="cpu")
-    trial.finish("completed")
+    runs = sweep.trial_runs()
+    runs.start("t_0", 0, config)
+    result = fit(config, data, lambda m, _: runs.log_epoch("t_0", m.as_dict(), m.epoch), device="cpu")
+    runs.finish("t_0", "completed")
+    assert runs.flush(timeout_s=60)
     version = sweep.register_best(result.checkpoint, "t_0", result.best.val_acc, model_name=model_name)
     sweep.end()
     return version, result.best.val_acc

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from tuner import report
 from tuner.outcomes import stopped as stopped_outcome
-from tuner.tracking import SweepRun, TrialRun, trial_run_name
+from tuner.tracking import SweepRun
 from tuner.train import TrainConfig
 
 pytestmark = pytest.mark.integration
@@ -32,12 +32,15 @@ def sweep(mlflow_server, tmp_path_factory) -> SweepRun:
         ((16, 32, 64), 0.3, 1, stopped_outcome(1), 0.20),
         ((32, 64, 128), 0.4, 2, "diverged", 0.15),
     ]
+    runs = sweep.trial_runs()
     for index, (widths, lr, epochs, outcome, final) in enumerate(trials):
-        config = TrainConfig(widths=widths, blocks=(1, 1, 1), lr=lr, epochs=3)
-        trial = TrialRun(sweep.uri, sweep.run_id, f"t_{index}", trial_run_name(index, config), config, {})
+        trial_id = f"t_{index}"
+        runs.start(trial_id, index, TrainConfig(widths=widths, blocks=(1, 1, 1), lr=lr, epochs=3))
         for epoch in range(1, epochs + 1):
-            trial.log_epoch({"val_acc": final * epoch / epochs, "val_loss": 2.0 - epoch * 0.3, "lr": lr}, epoch)
-        trial.finish(outcome, {"tuner.gpu_seconds": str(3.0 * epochs)})
+            runs.log_epoch(trial_id, {"val_acc": final * epoch / epochs, "val_loss": 2.0 - epoch * 0.3, "lr": lr},
+                           epoch)
+        runs.finish(trial_id, outcome, {"tuner.gpu_seconds": str(3.0 * epochs)})
+    assert runs.flush(timeout_s=60)
     sweep.end()
     return sweep
 

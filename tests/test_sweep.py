@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.ray_nodes import RayNode, new_token, ray_env
+from tests.ray_nodes import RayNode, new_token, ray_env, trial_results
 from tuner.data import write_synthetic_cifar10
+from tuner.tracking import EPOCH_METRICS
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +108,15 @@ def child_runs(uri: str, sweep: str) -> list:
                               max_results=1000)
 
 
+def assert_each_epoch_once(uri: str, runs: list) -> None:
+    """No metric of any child run has a step twice: one writer, and it never sends a step again."""
+    client = MlflowClient(uri)
+    for run in runs:
+        for key in run.data.metrics:
+            counts = Counter(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert max(counts.values()) == 1, (run.data.tags["tuner.trial_id"], key, counts)
+
+
 def test_sweep_with_asha_prunes_some_and_tells_optuna_pruned(workdir: Path, ray_head: RayNode, mlflow_server) -> None:
     out = finish(tuner_run(workdir, ray_head, mlflow_server.uri, "--space", str(workdir / "tiny.yaml"),
                            "--name", "asha"))
@@ -138,6 +149,12 @@ def test_sweep_with_asha_prunes_some_and_tells_optuna_pruned(workdir: Path, ray_
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
         assert "val_acc" not in run.data.params and run.data.params["widths"] in ("4,8", "8,16")
     assert "registered as model version" in out
+    # What --resume unpickles names the driver's classes by module (tuner.bookkeeping), never `__main__`: a
+    # sweep started by `python -m tuner.run` resumes under tuner.run.main([...]), and the other way round.
+    saved = [workdir / "runs" / "asha" / "tuner.pkl", *(workdir / "runs" / "asha").glob("searcher-state-*.pkl")]
+    assert len(saved) == 2 and not [p.name for p in saved if b"__main__" in p.read_bytes()]
+    # each trial's torch used the one CPU its resources ask for (not a thread per core of the node)
+    assert {row["threads"] for rows in trial_results(workdir / "runs" / "asha").values() for row in rows} == {1}
 
 
 def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_head: RayNode,
@@ -164,8 +181,10 @@ def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_
     client = MlflowClient(mlflow_server.uri)
     for run in runs:
         assert run.data.tags.get("tuner.outcome"), f"trial {run.data.tags['tuner.trial_id']} has no outcome"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert len(steps) == len(set(steps)), "an epoch was logged twice"
+        epochs = int(run.data.tags["tuner.epochs_run"])
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
+        assert steps == list(range(1, epochs + 1)), (run.data.tags["tuner.trial_id"], steps)
+    assert_each_epoch_once(mlflow_server.uri, child_runs(mlflow_server.uri, "killed"))
     assert "best trial" in out
 
 
@@ -195,6 +214,7 @@ def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path
     assert not [t for t in launched if t.state == TrialState.RUNNING]
     assert len([t for t in launched if not t.user_attrs.get("abandoned")]) == 7
     assert "registered as model version" in out
+    assert_each_epoch_once(uri, child_runs(uri, "ctrl-c"))
 
 
 def test_epoch_budget_holds_across_a_resume_and_says_what_it_stopped(workdir: Path, ray_head: RayNode,
@@ -221,6 +241,7 @@ def test_epoch_budget_holds_across_a_resume_and_says_what_it_stopped(workdir: Pa
     # The trial finished before the kill counts too: a stopper that forgot it would run about 14 epochs.
     epochs = sum(int(r.data.tags["tuner.epochs_run"]) for r in runs)
     assert 10 <= epochs <= 12, (epochs, outcomes)
+    assert_each_epoch_once(uri, runs)
     launched = [t for t in study_of(workdir, "budget").trials if "ray_trial_id" in t.user_attrs]
     assert not [t for t in launched if t.state == TrialState.RUNNING], "a stopped trial was left RUNNING"
     for trial in launched:  # FAIL only for a trial stopped before its first epoch, or abandoned
@@ -280,6 +301,7 @@ def test_tracking_outage_mid_sweep_loses_no_metric(workdir: Path, ray_head: RayN
     client = MlflowClient(mlflow_server.uri)
     for run in runs:
         epochs = int(run.data.tags["tuner.epochs_run"])
-        for key in ("val_acc", "train_loss"):
+        for key in EPOCH_METRICS:
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
             assert steps == list(range(1, epochs + 1)), (run.data.tags["tuner.trial_id"], key, steps)
+    assert_each_epoch_once(mlflow_server.uri, runs)

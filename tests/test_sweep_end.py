@@ -1,20 +1,24 @@
-"""What the driver does for trials Ray Tune ends without calling on_trial_complete: the ones a spent
-budget stops, and the ones a killed driver started after its last snapshot (abandoned).
+"""What the driver does for trials Ray Tune ends without calling on_trial_complete (the ones a spent
+budget stops, and the ones a killed driver started after its last snapshot: abandoned), and what a
+resumed driver writes from the trials' result files (the backfill).
 
-Real Optuna study and a real MLflow store (sqlite); Tune's trials are stood in for by the three fields
-the recorder reads (trial_id, last_result, config)."""
+Real Optuna study and a real MLflow store (sqlite); Tune's trials are stood in for by the fields the
+recorder reads (trial_id, status, last_result, config, and where the experiment is stored)."""
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
+import pyarrow.fs
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tuner import tracking
-from tuner.run import _LIVE_SWEEPS, BudgetStopper, OutcomeRecorder
+from tuner.bookkeeping import BudgetStop, BudgetStopper, OutcomeRecorder
 from tuner.tracking import SweepRun
 from tuner.train import TrainConfig
 
@@ -35,10 +39,18 @@ def make_study(url: str, reported: dict[str, list[int]], complete: set[str]) -> 
     return study
 
 
-def tune_trial(trial_id: str, epoch: int | None) -> SimpleNamespace:
+def tune_trial(trial_id: str, epoch: int | None, status: str = "PENDING", experiment: Path | None = None):
     """A trial as Tune holds it; epoch None: no result since Tune restored it."""
-    return SimpleNamespace(trial_id=trial_id, config={"train": CONFIG.to_dict(), "index": 1},
-                           last_result={"epoch": epoch, "val_acc": 0.1 * epoch} if epoch else {})
+    return SimpleNamespace(trial_id=trial_id, status=status, config={"train": CONFIG.to_dict(), "index": 1},
+                           last_result={"epoch": epoch, "val_acc": 0.1 * epoch} if epoch else {},
+                           storage=SimpleNamespace(storage_filesystem=pyarrow.fs.LocalFileSystem()),
+                           remote_experiment_path=str(experiment or "/nonexistent"))
+
+
+def start(tmp_path: Path, name: str = "end") -> SweepRun:
+    space = tmp_path / "space.yaml"
+    space.write_text("parameters: {}\n")
+    return SweepRun.start(f"sqlite:///{tmp_path / 'mlflow.db'}", name, space, {}, {})
 
 
 def end_sweep(tmp_path: Path, spent: bool) -> tuple[MlflowClient, SweepRun, optuna.Study]:
@@ -46,27 +58,22 @@ def end_sweep(tmp_path: Path, spent: bool) -> tuple[MlflowClient, SweepRun, optu
     not saved it, so Tune does not know it; d ran 3 epochs under the killed driver, whose snapshot held
     no result of it, and the resumed driver never started it again; e was sampled but never started; f
     started (it has its MLflow run) but did not finish an epoch."""
-    uri, study_url = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
-    make_study(study_url, {"a": [1, 2, 3, 4], "b": [1, 2], "c": [1], "d": [1, 2, 3], "e": [], "f": []},
-               complete={"a"})
-    ledger = tmp_path / "budget.json"
-    stopper = BudgetStopper(epochs=9 if spent else 100, ledger=ledger)
+    study_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = make_study(study_url, {"a": [1, 2, 3, 4], "b": [1, 2], "c": [1], "d": [1, 2, 3], "e": [], "f": []},
+                       complete={"a"})
+    budget = BudgetStopper(epochs=9 if spent else 100, ledger=tmp_path / "budget.json")
+    stop = BudgetStop(budget)
     for trial_id, epoch in (("a", 4), ("b", 2), ("d", 3)):
-        stopper(trial_id, {"epoch": epoch, "gpu_seconds": 1.5 * epoch})
-    stopper.stop_all()
-    space = tmp_path / "space.yaml"
-    space.write_text("parameters: {}\n")
-    sweep = SweepRun.start(uri, "end", space, {}, {})
-    _LIVE_SWEEPS[sweep.run_id] = sweep
-    sweep.child_run_id("f", create=True)
-    try:
-        OutcomeRecorder(sweep.run_id, "val_acc", 4, 3, study_url, "s", ledger).experiment_end(
-            [tune_trial("a", 4), tune_trial("b", 2), tune_trial("d", None), tune_trial("e", None),
-             tune_trial("f", None)])
-        assert sweep.end()
-    finally:
-        del _LIVE_SWEEPS[sweep.run_id]
-    return MlflowClient(uri), sweep, optuna.load_study(study_name="s", storage=study_url)
+        stop(trial_id, {"epoch": epoch, "gpu_seconds": 1.5 * epoch})
+    stop.stop_all()
+    sweep = start(tmp_path)
+    runs = sweep.trial_runs()
+    runs.start("f", 1, CONFIG)
+    recorder = OutcomeRecorder(runs, SimpleNamespace(study=study), budget, "val_acc", max_epochs=4, trials=3)
+    recorder.experiment_end([tune_trial("a", 4, "TERMINATED"), tune_trial("b", 2, "TERMINATED"),
+                             tune_trial("d", None), tune_trial("e", None), tune_trial("f", None, "TERMINATED")])
+    assert sweep.end()
+    return MlflowClient(sweep.uri), sweep, optuna.load_study(study_name="s", storage=study_url)
 
 
 def outcomes(client: MlflowClient, sweep: SweepRun) -> dict[str, tuple[str | None, str, str | None]]:
@@ -97,3 +104,53 @@ def test_an_interrupted_driver_leaves_its_running_trials_for_resume(tmp_path: Pa
     assert outcomes(client, sweep) == {"c": ("abandoned", "KILLED", None), "f": (None, "RUNNING", None)}
     assert states(study) == {"a": TrialState.COMPLETE, "b": TrialState.RUNNING, "c": TrialState.FAIL,
                              "d": TrialState.RUNNING, "e": TrialState.RUNNING, "f": TrialState.RUNNING}
+
+
+def write_results(experiment: Path, trial_id: str, epochs: range, cut_short: bool = False) -> None:
+    """A trial folder as Ray writes it: result.json, one reported result a line."""
+    folder = experiment / f"t001-{trial_id}"
+    folder.mkdir(parents=True)
+    lines = [json.dumps({"trial_id": trial_id, "epoch": epoch, "val_acc": 0.1 * epoch, "train_loss": 1.0 / epoch,
+                         "reported_at": 1_700_000_000.0 + epoch, "diverged": False,
+                         "config": {"train": CONFIG.to_dict(), "index": 1}}) for epoch in epochs]
+    (folder / "result.json").write_text("\n".join(lines) + ("\n{\"trial_id\": " if cut_short else "\n"))
+
+
+def test_a_resumed_driver_writes_what_the_killed_one_had_not_and_nothing_twice(tmp_path: Path) -> None:
+    """The killed driver had written epochs 1-2 of trial x and nothing of y; Ray's result files hold
+    x's epochs 1-3 and y's 1-2 (the last line cut short). The resumed driver, which also hears x
+    report epoch 3 again, ends with every epoch exactly once."""
+    experiment = tmp_path / "runs" / "end"
+    write_results(experiment, "x", range(1, 4))
+    write_results(experiment, "y", range(1, 3), cut_short=True)
+    sweep = start(tmp_path)
+    killed = sweep.trial_runs()
+    killed.start("x", 1, CONFIG)
+    for epoch in (1, 2):
+        killed.log_epoch("x", {"val_acc": 0.1 * epoch, "train_loss": 1.0 / epoch}, epoch,
+                         timestamp_ms=1000 * (1_700_000_000 + epoch))
+    assert killed.flush(timeout_s=30)
+
+    resumed = start(tmp_path)  # the same parent run, a new writer
+    study = make_study(f"sqlite:///{tmp_path / 'optuna.db'}", {"x": [1, 2, 3], "y": [1, 2]}, complete={"x", "y"})
+    recorder = OutcomeRecorder(resumed.trial_runs(), SimpleNamespace(study=study), BudgetStopper(), "val_acc",
+                               max_epochs=4, trials=2)
+    trials = [tune_trial("x", 3, "RUNNING", experiment), tune_trial("y", 2, "TERMINATED", experiment)]
+    recorder.backfill(trials)
+    recorder.result(trials[0], {"epoch": 3, "val_acc": 0.9, "train_loss": 0.1, "reported_at": 1_700_000_100.0})
+    recorder.experiment_end(trials)
+    assert resumed.end()
+
+    client = MlflowClient(resumed.uri)
+    runs = {r.data.tags["tuner.trial_id"]: r for r in tracking.trial_runs(client, client.get_run(resumed.run_id))}
+    assert set(runs) == {"x", "y"}
+    for trial_id, epochs in (("x", [1, 2, 3]), ("y", [1, 2])):
+        for key in ("val_acc", "train_loss"):
+            history = client.get_metric_history(runs[trial_id].info.run_id, key)
+            assert sorted(m.step for m in history) == epochs, (trial_id, key)
+            assert max(Counter(m.step for m in history).values()) == 1
+    assert [m.value for m in client.get_metric_history(runs["x"].info.run_id, "val_acc") if m.step == 3] \
+        == [pytest.approx(0.3)]  # the first value of an epoch is kept
+    # y finished under the killed driver, which could not write its outcome: the resumed one does
+    assert runs["y"].data.tags["tuner.outcome"] == "stopped_by_asha_at_epoch_2"
+    assert runs["y"].data.params["widths"] == "8,16,32"

@@ -1,9 +1,11 @@
 """tuner.tracking against a real mlflow server (and the local sqlite default): run layout, resume,
-early failure on a dead server, and no lost metric across a server outage."""
+early failure on a dead server, no lost metric across a server outage, and no epoch metric twice."""
 from __future__ import annotations
 
+import pickle
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from mlflow import MlflowClient
 from tuner import outcomes, tracking
 from tuner.errors import UserError
 from tuner.model import count_macs, count_params
-from tuner.tracking import SweepRun, TrialRun, check_tracking_server, trial_run_name
+from tuner.tracking import SweepRun, check_tracking_server
 from tuner.train import TrainConfig
 
 pytestmark = pytest.mark.integration
@@ -20,8 +22,9 @@ pytestmark = pytest.mark.integration
 CONFIG = TrainConfig(widths=(8, 16, 32), blocks=(1, 1, 1), lr=0.05, epochs=4)
 
 
-def epoch_metrics(epoch: int) -> dict[str, float]:
-    return {"epoch": epoch, "train_loss": 2.0 / epoch, "val_loss": 2.1 / epoch, "val_acc": 0.1 * epoch, "lr": 0.05}
+def epoch_metrics(epoch: int, scale: float = 1.0) -> dict[str, float]:
+    return {"epoch": epoch, "train_loss": 2.0 / epoch, "val_loss": 2.1 / epoch, "val_acc": 0.1 * epoch * scale,
+            "lr": 0.05}
 
 
 def start_sweep(uri: str, tmp_path: Path, name: str | None = None) -> SweepRun:
@@ -39,12 +42,25 @@ def steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+def child_runs(client: MlflowClient, sweep: SweepRun) -> dict[str, object]:
+    return {r.data.tags["tuner.trial_id"]: r for r in tracking.trial_runs(client, client.get_run(sweep.run_id))}
+
+
+def assert_no_step_twice(client: MlflowClient, sweep: SweepRun) -> None:
+    for trial_id, run in child_runs(client, sweep).items():
+        for key in run.data.metrics:
+            counts = Counter(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert max(counts.values()) == 1, f"trial {trial_id}: {key} logged twice at {counts}"
+
+
 def test_trial_runs_nest_under_their_sweep_with_config_as_params_and_epochs_as_steps(mlflow_server, tmp_path):
     sweep = start_sweep(mlflow_server.uri, tmp_path)
-    trial = TrialRun(sweep.uri, sweep.run_id, "t_00007", trial_run_name(7, CONFIG), CONFIG, {"node": "n1"})
+    runs = sweep.trial_runs()
+    runs.start("t_00007", 7, CONFIG)
     for epoch in (1, 2, 3):
-        trial.log_epoch(epoch_metrics(epoch), epoch)
-    assert trial.finish("completed", {"tuner.gpu_seconds": "12.5"})
+        runs.log_epoch("t_00007", epoch_metrics(epoch), epoch)
+    runs.finish("t_00007", "completed", {"tuner.gpu_seconds": "12.5"})
+    assert runs.flush(timeout_s=30)
     sweep.end()
 
     client = MlflowClient(mlflow_server.uri)
@@ -55,10 +71,10 @@ def test_trial_runs_nest_under_their_sweep_with_config_as_params_and_epochs_as_s
     assert parent.data.params["num_samples"] == "4"
     assert [a.path for a in client.list_artifacts(sweep.run_id, "space")] == ["space/space.yaml"]
 
-    child = client.get_run(trial.run_id)
+    child = child_runs(client, sweep)["t_00007"]
     assert child.info.run_name == "t007 w8-16-32 b1-1-1 lr0.05"
     assert child.data.tags["mlflow.parentRunId"] == sweep.run_id
-    assert child.data.tags["tuner.trial_id"] == "t_00007"
+    assert child.data.tags["tuner.sweep"] == sweep.sweep_name
     assert child.data.tags["tuner.outcome"] == "completed"
     assert child.data.tags["tuner.params"] == str(count_params(CONFIG))
     assert child.data.tags["tuner.macs"] == str(count_macs(CONFIG))
@@ -67,43 +83,60 @@ def test_trial_runs_nest_under_their_sweep_with_config_as_params_and_epochs_as_s
     assert TrainConfig.from_dict(child.data.params) == CONFIG
     assert not set(child.data.metrics) & set(CONFIG.field_names()) - {"lr"}
     assert "epoch" not in child.data.metrics
-    assert steps(client, trial.run_id, "val_acc") == [1, 2, 3]
+    assert steps(client, child.info.run_id, "val_acc") == [1, 2, 3]
     assert child.info.status == "FINISHED"
 
 
-def test_resumed_trial_and_sweep_reuse_their_runs(mlflow_server, tmp_path):
+def test_a_new_driver_reuses_the_runs_and_never_logs_a_step_twice(mlflow_server, tmp_path):
+    """A driver dies with epochs 1-2 written; the next one (its TrialRuns unpickled from Ray's state)
+    resumes the trial, which re-runs epoch 2, and backfills epoch 1 from the result files."""
     sweep = start_sweep(mlflow_server.uri, tmp_path)
-    first = TrialRun(sweep.uri, sweep.run_id, "t_1", "t001", CONFIG, {})
-    first.log_epoch(epoch_metrics(1), 1)
-    first.finish("errored")
+    first = sweep.trial_runs()
+    first.start("t_1", 1, CONFIG)
+    for epoch in (1, 2):
+        first.log_epoch("t_1", epoch_metrics(epoch), epoch, timestamp_ms=1000 * epoch)
+    first.finish("t_1", "errored")
+    assert first.flush(timeout_s=30)
+
     again = start_sweep(mlflow_server.uri, tmp_path, name=sweep.sweep_name)
     assert again.run_id == sweep.run_id and again.resumed
-    second = TrialRun(again.uri, again.run_id, "t_1", "t001", CONFIG, {})
-    second.log_epoch(epoch_metrics(2), 2)
-    assert second.finish("completed")
+    second = pickle.loads(pickle.dumps(first))  # addresses only: a new connection, nothing buffered
+    assert second.pending == 0
+    second.log_epoch("t_1", epoch_metrics(1), 1, timestamp_ms=1000)  # the backfill: already there
+    second.start("t_1", 1, CONFIG)  # Ray runs the trial again from its epoch-1 checkpoint
+    for epoch in (2, 3):
+        second.log_epoch("t_1", epoch_metrics(epoch, scale=2.0), epoch)
+    second.finish("t_1", "completed")
+    assert second.flush(timeout_s=30)
 
     client = MlflowClient(mlflow_server.uri)
-    assert second.run_id == first.run_id
-    assert len(tracking.trial_runs(client, client.get_run(sweep.run_id))) == 1
-    assert steps(client, second.run_id, "val_acc") == [1, 2]
-    assert client.get_run(second.run_id).data.tags["tuner.outcome"] == "completed"
+    runs = child_runs(client, sweep)
+    assert list(runs) == ["t_1"]
+    run_id = runs["t_1"].info.run_id
+    assert steps(client, run_id, "val_acc") == [1, 2, 3]
+    assert [m.value for m in client.get_metric_history(run_id, "val_acc") if m.step == 2] == [pytest.approx(0.2)]
+    assert client.get_run(run_id).data.tags["tuner.outcome"] == "completed"
+    assert_no_step_twice(client, sweep)
 
 
 def test_outcome_of_a_trial_that_never_logged_creates_its_run(mlflow_server, tmp_path):
     sweep = start_sweep(mlflow_server.uri, tmp_path)
+    runs = sweep.trial_runs()
     infeasible = TrainConfig(widths=(512, 1024, 2048), blocks=(4, 4, 4))
-    sweep.set_trial_outcome("t_9", "infeasible", {"tuner.reason": "too many params"},
-                            run_name=trial_run_name(9, infeasible), config=infeasible)
-    sweep.set_trial_outcome("t_3", outcomes.stopped(2))
-    assert sweep.end()
+    runs.start("t_9", 9, infeasible, reopen=False)
+    runs.finish("t_9", "infeasible", {"tuner.reason": "too many params"})
+    runs.finish("t_3", outcomes.stopped(2))
+    runs.finish("t_5", outcomes.NOT_RUN, create=False)  # never started: no run
+    assert runs.flush(timeout_s=30) and sweep.end()
 
     client = MlflowClient(mlflow_server.uri)
-    runs = {r.data.tags["tuner.trial_id"]: r for r in tracking.trial_runs(client, client.get_run(sweep.run_id))}
-    assert runs["t_9"].data.tags["tuner.outcome"] == "infeasible"
-    assert runs["t_9"].data.tags["tuner.reason"] == "too many params"
-    assert runs["t_9"].data.params["widths"] == "512,1024,2048"
-    assert runs["t_9"].info.run_name.startswith("t009 w512-1024-2048")
-    assert runs["t_3"].data.tags["tuner.outcome"] == "stopped_by_asha_at_epoch_2"
+    made = child_runs(client, sweep)
+    assert set(made) == {"t_9", "t_3"}
+    assert made["t_9"].data.tags["tuner.outcome"] == "infeasible"
+    assert made["t_9"].data.tags["tuner.reason"] == "too many params"
+    assert made["t_9"].data.params["widths"] == "512,1024,2048"
+    assert made["t_9"].info.run_name.startswith("t009 w512-1024-2048")
+    assert made["t_3"].data.tags["tuner.outcome"] == "stopped_by_asha_at_epoch_2"
 
 
 def test_unreachable_server_is_one_clear_error_within_seconds(dead_tracking_uri):
@@ -129,57 +162,57 @@ def test_local_default_is_sqlite_in_the_working_directory(tmp_path, monkeypatch)
     assert tracking.ui_command(uri).startswith(f"mlflow ui --backend-store-uri {uri}")
 
     sweep = start_sweep(uri, tmp_path)
-    trial = TrialRun(uri, sweep.run_id, "t_0", "t000", CONFIG, {})
-    trial.log_epoch(epoch_metrics(1), 1)
-    assert trial.finish("completed")
-    assert sweep.end()
+    runs = sweep.trial_runs()
+    runs.start("t_0", 0, CONFIG)
+    runs.log_epoch("t_0", epoch_metrics(1), 1)
+    runs.finish("t_0", "completed")
+    assert runs.flush(timeout_s=30) and sweep.end()
     assert (tmp_path / "mlflow.db").is_file()
     assert (tmp_path / "mlartifacts" / "tuner").is_dir()  # the space file, not ./mlruns
     assert not (tmp_path / "mlruns").exists()
-    assert steps(MlflowClient(uri), trial.run_id, "val_acc") == [1]
+    client = MlflowClient(uri)
+    assert steps(client, child_runs(client, sweep)["t_0"].info.run_id, "val_acc") == [1]
 
 
 def test_server_outage_mid_sweep_loses_no_epoch_metric(mlflow_server, tmp_path):
     """The server goes away for a few seconds (stop + restart on the same port and store) while two
-    trials log. The design does not depend on the length (30 s works the same: more retries)."""
+    trials report. The design does not depend on the length (the 30 s sweep test: more retries)."""
     sweep = start_sweep(mlflow_server.uri, tmp_path)
-    steady = TrialRun(sweep.uri, sweep.run_id, "t_a", "t000", CONFIG, {})
-    # a trial whose worker is stopped by Ray during the outage, before it can deliver: only the driver
-    # saw its results (record_epoch), and the sweep's end fills them in
-    stopped = TrialRun(sweep.uri, sweep.run_id, "t_b", "t001", CONFIG, {})
-    for trial in (steady, stopped):
-        trial.log_epoch(epoch_metrics(1), 1)
-        sweep.record_epoch(trial.trial_id, epoch_metrics(1), 1)
+    runs = sweep.trial_runs()
+    for index, trial_id in enumerate(("t_a", "t_b")):
+        runs.start(trial_id, index, CONFIG)
+        runs.log_epoch(trial_id, epoch_metrics(1), 1)
 
     mlflow_server.stop()
     try:
         outage_started = time.monotonic()
         for epoch in (2, 3, 4):
-            for trial in (steady, stopped):
+            for trial_id in ("t_a", "t_b"):
                 started = time.monotonic()
-                trial.log_epoch(epoch_metrics(epoch), epoch)
+                runs.log_epoch(trial_id, epoch_metrics(epoch), epoch, timestamp_ms=1000 * epoch)
                 assert time.monotonic() - started < 2
-                sweep.record_epoch(trial.trial_id, epoch_metrics(epoch), epoch)
             time.sleep(1)
+        runs.log_epoch("t_b", epoch_metrics(4, scale=2.0), 4)  # t_b re-runs epoch 4 (resumed from a checkpoint)
         started = time.monotonic()
-        sweep.set_trial_outcome("t_b", outcomes.stopped(4))
+        runs.finish("t_b", outcomes.stopped(4))
+        runs.finish("t_a", "completed")
         sweep.log_metrics({"best_val_acc": 0.4}, step=4)
         assert time.monotonic() - started < 2
-        assert not steady.flush(timeout_s=1)
-        assert steady.pending == 3 * 4  # epochs 2..4, four metrics each: kept, not dropped
+        assert not runs.flush(timeout_s=1)
+        assert runs.pending == 2 * 3 * 4 + 4  # epochs 2..4 of both, four metrics each, and the re-run: kept
     finally:
         mlflow_server.start()
     outage_s = time.monotonic() - outage_started
-    assert steady.finish("completed", timeout_s=60)
-    del stopped  # never finished
+    assert runs.flush(timeout_s=60)
     assert sweep.end(timeout_s=60)
 
     client = MlflowClient(mlflow_server.uri)
-    for run in tracking.trial_runs(client, client.get_run(sweep.run_id)):
+    made = child_runs(client, sweep)
+    for run in made.values():
         for key in ("train_loss", "val_loss", "val_acc", "lr"):
             assert steps(client, run.info.run_id, key) == [1, 2, 3, 4], (run.info.run_name, key)
-    outcome_tags = {r.data.tags["tuner.trial_id"]: r.data.tags["tuner.outcome"]
-                for r in tracking.trial_runs(client, client.get_run(sweep.run_id))}
-    assert outcome_tags == {"t_a": "completed", "t_b": "stopped_by_asha_at_epoch_4"}
+    assert_no_step_twice(client, sweep)
+    assert {t: r.data.tags["tuner.outcome"] for t, r in made.items()} == {
+        "t_a": "completed", "t_b": "stopped_by_asha_at_epoch_4"}
     assert steps(client, sweep.run_id, "best_val_acc") == [4]
     assert outage_s > 3

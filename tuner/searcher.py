@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import pickle
 import zlib
 from collections.abc import Callable, Container, Sequence
 from typing import Any
@@ -186,12 +187,14 @@ def _sampled_in_suggest(trial: optuna.Trial) -> None:
 
 
 class SpaceSearcher(OptunaSearch):
-    """OptunaSearch driven by a SearchSpace; the trial config is {"train": TrainConfig fields, "index": n}."""
+    """OptunaSearch driven by a SearchSpace. The trial config is {"train": TrainConfig fields, "index": n,
+    "rejected": r}: n counts every sample drawn, r the infeasible ones among them so far."""
 
     def __init__(self, space: SearchSpace, study: optuna.Study,
                  on_rejected: Callable[[int, TrainConfig, str], None] | None = None) -> None:
-        """on_rejected(index, config, reason) records an infeasible sample; it must pickle (Ray saves the
-        searcher in the experiment checkpoint for --resume)."""
+        """`study` is the sweep's study (`create_study`), opened once by the driver, which shares it through
+        this searcher (`study`). on_rejected(index, config, reason) records an infeasible sample; it must
+        pickle (Ray pickles the searcher with the Tuner for --resume)."""
         super().__init__(space=_sampled_in_suggest, metric=space.metric, mode=space.mode)
         self._space_spec = space
         self._ot_study = study
@@ -204,6 +207,19 @@ class SpaceSearcher(OptunaSearch):
     def _setup_study(self, mode: Any) -> None:
         """The study is made by create_study (persisted, with our sampler); nothing to set up here."""
 
+    @property
+    def study(self) -> optuna.Study:
+        """The sweep's study; after --resume, the one restored with this searcher's state."""
+        return self._ot_study
+
+    def save(self, checkpoint_path: str) -> None:
+        """Ray's periodic snapshot of the search, which --resume loads into the searcher it unpickles with
+        the Tuner. `on_rejected` stays out: it belongs to the driver's bookkeeping, which was unpickled
+        with the Tuner too and must stay the one object the rest of the driver writes through."""
+        state = {key: value for key, value in self.__dict__.items() if key != "_on_rejected"}
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(state, file)
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if trial_id in self._ot_trials:  # Ray may ask again for a trial it already has (restore)
             return self._configs[trial_id]
@@ -215,7 +231,8 @@ class SpaceSearcher(OptunaSearch):
                 self.suggested += 1
                 ot_trial.set_user_attr("ray_trial_id", trial_id)
                 self._ot_trials[trial_id] = ot_trial
-                result = {"train": config.to_dict(), "index": self.suggested + self.rejected}
+                result = {"train": config.to_dict(), "index": self.suggested + self.rejected,
+                          "rejected": self.rejected}
                 self._configs[trial_id] = result
                 return result
             self.rejected += 1

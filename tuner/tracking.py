@@ -1,28 +1,29 @@
 """MLflow tracking for sweeps: a sweep is a parent run, each trial a nested child run, the best
-checkpoint a new version of a registered model.
+checkpoint a new version of a registered model. The sweep's driver is the only writer.
 
 Where the data goes: with no flag, a local sqlite store (`./mlflow.db`) plus artifacts in
-`./mlartifacts`; with `--mlflow-uri http://host:5000` (or MLFLOW_TRACKING_URI) a tracking server. A
-server started with `--serve-artifacts` receives artifacts over HTTP too, so trials on other nodes need
-no shared filesystem.
+`./mlartifacts`; with `--mlflow-uri http://host:5000` (or MLFLOW_TRACKING_URI) a tracking server. Only
+the driver talks to it: trials report to the driver through Ray (`tune.report`), and the driver's
+`TrialRuns` writes their child runs, so workers need neither MLflow nor a route to the server.
 
-Outages: every call a trial makes (`TrialRun`) and every bookkeeping call of the driver (`SweepRun`)
-is buffered in memory and sent with one HTTP attempt (MLflow's own retries switched off, 5 s timeout):
-with the server down, `log_epoch` returns in milliseconds (connection refused) and at most one
-timeout when the host black-holes packets, then waits 1, 2, 4 ... 30 s between attempts. Sending is
-idempotent (runs are found by tag before one is created; metrics keep the timestamp of their epoch,
-and the store drops exact duplicates), so a request whose answer was lost is simply sent again.
-`SweepRun.end()` also fills in, from the results the driver saw, any epoch a worker could not deliver
-before Ray stopped it. Measured: in tests/test_tracking.py a server stopped for ~10 s (then restarted on
-the same port and store) while two trials log loses no epoch metric, and no call waits more than 2 s;
-by hand, a 30 s outage with a trial logging every 2 s (and one starting mid-outage): worst log_epoch
-5 ms, every epoch delivered once the server was back.
+Outages: every write is buffered in memory and sent with one HTTP attempt (MLflow's own retries
+switched off, 5 s timeout), so with the server down a call returns in milliseconds (connection
+refused), or after one timeout when the host black-holes packets, and is retried 1, 2, 4 ... 30 s
+later; `flush` insists until a deadline. tests/test_tracking.py stops the server while trials log and
+checks that every epoch arrives once it is back.
+
+No metric step is written twice. Before its first write to a child run, a driver process reads which
+steps the run already has (an earlier driver of the same sweep wrote them) and never sends those
+again; what it sends joins that set. A trial that re-runs an epoch (resumed from a checkpoint older
+than its last report) keeps the first value. A step whose answer was lost is sent again unchanged
+(same value, same timestamp: the worker's report time), and the store keeps one copy.
 
 This module and the CLIs (`promote`, `predict`, `report`) are the only places that import mlflow.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -30,8 +31,8 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -40,33 +41,35 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
+from tuner.architecture import count_macs, count_params
 from tuner.checkpoint import model_from_checkpoint, save_checkpoint
+from tuner.config import TrainConfig, format_stages
 from tuner.errors import UserError
 from tuner.evaluate import preprocess
-from tuner.model import count_macs, count_params
+from tuner.mlflow_names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME  # noqa: F401 - CHAMPION_ALIAS: the CLIs' name
 from tuner.outcomes import run_status
-from tuner.train import TrainConfig
+from tuner.train import EpochMetrics
 
-DEFAULT_MODEL_NAME = "modified-resnet-cifar10"
 DEFAULT_EXPERIMENT = "tuner"
-CHAMPION_ALIAS = "champion"
 LOCAL_DB = "mlflow.db"
 LOCAL_ARTIFACTS = "mlartifacts"
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
 MODEL_ARTIFACT = "model"
+# What a trial's child run holds per epoch (step = epoch): the training loop's metrics.
+EPOCH_METRICS = tuple(f.name for f in dataclasses.fields(EpochMetrics) if f.name != "epoch")
 
 TAG_SWEEP = "tuner.sweep"
 TAG_TRIAL = "tuner.trial_id"
+TAG_INDEX = "tuner.index"
 TAG_OUTCOME = "tuner.outcome"
 TAG_PARAMS = "tuner.params"
 TAG_MACS = "tuner.macs"
 TAG_GPU_SECONDS = "tuner.gpu_seconds"
 TAG_PARENT = "mlflow.parentRunId"
-TAG_RUN_NAME = "mlflow.runName"
 PARENT_TAGS = ("tuner.git_commit", "tuner.space_hash", "tuner.data_fingerprint", "tuner.ray_address")
 
 
-# One attempt per request, short timeout: a trial never sits in MLflow's retry loop (default: 7
+# One attempt per request, short timeout: the driver never sits in MLflow's retry loop (default: 7
 # retries with exponential backoff, about 4 minutes) while the server is away; we retry ourselves.
 QUICK_HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
@@ -156,12 +159,6 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --port 5000"
 
 
-def add_tracking_argument(parser: Any) -> None:
-    """The `--mlflow-uri` flag every CLI that reads the store shares (resolved by `open_client`)."""
-    parser.add_argument("--mlflow-uri",
-                        help="tracking server or store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
-
-
 def open_client(flag: str | None) -> tuple[MlflowClient, str]:
     """A client for the CLIs that read a store: resolved URI, store must exist, server must answer."""
     uri = resolve_tracking_uri(flag)
@@ -179,19 +176,21 @@ def client_for(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def trial_label(index: int) -> str:
+    """`t007`: the trial's sample number, shared by its run name and its folder under --storage."""
+    return f"t{index:03d}"
+
+
 def trial_run_name(index: int, config: TrainConfig) -> str:
     """A readable child-run name: `t007 w64-128-256 b2-2-2 lr0.05`."""
-    widths = "-".join(str(w) for w in config.widths)
-    blocks = "-".join(str(b) for b in config.blocks)
-    return f"t{index:03d} w{widths} b{blocks} lr{config.lr:g}"
+    widths, blocks = (format_stages(stages).replace(",", "-") for stages in (config.widths, config.blocks))
+    return f"{trial_label(index)} w{widths} b{blocks} lr{config.lr:g}"
 
 
 def config_params(config: TrainConfig) -> dict[str, str]:
-    """TrainConfig as MLflow params: lists as `64,128,256`, everything a string."""
-    return {
-        key: ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
-        for key, value in config.to_dict().items()
-    }
+    """TrainConfig as MLflow params: stage tuples as `64,128,256`, everything a string."""
+    return {key: format_stages(value) if isinstance(value, list) else str(value)
+            for key, value in config.to_dict().items()}
 
 
 def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
@@ -355,27 +354,6 @@ def _permanent(err: Exception) -> bool:
     return isinstance(err, MlflowException) and err.error_code in PERMANENT_ERRORS
 
 
-def _send_metrics(client: MlflowClient, run_id: str, pending: list[Metric], what: str) -> None:
-    """Send and remove `pending` in REST-sized batches; a batch the server rejects as invalid is dropped."""
-    while pending:
-        batch = pending[:MAX_BATCH_METRICS]
-        try:
-            client.log_batch(run_id, metrics=batch)
-        except MlflowException as err:
-            if not _permanent(err):
-                raise
-            _warn(f"{what}: the store rejected {len(batch)} metrics ({_short(err)}); dropped them")
-        del pending[: len(batch)]
-
-
-def _epoch_metrics(metrics: Mapping[str, float], epoch: int, timestamp_ms: int) -> list[Metric]:
-    return [
-        Metric(key, float(value), timestamp_ms, int(epoch))
-        for key, value in metrics.items()
-        if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)
-    ]
-
-
 def _log_params_once(client: MlflowClient, run: Run, params: Mapping[str, str], what: str) -> None:
     """Params are immutable in MLflow: log the missing ones, warn (never fail) about changed values."""
     existing = run.data.params
@@ -392,109 +370,186 @@ def _now_ms() -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# worker side: one trial
+# the trials: child runs
 
 
-class TrialRun:
-    """The child run of one trial, written from wherever the trial runs (a Ray worker on any node).
+@dataclass
+class _ChildRun:
+    """What the driver still has to write to one trial's child run, and which steps the run holds."""
 
-    Never raises and never waits long for the tracking store: everything is buffered and sent with
-    one quick attempt per call, and again on later calls; `finish` insists until its timeout.
+    trial_id: str
+    run_name: str
+    tags: dict[str, str]                 # set when the run is made (and again when it is found)
+    params: dict[str, str]
+    create: bool = True                  # False: tag the run if it exists, never make one
+    reopen: bool = False                 # the trial runs again: status RUNNING, no outcome yet
+    run_id: str | None = None            # None until found or made in this process
+    had_outcome: bool = False            # the run had an outcome tag when this process found it
+    steps: dict[str, set[int]] = field(default_factory=dict)  # per metric: steps the run has
+    metrics: list[Metric] = field(default_factory=list)
+    end_tags: dict[str, str] = field(default_factory=dict)
+    keep_outcome: bool = False           # leave an outcome the run already has
+    status: str | None = None            # set_terminated with this
+
+
+class TrialRuns:
+    """The child runs of one sweep's trials, written by the driver alone.
+
+    `start` a trial (its run is made with its config as params), `log_epoch` its metrics, `finish` it
+    with its outcome. Calls never raise and never wait long: everything is buffered and sent as
+    described in the module docstring; `flush` insists until a deadline.
+
+    Ray keeps this object in its experiment state for --resume, so it pickles as its addresses alone
+    (tracking URI, experiment, parent run, sweep name): a driver that unpickles it connects anew, reads
+    each run's steps before writing to it, and what an earlier driver had buffered comes back from the
+    trials' result files (`tuner.bookkeeping.OutcomeRecorder.backfill`).
     """
 
-    def __init__(
-        self, uri: str, parent_run_id: str, trial_id: str, run_name: str, config: TrainConfig, tags: dict[str, str]
-    ) -> None:
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep_name: str) -> None:
         self.uri = uri
+        self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
-        self.trial_id = trial_id
-        self.run_name = run_name
-        self.config = config
-        self.run_id: str | None = None
-        self.experiment_id: str | None = None
-        self._client = client_for(uri)
-        self._tags = {
-            TAG_TRIAL: trial_id,
-            TAG_PARAMS: str(count_params(config)),
-            TAG_MACS: str(count_macs(config)),
-            **{k: str(v) for k, v in (tags or {}).items()},
-        }
-        self._params = config_params(config)
-        self._setup_done = False
-        self._logged_steps: set[int] = set()
-        self._metrics: list[Metric] = []
-        self._final_tags: dict[str, str] = {}
-        self._end_status: str | None = None
-        self._sender = _Sender(f"trial {trial_id}", self._sync)
-        self._sender.attempt()
+        self.sweep_name = sweep_name
+        self._connect_later()
+
+    def _connect_later(self) -> None:
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, _ChildRun] = {}
+        self._dirty: dict[str, None] = {}  # trials with something to send, in the order they came
+        self._sender = _Sender(f"sweep {self.sweep_name}", self._sync)
+
+    def __getstate__(self) -> dict[str, str]:
+        return {"uri": self.uri, "experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
+                "sweep_name": self.sweep_name}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.__dict__.update(state)
+        self._connect_later()
 
     @property
     def pending(self) -> int:
-        """Metrics logged but not yet in the store."""
-        return len(self._metrics)
+        """Epoch metrics received but not yet in the store."""
+        return sum(len(run.metrics) for run in self._runs.values())
 
-    def log_epoch(self, metrics: Mapping[str, float], epoch: int) -> None:
-        """Record one epoch's metrics at step=epoch; sends now if the store answers, else later."""
-        self._metrics.extend(_epoch_metrics(metrics, epoch, _now_ms()))
-        self._sender.attempt()
+    def start(self, trial_id: str, index: int, config: TrainConfig, reopen: bool = True) -> None:
+        """A trial starts (again, when `reopen`): its run, named and tagged, with the config as params."""
+        run = self._run(trial_id)
+        if not run.params:
+            run.run_name, run.params, run.create = trial_run_name(index, config), config_params(config), True
+            run.tags.update({TAG_INDEX: str(index), TAG_PARAMS: str(count_params(config)),
+                             TAG_MACS: str(count_macs(config))})
+        run.reopen = run.reopen or reopen
+        self._send(trial_id)
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._final_tags.update({k: str(v) for k, v in tags.items()})
-        self._sender.attempt()
+    def log_epoch(self, trial_id: str, metrics: Mapping[str, float], epoch: int,
+                  timestamp_ms: int | None = None) -> None:
+        """One epoch's metrics at step=epoch; `timestamp_ms` (default now) should be when the trial
+        reported it, so that the same epoch sent again is the same metric."""
+        at = _now_ms() if timestamp_ms is None else int(timestamp_ms)
+        values = [Metric(key, float(value), at, int(epoch)) for key, value in metrics.items()
+                  if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)]
+        if values:
+            self._run(trial_id).metrics.extend(values)
+            self._send(trial_id)
+
+    def finish(self, trial_id: str, outcome: str, tags: Mapping[str, str] | None = None, create: bool = True,
+               keep_outcome: bool = False) -> None:
+        """Tag the trial's outcome and end its run. `create=False`: only if the run exists (a trial that
+        may never have started); `keep_outcome`: leave an outcome the run already has."""
+        run = self._run(trial_id, create)
+        run.end_tags.update({**{k: str(v) for k, v in (tags or {}).items()}, TAG_OUTCOME: outcome})
+        run.status, run.keep_outcome, run.reopen = run_status(outcome), keep_outcome, False
+        self._send(trial_id)
 
     def flush(self, timeout_s: float) -> bool:
-        """Send everything pending, retrying until done (True) or `timeout_s` passed (False)."""
+        """Send everything buffered, retrying until done (True) or `timeout_s` passed (False)."""
         return self._sender.drain(timeout_s)
 
-    def finish(self, outcome: str, tags: dict[str, str] | None = None, timeout_s: float = 120.0) -> bool:
-        """Set the outcome (and e.g. tuner.gpu_seconds), end the run, flush; False if data is left over."""
-        self._final_tags.update({TAG_OUTCOME: outcome, **{k: str(v) for k, v in (tags or {}).items()}})
-        self._end_status = run_status(outcome)
-        done = self.flush(timeout_s)
-        if not done:
-            _warn(f"trial {self.trial_id}: {self.pending} metrics not delivered within {timeout_s:.0f}s "
-                  f"({self._sender.last_error}); the sweep driver fills in what it saw at the end")
-        return done
+    def _run(self, trial_id: str, create: bool = True) -> _ChildRun:
+        """The trial's entry; one made here (no start seen) names the run by the trial id alone."""
+        if trial_id not in self._runs:
+            tags = {TAG_PARENT: self.parent_run_id, TAG_SWEEP: self.sweep_name, TAG_TRIAL: trial_id}
+            self._runs[trial_id] = _ChildRun(trial_id, f"trial {trial_id}", tags, {}, create=create)
+        return self._runs[trial_id]
+
+    def _send(self, trial_id: str) -> None:
+        self._dirty[trial_id] = None
+        self._sender.attempt()
 
     def _sync(self) -> None:
-        client = self._client
-        if not self._setup_done:
-            parent = client.get_run(self.parent_run_id)
-            self.experiment_id = parent.info.experiment_id
-            run = find_trial_run(client, self.experiment_id, self.parent_run_id, self.trial_id)
-            if run is None:
-                tags = {TAG_PARENT: self.parent_run_id, **self._tags}
-                if TAG_SWEEP in parent.data.tags:
-                    tags[TAG_SWEEP] = parent.data.tags[TAG_SWEEP]
-                run = client.create_run(self.experiment_id, run_name=self.run_name, tags=tags)
-            else:  # a resumed trial: same run, running again
-                if run.info.status != "RUNNING":
-                    client.update_run(run.info.run_id, status="RUNNING")
-                if TAG_OUTCOME in run.data.tags:
-                    client.delete_tag(run.info.run_id, TAG_OUTCOME)
-                client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in self._tags.items()])
-                # Epochs that reached the store before the trial was interrupted: a resumed trial may run
-                # its last epoch again (Ray resumes from the last checkpoint it recorded), keep one value.
-                self._logged_steps = {m.step for m in client.get_metric_history(run.info.run_id, "val_acc")}
-            self.run_id = run.info.run_id
-            _log_params_once(client, run, self._params, f"trial {self.trial_id}")
-            self._setup_done = True
-        self._metrics[:] = [m for m in self._metrics if m.step not in self._logged_steps]
-        _send_metrics(client, self.run_id, self._metrics, f"trial {self.trial_id}")
-        if self._final_tags:
-            client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in self._final_tags.items()])
-            self._final_tags = {}
-        if self._end_status:
-            client.set_terminated(self.run_id, self._end_status)
-            self._end_status = None
+        if self._client is None:
+            self._client = client_for(self.uri)
+        for trial_id in list(self._dirty):
+            self._sync_run(self._client, self._runs[trial_id])
+            del self._dirty[trial_id]
+
+    def _sync_run(self, client: MlflowClient, run: _ChildRun) -> None:
+        found = None
+        if run.run_id is None:
+            found = self._open(client, run)
+            if found is None:
+                return
+        if run.reopen:
+            found = found or client.get_run(run.run_id)
+            if found.info.status != "RUNNING":
+                client.update_run(run.run_id, status="RUNNING")
+            if TAG_OUTCOME in found.data.tags:
+                client.delete_tag(run.run_id, TAG_OUTCOME)
+            run.reopen = run.had_outcome = False
+        # The first value of a step is kept: a step the run has is never sent again.
+        sent = run.steps
+        fresh, seen = [], set()
+        for metric in run.metrics:
+            if metric.step not in sent.get(metric.key, ()) and (metric.key, metric.step) not in seen:
+                fresh.append(metric)
+                seen.add((metric.key, metric.step))
+        run.metrics = fresh
+        while run.metrics:
+            batch = run.metrics[:MAX_BATCH_METRICS]
+            try:
+                client.log_batch(run.run_id, metrics=batch)
+            except MlflowException as err:
+                if not _permanent(err):
+                    raise
+                _warn(f"trial {run.trial_id}: the store rejected {len(batch)} metrics ({_short(err)}); dropped them")
+            for metric in batch:
+                sent.setdefault(metric.key, set()).add(metric.step)
+            del run.metrics[: len(batch)]
+        if run.end_tags:
+            if not (run.keep_outcome and run.had_outcome):
+                client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in run.end_tags.items()])
+                client.set_terminated(run.run_id, run.status)
+                run.had_outcome = True
+            run.end_tags, run.status = {}, None
+
+    def _open(self, client: MlflowClient, run: _ChildRun) -> Run | None:
+        """The trial's run: an earlier driver's (its steps read) or a new one; None when there is none to
+        write to (`create=False`)."""
+        found = find_trial_run(client, self.experiment_id, self.parent_run_id, run.trial_id)
+        if found is None:
+            if not run.create:
+                self._runs.pop(run.trial_id)
+                return None
+            found = client.create_run(self.experiment_id, run_name=run.run_name, tags=run.tags)
+        else:
+            run.steps = {key: {m.step for m in client.get_metric_history(found.info.run_id, key)}
+                         for key in found.data.metrics}
+            run.had_outcome = TAG_OUTCOME in found.data.tags
+            stale = {k: v for k, v in run.tags.items() if found.data.tags.get(k) != v}
+            if stale:
+                client.log_batch(found.info.run_id, tags=[RunTag(k, v) for k, v in stale.items()])
+        _log_params_once(client, found, run.params, f"trial {run.trial_id}")
+        run.run_id = found.info.run_id
+        return found
 
 
 # ---------------------------------------------------------------------------------------------
-# driver side: the sweep
+# the sweep: the parent run
 
 
 class SweepRun:
-    """The parent run of a sweep, written by the driver. Bookkeeping is buffered like TrialRun's."""
+    """The parent run of a sweep, written by the driver: setup, summary metrics, the registered model.
+    Summary metrics are buffered like the trials' (`TrialRuns`)."""
 
     def __init__(self, client: MlflowClient, uri: str, sweep_name: str, run_id: str, experiment_id: str) -> None:
         self._client = client
@@ -503,13 +558,8 @@ class SweepRun:
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.resumed = False
-        self._children: dict[str, str] = {}  # trial id -> child run id
-        self._outcomes: dict[str, tuple[str, dict[str, str], str | None, TrainConfig | None, bool]] = {}
         self._metrics: list[Metric] = []
-        # what the driver saw of every trial, to fill in epochs a worker could not deliver
-        self._seen: dict[str, dict[int, tuple[int, dict[str, float]]]] = {}
-        self._seen_names: dict[str, str] = {}
-        self._seen_configs: dict[str, TrainConfig] = {}
+        self._end_status: str | None = None
         self._sender = _Sender(f"sweep {sweep_name}", self._sync)
 
     @classmethod
@@ -541,6 +591,10 @@ class SweepRun:
             client.log_artifact(run.info.run_id, str(space_file), "space")
         return sweep
 
+    def trial_runs(self) -> TrialRuns:
+        """The writer of this sweep's child runs."""
+        return TrialRuns(self.uri, self.experiment_id, self.run_id, self.sweep_name)
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Sweep-level metrics (e.g. best val acc so far) on the parent run; buffered."""
         self._metrics.extend(
@@ -548,83 +602,14 @@ class SweepRun:
         )
         self._sender.attempt()
 
-    def record_epoch(
-        self, trial_id: str, metrics: Mapping[str, float], epoch: int,
-        run_name: str | None = None, config: TrainConfig | None = None,
-    ) -> None:
-        """Remember a result the driver received (cheap, no I/O): `end()` fills in any epoch the
-        trial's worker could not deliver (e.g. Ray stopped it while the store was down)."""
-        self._seen.setdefault(trial_id, {})[int(epoch)] = (_now_ms(), dict(metrics))
-        if run_name:
-            self._seen_names[trial_id] = run_name
-        if config is not None:
-            self._seen_configs[trial_id] = config
-
-    def set_trial_outcome(
-        self, trial_id: str, outcome: str, tags: dict[str, str] | None = None,
-        run_name: str | None = None, config: TrainConfig | None = None, create: bool = True,
-    ) -> None:
-        """Tag a trial's outcome on its child run, creating the run if the trial never logged
-        (e.g. infeasible: give `run_name` and `config` so it shows with its params) unless `create` is
-        False (a trial that may never have started)."""
-        self._outcomes[trial_id] = (outcome, {k: str(v) for k, v in (tags or {}).items()}, run_name, config, create)
-        self._sender.attempt()
-
-    def flush(self, timeout_s: float) -> bool:
-        return self._sender.drain(timeout_s)
-
-    def child_run_id(self, trial_id: str, create: bool = False) -> str | None:
-        """The child run of a trial (found by tag), created when asked and missing."""
-        if trial_id in self._children:
-            return self._children[trial_id]
-        run = find_trial_run(self._client, self.experiment_id, self.run_id, trial_id)
-        if run is None and create:
-            config = self._seen_configs.get(trial_id)
-            tags = {TAG_PARENT: self.run_id, TAG_TRIAL: trial_id, TAG_SWEEP: self.sweep_name}
-            if config is not None:
-                tags.update({TAG_PARAMS: str(count_params(config)), TAG_MACS: str(count_macs(config))})
-            name = self._seen_names.get(trial_id) or f"trial {trial_id}"
-            run = self._client.create_run(self.experiment_id, run_name=name, tags=tags)
-            if config is not None:
-                _log_params_once(self._client, run, config_params(config), f"trial {trial_id}")
-        if run is None:
-            return None
-        self._children[trial_id] = run.info.run_id
-        return run.info.run_id
-
     def _sync(self) -> None:
-        client = self._client
-        for trial_id in list(self._outcomes):
-            outcome, tags, run_name, config, create = self._outcomes[trial_id]
-            if run_name:
-                self._seen_names.setdefault(trial_id, run_name)
-            if config is not None:
-                self._seen_configs.setdefault(trial_id, config)
-            run_id = self.child_run_id(trial_id, create=create)
-            if run_id is not None:
-                client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {**tags, TAG_OUTCOME: outcome}.items()])
-                if client.get_run(run_id).info.status == "RUNNING":
-                    client.set_terminated(run_id, run_status(outcome))
-            del self._outcomes[trial_id]
-        _send_metrics(client, self.run_id, self._metrics, f"sweep {self.sweep_name}")
-
-    def reconcile(self) -> int:
-        """Log every epoch metric the driver saw that is missing from its child run; returns how many."""
-        client = self._client
-        filled = 0
-        for trial_id, epochs in self._seen.items():
-            run_id = self.child_run_id(trial_id, create=True)
-            keys = {k for _, metrics in epochs.values() for k in metrics if k != "epoch"}
-            present = {key: {m.step for m in client.get_metric_history(run_id, key)} for key in keys}
-            missing = [
-                metric
-                for epoch, (timestamp, metrics) in sorted(epochs.items())
-                for metric in _epoch_metrics(metrics, epoch, timestamp)
-                if metric.step not in present[metric.key]
-            ]
-            filled += len(missing)
-            _send_metrics(client, run_id, missing, f"trial {trial_id}")
-        return filled
+        while self._metrics:
+            batch = self._metrics[:MAX_BATCH_METRICS]
+            self._client.log_batch(self.run_id, metrics=batch)
+            del self._metrics[: len(batch)]
+        if self._end_status:
+            self._client.set_terminated(self.run_id, self._end_status)
+            self._end_status = None
 
     def register_best(
         self, checkpoint: dict, trial_id: str, val_acc: float, model_name: str = DEFAULT_MODEL_NAME,
@@ -637,7 +622,8 @@ class SweepRun:
                             f"({self._sender.last_error}): best trial {trial_id} not registered; "
                             f"bring the server back and run the sweep again with the same name to resume")
         model, config = model_from_checkpoint(checkpoint)
-        run_id = self.child_run_id(trial_id) or self.run_id
+        child = find_trial_run(self._client, self.experiment_id, self.run_id, trial_id)
+        run_id = child.info.run_id if child else self.run_id
         parent_tags = self._client.get_run(self.run_id).data.tags
 
         # The input example: two uint8 images normalised like the training data. Two, not one:
@@ -695,24 +681,14 @@ class SweepRun:
         return str(version.version)
 
     def end(self, status: str = "FINISHED", timeout_s: float = 120.0) -> bool:
-        """Deliver pending bookkeeping, fill in epochs the workers could not deliver, end the parent
-        run. False (with a warning) if the store stayed unreachable for `timeout_s`."""
-        self._filled = 0
+        """Deliver the summary metrics and end the parent run; False (with a warning) if the store stayed
+        unreachable for `timeout_s`."""
         self._end_status = status
-        sender = _Sender(f"sweep {self.sweep_name}", self._sync_end)
-        done = sender.drain(timeout_s)
-        if self._filled:
-            _warn(f"sweep {self.sweep_name}: filled in {self._filled} epoch metrics the workers could not deliver")
+        done = self._sender.drain(timeout_s)
         if not done:
             _warn(f"sweep {self.sweep_name}: tracking store unreachable for {timeout_s:.0f}s "
-                  f"({sender.last_error}); the parent run stays RUNNING and some trial data is missing")
+                  f"({self._sender.last_error}); the parent run stays RUNNING")
         return done
-
-    def _sync_end(self) -> None:
-        self._sync()
-        self._filled += self.reconcile()
-        self._seen.clear()
-        self._client.set_terminated(self.run_id, self._end_status)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,337 @@
+"""The sweep driver's bookkeeping: the budget, every trial's child run and outcome, the rejected configs,
+and the two adapters through which Ray Tune calls them (`SweepCallback`, `BudgetStop`).
+
+All of it runs in the driver, the only writer of MLflow and of the Optuna study. Tune pickles these
+objects into the experiment state that --resume reads, so each is a module-level class that holds plain
+values or objects that reconnect by themselves (`tracking.TrialRuns`, the study inside the searcher),
+and gets what it uses through its constructor (tuner.run.new_tuner wires them):
+
+    SweepCallback -> OutcomeRecorder -> TrialRuns      (the child runs)
+                                     -> SpaceSearcher  (its study: which trials are finished)
+                                     -> BudgetStopper  <- BudgetStop (Tune's stopper)
+    SpaceSearcher -> RejectionRecorder -> TrialRuns    (the same object)
+
+Tune pickles the callback and the searcher together, when the Tuner is made, so a resumed driver gets
+them back still sharing one TrialRuns and one searcher, hence one study; the searcher's own snapshots
+leave `on_rejected` out to keep it so. Tune snapshots its stopper on its own (see `BudgetStopper`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+from ray import tune
+from ray.tune.experiment import Trial
+
+from tuner import interrupts, outcomes
+from tuner.config import TrainConfig
+from tuner.searcher import SpaceSearcher, fail_trials, tell_stopped
+from tuner.tracking import EPOCH_METRICS, TrialRuns, trial_label
+
+RESULT_FILE = "result.json"  # Ray's per-trial record of every reported result, one JSON object a line
+FLUSH_TIMEOUT_S = 120.0
+
+
+class BudgetStopper:
+    """Stops the whole sweep once the trials' GPU-seconds (GPU share x wall time) reach budget.gpu_hours,
+    their epochs together reach budget.epochs, or the sweep has run budget.wall_time_s.
+
+    What has been spent is written to a ledger file in the sweep's folder after every result, for the
+    next driver of the sweep: Tune restores its stopper for --resume from its own periodic snapshot, which
+    can be older than the last results, and the recorder of a resumed driver holds a copy of its own
+    (from the Tuner's pickle). So a BudgetStopper that comes out of a pickle reads the ledger once, at its
+    first use; one made in this process is the one both the stopper and the recorder hold. The wall-time
+    clock runs only while a driver runs, and adds up over resumes.
+    """
+
+    def __init__(self, gpu_hours: float | None = None, epochs: int | None = None,
+                 wall_time_s: float | None = None, ledger: Path | None = None) -> None:
+        self.limit_s = gpu_hours * 3600 if gpu_hours else None
+        self.limit_epochs = epochs
+        self.limit_wall_s = wall_time_s
+        self.ledger = ledger
+        self.spent: dict[str, float] = {}  # GPU-seconds per trial
+        self.epochs: dict[str, int] = {}
+        self.wall_s = 0.0
+        self.reason: str | None = None  # which budget ran out
+        self._last_check: float | None = None
+        self._read_ledger = ledger is None or not ledger.is_file()  # a new sweep: nothing to read
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _last_check=None, _read_ledger=False)
+
+    def record(self, trial_id: str, result: dict) -> None:
+        """A trial's latest result: both figures are cumulative per trial."""
+        self._catch_up()
+        self.spent[trial_id] = float(result.get("gpu_seconds", 0.0))
+        self.epochs[trial_id] = int(result.get("epoch", 0))
+        self._write()
+
+    def spent_reason(self) -> str | None:
+        """Which budget ran out (gpu_hours, epochs, wall_time), or None; advances the wall-time clock."""
+        self._catch_up()
+        now = time.monotonic()
+        if self._last_check is not None:
+            self.wall_s += now - self._last_check
+        self._last_check = now
+        if self.reason is None:
+            if self.limit_s is not None and sum(self.spent.values()) >= self.limit_s:
+                self.reason = "gpu_hours"
+            elif self.limit_epochs is not None and sum(self.epochs.values()) >= self.limit_epochs:
+                self.reason = "epochs"
+            elif self.limit_wall_s is not None and self.wall_s >= self.limit_wall_s:
+                self.reason = "wall_time"
+            if self.reason is not None:
+                self._write()
+        return self.reason
+
+    def _catch_up(self) -> None:
+        if self._read_ledger:
+            return
+        self._read_ledger = True
+        if self.ledger is not None and self.ledger.is_file():
+            state = json.loads(self.ledger.read_text())
+            # Both figures only grow per trial, and a pickled copy may be older than the ledger or newer.
+            for mine, theirs in ((self.spent, state["gpu_seconds"]), (self.epochs, state["epochs"])):
+                mine.update({trial: max(value, mine.get(trial, value)) for trial, value in theirs.items()})
+            self.wall_s = max(self.wall_s, state["wall_seconds"])
+            self.reason = self.reason or state["spent"]
+
+    def _write(self) -> None:
+        if self.ledger is not None:
+            partial = self.ledger.with_suffix(".partial")
+            partial.write_text(json.dumps({"gpu_seconds": self.spent, "epochs": self.epochs,
+                                           "wall_seconds": self.wall_s, "spent": self.reason}))
+            partial.replace(self.ledger)  # a driver killed mid-write leaves the previous ledger whole
+
+
+class BudgetStop(tune.Stopper):
+    """The budget as Tune's Stopper: every result is counted, and Tune asks before each step."""
+
+    def __init__(self, budget: BudgetStopper) -> None:
+        self.budget = budget
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.budget.record(trial_id, result)
+        return False
+
+    def stop_all(self) -> bool:
+        return self.budget.spent_reason() is not None
+
+
+class RejectionRecorder:
+    """Records a configuration rejected by the constraints as an `infeasible` child run."""
+
+    def __init__(self, runs: TrialRuns) -> None:
+        self.runs = runs
+
+    def __call__(self, index: int, config: TrainConfig, reason: str) -> None:
+        trial_id = f"rejected-{index:04d}"
+        self.runs.start(trial_id, index, config, reopen=False)
+        self.runs.finish(trial_id, outcomes.INFEASIBLE, {"tuner.infeasible_reason": reason})
+
+
+class OutcomeRecorder:
+    """Every trial's child run, from its start to its outcome, and one progress line per trial.
+
+    Outcomes are decided here because a trial stopped by ASHA is ended by Ray and cannot say so itself.
+    The searcher's study says which trials are finished across drivers; the budget says whether it ran out.
+    """
+
+    def __init__(self, runs: TrialRuns, searcher: SpaceSearcher, budget: BudgetStopper, metric: str,
+                 max_epochs: int, trials: int) -> None:
+        self.runs, self.searcher, self.budget = runs, searcher, budget
+        self.metric, self.max_epochs, self.trials = metric, max_epochs, trials
+        self.done = 0
+        self._ended: set[str] = set()  # trials this driver gave an outcome
+        self._backfilled = False
+
+    def count_finished(self) -> None:
+        """Start the progress count at the trials already finished (a resumed sweep's earlier drivers)."""
+        self.done = sum(1 for t in self.searcher.study.get_trials(deepcopy=False)
+                        if "ray_trial_id" in t.user_attrs and t.state.is_finished()
+                        and not t.user_attrs.get(outcomes.ABANDONED))
+
+    def backfill(self, trials: list[Trial]) -> None:
+        """Log every epoch in the trials' own result files under --storage: what an earlier driver of this
+        sweep received but had not written when it died. Done once, at this driver's first step, where
+        only a resumed sweep has trials yet. Steps the runs already have are skipped (`TrialRuns` never
+        sends a step twice)."""
+        if self._backfilled:
+            return
+        self._backfilled = True
+        if not trials:
+            return
+        try:
+            found = read_results(trials[0].storage.storage_filesystem, trials[0].remote_experiment_path)
+        except OSError as err:
+            print(f"cannot read the trials' result files ({err}); epochs an earlier driver did not write stay "
+                  "missing", flush=True)
+            return
+        for trial_id, rows in found:
+            config = rows[0].get("config") or {}
+            if "train" in config:
+                self.runs.start(trial_id, int(config.get("index", 0)), TrainConfig.from_dict(config["train"]),
+                                reopen=False)
+            for row in rows:
+                self._log_epoch(trial_id, row)
+
+    def started(self, trial: Trial) -> None:
+        self.runs.start(trial.trial_id, int(trial.config.get("index", 0)), TrainConfig.from_dict(trial.config["train"]))
+
+    def result(self, trial: Trial, result: dict) -> None:
+        self._log_epoch(trial.trial_id, result)
+
+    def _log_epoch(self, trial_id: str, result: dict) -> None:
+        if "epoch" not in result or result.get("diverged") or result.get("error"):
+            return  # a failed epoch has no metrics to keep
+        # The worker's report time: the same epoch sent again (a backfill, a retry) is the same metric.
+        timestamp_ms = int(float(result["reported_at"]) * 1000) if "reported_at" in result else None
+        self.runs.log_epoch(trial_id, {k: result[k] for k in EPOCH_METRICS if k in result}, int(result["epoch"]),
+                            timestamp_ms)
+
+    def complete(self, trial_id: str, result: dict, errored: bool, outcome: str | None = None,
+                 create_run: bool = True) -> None:
+        self._log_epoch(trial_id, result)  # Tune may end a trial on a result it did not pass on first
+        outcome = outcome or outcomes.of_result(result, errored, self.max_epochs)
+        self.done += 1
+        value = result.get(self.metric)
+        print(f"[{self.done}/{self.trials}] trial {trial_id} {outcome}"
+              + (f", {self.metric} {value:.4f} at epoch {result.get('epoch')}" if value is not None else ""),
+              flush=True)
+        self.runs.finish(trial_id, outcome, _outcome_tags(result), create=create_run)
+        self._ended.add(trial_id)
+
+    def experiment_end(self, trials: list[Trial]) -> None:
+        """Finish the trials Tune ended without saying so, then deliver everything buffered.
+
+        - Trials a killed driver started after its last snapshot: the resumed driver does not know them
+          and samples others instead. Outcome `abandoned`, FAIL in the study.
+        - Trials the budget stopped: outcome `stopped_by_budget_at_epoch_N`, PRUNED in the study (FAIL with
+          `not_run` for a trial stopped before its first epoch). After an interrupted driver (Ctrl-C) no
+          budget is spent and they stay unfinished, for --resume.
+        - Trials an earlier driver finished: their outcome, where that driver could not write it.
+        """
+        try:
+            self.backfill(trials)
+            self._finish_unended(trials)
+        finally:
+            if not self.runs.flush(FLUSH_TIMEOUT_S):
+                print(f"tracking store unreachable for {FLUSH_TIMEOUT_S:.0f} s: {self.runs.pending} epoch metrics "
+                      "not written; --resume writes them from the trials' result files", flush=True)
+
+    def _finish_unended(self, trials: list[Trial]) -> None:
+        import optuna
+
+        study = self.searcher.study
+        # The study knows which trials nobody has finished, across resumes too (Tune's trials do not).
+        unfinished = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if "ray_trial_id" in t.user_attrs}
+        results = {trial.trial_id: trial.last_result or {} for trial in trials}
+        for trial in trials:
+            if (trial.status in (Trial.TERMINATED, Trial.ERROR) and trial.trial_id not in unfinished
+                    and trial.trial_id not in self._ended):
+                result = trial.last_result or {}
+                self.runs.finish(trial.trial_id, outcomes.of_result(result, trial.status == Trial.ERROR,
+                                                                    self.max_epochs),
+                                 _outcome_tags(result), create=False, keep_outcome=True)
+        abandoned = [t for trial_id, t in unfinished.items() if trial_id not in results]
+        for frozen in abandoned:
+            epochs = max(frozen.intermediate_values, default=0)
+            print(f"trial {frozen.user_attrs['ray_trial_id']} abandoned: its driver died after {epochs} epochs, "
+                  "before saving it", flush=True)
+            self.runs.finish(frozen.user_attrs["ray_trial_id"], outcomes.ABANDONED, {"tuner.epochs_run": str(epochs)})
+        fail_trials(study, abandoned, outcomes.ABANDONED)
+
+        reason = self.budget.spent_reason()
+        if reason is None:
+            return
+        print(f"budget.{reason} is spent: the sweep stops here", flush=True)
+        stopped, not_run = [], []
+        for trial_id, frozen in unfinished.items():
+            result = results.get(trial_id)
+            if result is None:
+                continue  # abandoned
+            if "epoch" not in result and frozen.intermediate_values:
+                # It ran under a driver that was killed before its snapshot held any result; the budget ran
+                # out before the resumed driver started it again. The study has what it reported.
+                epoch = max(frozen.intermediate_values)
+                result = {"epoch": epoch, self.metric: frozen.intermediate_values[epoch],
+                          "gpu_seconds": self.budget.spent.get(trial_id, 0.0)}
+            by_budget = outcomes.of_result(result, errored=False, max_epochs=self.max_epochs, stopped_by="budget")
+            if "epoch" in result:
+                stopped.append((frozen, result))
+                self.complete(trial_id, result, errored=False, outcome=by_budget)
+            else:  # started without finishing an epoch, or never started: no MLflow run is made for it
+                not_run.append(frozen)
+                self.complete(trial_id, {"epoch": 0}, errored=False, create_run=False,
+                              outcome=outcomes.stopped(0, "budget"))
+        tell_stopped(study, stopped, self.metric, self.max_epochs)
+        fail_trials(study, not_run, outcomes.NOT_RUN)
+
+
+def _outcome_tags(result: dict) -> dict[str, str]:
+    # a diverged or out-of-memory trial reports the epoch it failed in, which did not finish
+    failed_epoch = 1 if result.get("diverged") or result.get("error") else 0
+    return {"tuner.gpu_seconds": f"{float(result.get('gpu_seconds', 0.0)):.1f}",
+            "tuner.epochs_run": str(int(result.get("epoch", 0)) - failed_epoch)}
+
+
+class SweepCallback(tune.Callback):
+    """Tune's calls into the recorder; all of them run in the driver."""
+
+    def __init__(self, recorder: OutcomeRecorder) -> None:
+        self.recorder = recorder
+
+    def setup(self, **info: Any) -> None:
+        interrupts.watch_sigint()
+        self.recorder.count_finished()
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        self.recorder.backfill(trials)
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.recorder.started(trial)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        self.recorder.result(trial, result)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.recorder.complete(trial.trial_id, trial.last_result or {}, errored=False)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.recorder.complete(trial.trial_id, trial.last_result or {}, errored=True)
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.recorder.experiment_end(trials)
+
+
+def trial_dirname(trial: Trial) -> str:
+    """`t007-1a2b3c4d`: Ray's default folder name spells out the whole config (hundreds of characters)."""
+    return f"{trial_label(int(trial.config.get('index', 0)))}-{trial.trial_id}"
+
+
+def read_results(fs: pyarrow.fs.FileSystem, experiment: str) -> list[tuple[str, list[dict]]]:
+    """(trial id, its results in order) for every trial folder of the experiment at `experiment` on `fs`
+    (local or s3:// alike). A line cut short by a driver that died mid-write is skipped."""
+    found = []
+    for folder in fs.get_file_info(pyarrow.fs.FileSelector(experiment, allow_not_found=True)):
+        if folder.type != pyarrow.fs.FileType.Directory:
+            continue
+        try:
+            with fs.open_input_stream(f"{folder.path}/{RESULT_FILE}") as stream:
+                lines = stream.read().decode().splitlines()
+        except (FileNotFoundError, OSError):
+            continue
+        rows = []
+        for line in lines:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        if rows and "trial_id" in rows[0]:
+            found.append((rows[0]["trial_id"], rows))
+    return found
