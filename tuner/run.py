@@ -13,12 +13,12 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuner.errors import UserError, exit_on_user_error
-from tuner.space import SearchSpace, describe, load_space
+from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
+from tuner.space import NAME_PATTERN, SearchSpace, describe, load_space
 
 SPACE_COPY = "space.yaml"
 STUDY_FILE = "optuna.db"
@@ -35,7 +35,7 @@ EXAMPLES = """examples:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tuner.run", description=__doc__.split("\n")[0],
+    parser = OneLineParser(prog="python -m tuner.run", description=__doc__.split("\n")[0],
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", help="space file; a bare name is looked up in search_spaces/")
     parser.add_argument("--name", help="sweep name (default: <space>-<date>-<time>)")
@@ -72,7 +72,18 @@ class SweepPlan:
         return f"sqlite:///{self.local_dir.parent / (sweep or self.name) / STUDY_FILE}"
 
 
+def check_sweep_name(flag: str, name: str) -> str:
+    """A sweep name becomes a folder under --storage: one plain path segment, never `..` or a path."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise UserError(f"{flag} {excerpt(name)} is not a sweep name: use 1-64 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit (no '/')")
+    return name
+
+
 def plan_sweep(args: argparse.Namespace) -> SweepPlan:
+    for flag in ("name", "resume", "warm_start"):
+        if getattr(args, flag) is not None:
+            check_sweep_name(f"--{flag.replace('_', '-')}", getattr(args, flag))
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     local_root = Path(args.storage).resolve() if "://" not in args.storage else Path(DEFAULT_STORAGE).resolve()
     if args.resume:
@@ -85,9 +96,7 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         return SweepPlan(space, args.resume, storage, local_dir, resume=True)
     space = load_space(args.space)
     if args.trials is not None:
-        if args.trials < 1:
-            raise UserError(f"--trials {args.trials} must be at least 1")
-        space = replace(space, budget=replace(space.budget, trials=args.trials))
+        space = space.with_trials(args.trials)
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     local_dir = local_root / name
     if (local_dir / SPACE_COPY).exists():
