@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tuner import outcomes
 from tuner.bookkeeping import BudgetStop, BudgetStopper
+from tuner.sweep_state import BUDGET_LEDGER, SweepState
 
 
 def test_gpu_hours_budget_counts_each_trials_latest_gpu_seconds() -> None:
@@ -37,7 +38,7 @@ def test_no_budget_never_stops() -> None:
 
 def test_the_ledger_carries_what_was_spent_into_a_restored_stopper(tmp_path: Path) -> None:
     """Tune restores its stopper from a snapshot older than the last results: the ledger brings them back."""
-    ledger = tmp_path / "budget.json"
+    ledger = SweepState(str(tmp_path), "s")
     stop = BudgetStop(BudgetStopper(gpu_hours=None, epochs=6, ledger=ledger))
     restored = pickle.loads(pickle.dumps(stop))  # what --resume gets
     for epoch in (1, 2, 3):
@@ -51,16 +52,17 @@ def test_the_ledger_carries_what_was_spent_into_a_restored_stopper(tmp_path: Pat
 
 def test_one_stopper_is_what_the_recorder_asks(tmp_path: Path) -> None:
     """In one driver the recorder and Tune's stopper hold the same object: no file in between."""
-    budget = BudgetStopper(epochs=2, ledger=tmp_path / "budget.json")
+    ledger = SweepState(str(tmp_path), "s")
+    budget = BudgetStopper(epochs=2, ledger=ledger)
     stop = BudgetStop(budget)
     stop("a", {"epoch": 2})
     assert stop.stop_all()
-    (tmp_path / "budget.json").unlink()
+    ledger.fs.delete_file(ledger.where(BUDGET_LEDGER))
     assert budget.spent_reason() == "epochs"
 
 
 def test_wall_time_runs_while_a_driver_runs_and_adds_up_over_resumes(tmp_path: Path) -> None:
-    ledger = tmp_path / "budget.json"
+    ledger = SweepState(str(tmp_path), "s")
     stop = BudgetStop(BudgetStopper(wall_time_s=1.0, ledger=ledger))
     assert not stop.stop_all()  # the clock starts at the first check
     time.sleep(0.6)
@@ -73,7 +75,7 @@ def test_wall_time_runs_while_a_driver_runs_and_adds_up_over_resumes(tmp_path: P
 
 
 def test_a_budget_spent_is_named_in_the_ledger(tmp_path: Path) -> None:
-    ledger = tmp_path / "budget.json"
+    ledger = SweepState(str(tmp_path), "s")
     assert BudgetStopper(ledger=ledger).spent_reason() is None  # no sweep has run yet
     stop = BudgetStop(BudgetStopper(gpu_hours=0.001, ledger=ledger))
     stop("a", {"gpu_seconds": 2.0, "epoch": 1})

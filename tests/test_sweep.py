@@ -96,7 +96,7 @@ def kill_after_trials(driver: subprocess.Popen, finished: int) -> set[str]:
 
 
 def study_of(workdir: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'runs' / name / 'optuna.db'}")
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{workdir / 'runs' / '_driver' / name / 'optuna.db'}")
 
 
 def child_runs(uri: str, sweep: str) -> list:

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from tuner import tracking
 from tuner.bookkeeping import BudgetStop, BudgetStopper, OutcomeRecorder
+from tuner.sweep_state import SweepState
 from tuner.tracking import SweepRun
 from tuner.train import TrainConfig
 
@@ -61,7 +62,7 @@ def end_sweep(tmp_path: Path, spent: bool) -> tuple[MlflowClient, SweepRun, optu
     study_url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = make_study(study_url, {"a": [1, 2, 3, 4], "b": [1, 2], "c": [1], "d": [1, 2, 3], "e": [], "f": []},
                        complete={"a"})
-    budget = BudgetStopper(epochs=9 if spent else 100, ledger=tmp_path / "budget.json")
+    budget = BudgetStopper(epochs=9 if spent else 100, ledger=SweepState(str(tmp_path), "end"))
     stop = BudgetStop(budget)
     for trial_id, epoch in (("a", 4), ("b", 2), ("d", 3)):
         stop(trial_id, {"epoch": epoch, "gpu_seconds": 1.5 * epoch})

@@ -28,8 +28,11 @@ from ray.tune.experiment import Trial
 
 from tuner import interrupts, outcomes
 from tuner.config import TrainConfig
+from tuner.console import trial_line
+from tuner.errors import UserError
 from tuner.searcher import SpaceSearcher, fail_trials, tell_stopped
-from tuner.tracking import EPOCH_METRICS, TrialRuns, trial_label
+from tuner.sweep_state import BUDGET_LEDGER, SweepState
+from tuner.tracking import EPOCH_METRICS, SYSTEM_PREFIX, TrialRuns, trial_label
 
 RESULT_FILE = "result.json"  # Ray's per-trial record of every reported result, one JSON object a line
 FLUSH_TIMEOUT_S = 120.0
@@ -39,7 +42,8 @@ class BudgetStopper:
     """Stops the whole sweep once the trials' GPU-seconds (GPU share x wall time) reach budget.gpu_hours,
     their epochs together reach budget.epochs, or the sweep has run budget.wall_time_s.
 
-    What has been spent is written to a ledger file in the sweep's folder after every result, for the
+    What has been spent is written to a ledger file (`budget.json` of the sweep's state under --storage,
+    tuner/sweep_state.py) after every result, for the
     next driver of the sweep: Tune restores its stopper for --resume from its own periodic snapshot, which
     can be older than the last results, and the recorder of a resumed driver holds a copy of its own
     (from the Tuner's pickle). So a BudgetStopper that comes out of a pickle reads the ledger once, at its
@@ -48,7 +52,7 @@ class BudgetStopper:
     """
 
     def __init__(self, gpu_hours: float | None = None, epochs: int | None = None,
-                 wall_time_s: float | None = None, ledger: Path | None = None) -> None:
+                 wall_time_s: float | None = None, ledger: SweepState | None = None) -> None:
         self.limit_s = gpu_hours * 3600 if gpu_hours else None
         self.limit_epochs = epochs
         self.limit_wall_s = wall_time_s
@@ -58,7 +62,7 @@ class BudgetStopper:
         self.wall_s = 0.0
         self.reason: str | None = None  # which budget ran out
         self._last_check: float | None = None
-        self._read_ledger = ledger is None or not ledger.is_file()  # a new sweep: nothing to read
+        self._read_ledger = ledger is None or not ledger.exists(BUDGET_LEDGER)  # a new sweep: nothing to read
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _last_check=None, _read_ledger=False)
@@ -92,8 +96,8 @@ class BudgetStopper:
         if self._read_ledger:
             return
         self._read_ledger = True
-        if self.ledger is not None and self.ledger.is_file():
-            state = json.loads(self.ledger.read_text())
+        state = read_ledger(self.ledger) if self.ledger is not None else None
+        if state is not None:
             # Both figures only grow per trial, and a pickled copy may be older than the ledger or newer.
             for mine, theirs in ((self.spent, state["gpu_seconds"]), (self.epochs, state["epochs"])):
                 mine.update({trial: max(value, mine.get(trial, value)) for trial, value in theirs.items()})
@@ -101,11 +105,27 @@ class BudgetStopper:
             self.reason = self.reason or state["spent"]
 
     def _write(self) -> None:
-        if self.ledger is not None:
-            partial = self.ledger.with_suffix(".partial")
-            partial.write_text(json.dumps({"gpu_seconds": self.spent, "epochs": self.epochs,
-                                           "wall_seconds": self.wall_s, "spent": self.reason}))
-            partial.replace(self.ledger)  # a driver killed mid-write leaves the previous ledger whole
+        if self.ledger is not None:  # written as budget.json.partial, then moved: never half a ledger
+            self.ledger.write_json(BUDGET_LEDGER, {"gpu_seconds": self.spent, "epochs": self.epochs,
+                                                   "wall_seconds": self.wall_s, "spent": self.reason})
+
+
+def read_ledger(state: SweepState) -> dict | None:
+    """The budget ledger of a sweep (None when it has none yet); one line when it is not one."""
+    ledger = state.read_json(BUDGET_LEDGER)
+    if ledger is None:
+        return None
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    ok = (isinstance(ledger.get("gpu_seconds"), dict) and isinstance(ledger.get("epochs"), dict)
+          and all(number(v) for part in ("gpu_seconds", "epochs") for v in ledger[part].values())
+          and number(ledger.get("wall_seconds")) and ledger.get("spent") in (None, "gpu_hours", "epochs", "wall_time"))
+    if not ok:
+        raise UserError(f"the budget ledger {state.describe(BUDGET_LEDGER)} is damaged (not the ledger tuner "
+                        "writes); restore it from a backup, or delete it to count the budget from zero")
+    return ledger
 
 
 class BudgetStop(tune.Stopper):
@@ -149,6 +169,31 @@ class OutcomeRecorder:
         self._ended: set[str] = set()  # trials this driver gave an outcome
         self._backfilled = False
 
+    @property
+    def state(self) -> SweepState | None:
+        """The sweep's state under --storage (the same object the budget writes its ledger to)."""
+        return self.budget.ledger
+
+    def verify_restored(self, trials: list[Trial]) -> None:
+        """At a resumed driver's first step, before anything is sampled or written: Ray restored every trial
+        its newest experiment state lists (it starts afresh, with a log line only, when it cannot)."""
+        expected = self.state.expected_trials if self.state is not None else None
+        if not expected:
+            return
+        missing = expected - {trial.trial_id for trial in trials}
+        if missing:
+            raise RestoreFailed(f"Ray did not restore {len(missing)} of the {len(expected)} trials in the experiment "
+                                f"state of sweep {self.state.name} (e.g. {sorted(missing)[0]}): its state files "
+                                f"under {self.state.storage_uri} are damaged or unreadable; nothing was written. "
+                                "Delete the newest experiment_state-*.json to resume from the snapshot before it")
+        self.state.expected_trials = None
+
+    def record_digests(self) -> None:
+        """The digests of the state files Ray has just written to this driver's staging folder (before it
+        uploads them), so that a later --resume can tell them from planted ones."""
+        if self.state is not None:
+            self.state.record_digests(ray_staging_folder(self.state.name))
+
     def count_finished(self) -> None:
         """Start the progress count at the trials already finished (a resumed sweep's earlier drivers)."""
         self.done = sum(1 for t in self.searcher.study.get_trials(deepcopy=False)
@@ -190,20 +235,22 @@ class OutcomeRecorder:
             return  # a failed epoch has no metrics to keep
         # The worker's report time: the same epoch sent again (a backfill, a retry) is the same metric.
         timestamp_ms = int(float(result["reported_at"]) * 1000) if "reported_at" in result else None
-        self.runs.log_epoch(trial_id, {k: result[k] for k in EPOCH_METRICS if k in result}, int(result["epoch"]),
-                            timestamp_ms)
+        # gpu_seconds as a metric the UI can chart and sort; system/* only on the epochs with a fresh sample
+        logged = {k: result[k] for k in (*EPOCH_METRICS, "gpu_seconds") if k in result}
+        logged.update({k: v for k, v in result.items() if k.startswith(SYSTEM_PREFIX)})
+        self.runs.log_epoch(trial_id, logged, int(result["epoch"]), timestamp_ms)
 
     def complete(self, trial_id: str, result: dict, errored: bool, outcome: str | None = None,
                  create_run: bool = True) -> None:
         self._log_epoch(trial_id, result)  # Tune may end a trial on a result it did not pass on first
         outcome = outcome or outcomes.of_result(result, errored, self.max_epochs)
         self.done += 1
-        value = result.get(self.metric)
-        print(f"[{self.done}/{self.trials}] trial {trial_id} {outcome}"
-              + (f", {self.metric} {value:.4f} at epoch {result.get('epoch')}" if value is not None else ""),
-              flush=True)
         self.runs.finish(trial_id, outcome, _outcome_tags(result), create=create_run)
+        self.runs.count_finished(trial_id, self.done)
+        print(trial_line(self.done, self.trials, trial_id, outcome, result, self.metric, self.runs), flush=True)
         self._ended.add(trial_id)
+        if self.state is not None:
+            self.state.upload_study()
 
     def experiment_end(self, trials: list[Trial]) -> None:
         """Finish the trials Tune ended without saying so, then deliver everything buffered.
@@ -219,6 +266,8 @@ class OutcomeRecorder:
             self.backfill(trials)
             self._finish_unended(trials)
         finally:
+            if self.state is not None:
+                self.state.upload_study()
             if not self.runs.flush(FLUSH_TIMEOUT_S):
                 print(f"tracking store unreachable for {FLUSH_TIMEOUT_S:.0f} s: {self.runs.pending} epoch metrics "
                       "not written; --resume writes them from the trials' result files", flush=True)
@@ -239,6 +288,12 @@ class OutcomeRecorder:
                                                                     self.max_epochs),
                                  _outcome_tags(result), create=False, keep_outcome=True)
         abandoned = [t for trial_id, t in unfinished.items() if trial_id not in results]
+        if abandoned and self.state is not None:  # a trial with a checkpoint can still be continued: never abandoned
+            kept = [t for t in abandoned if self.state.trial_has_checkpoint(t.user_attrs["ray_trial_id"])]
+            for frozen in kept:
+                print(f"trial {frozen.user_attrs['ray_trial_id']} has checkpoints but Ray's state does not list it: "
+                      "left unfinished in the study (not abandoned)", flush=True)
+            abandoned = [t for t in abandoned if t not in kept]
         for frozen in abandoned:
             epochs = max(frozen.intermediate_values, default=0)
             print(f"trial {frozen.user_attrs['ray_trial_id']} abandoned: its driver died after {epochs} epochs, "
@@ -290,7 +345,14 @@ class SweepCallback(tune.Callback):
         interrupts.watch_sigint()
         self.recorder.count_finished()
 
+    def get_state(self) -> dict | None:
+        """Tune asks while it saves its experiment state, after writing the state files to the driver's
+        staging folder and before uploading them: their digests are recorded then. Nothing to save."""
+        self.recorder.record_digests()
+        return None
+
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        self.recorder.verify_restored(trials)
         self.recorder.backfill(trials)
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -307,6 +369,22 @@ class SweepCallback(tune.Callback):
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.recorder.experiment_end(trials)
+
+
+class RestoreFailed(UserError):
+    """Ray did not restore the trials its experiment state lists."""
+
+
+def ray_staging_folder(name: str) -> Path | None:
+    """The local folder where this process's Tune writes the experiment state of sweep `name` before it
+    uploads it (`StorageContext.experiment_driver_staging_path`; one per Tune run in a process)."""
+    from ray.train.constants import _get_ray_train_session_dir
+
+    try:
+        found = list(Path(_get_ray_train_session_dir()).glob(f"*/{name}/driver_artifacts"))
+    except Exception:  # noqa: BLE001 - Ray not initialised: nothing staged
+        return None
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def trial_dirname(trial: Trial) -> str:

@@ -18,12 +18,21 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
+from tuner.mlflow_names import DEFAULT_MODEL_NAME
 from tuner.space import NAME_PATTERN, SearchSpace, describe, load_space
+from tuner.sweep_state import (
+    REGISTRATION,
+    SPACE_COPY,
+    STUDY_FILE,
+    TUNER_STATE,
+    SweepState,
+    join,
+    open_state,
+    resolve_storage,
+)
 
-SPACE_COPY = "space.yaml"
-STUDY_FILE = "optuna.db"
-BUDGET_LEDGER = "budget.json"
 DEFAULT_STORAGE = "runs"
+ADDRESS_TIMEOUT_S = 30.0  # --address: how long to wait for the cluster before giving up
 
 EXAMPLES = """examples:
   python -m tuner.run --space smoke.yaml                         # local Ray, local MLflow store
@@ -59,17 +68,14 @@ class SweepPlan:
     space: SearchSpace
     name: str
     storage: str                # what Ray writes to (local absolute path or URI)
-    local_dir: Path             # this driver's folder for the sweep: space copy, Optuna study, budget ledger
+    state: SweepState           # tuner's state of the sweep under <storage>/_driver/<name>/ (sweep_state.py)
     resume: bool = False
     warm_start: str | None = None
 
     @property
     def experiment(self) -> str:
         """Ray's folder for the sweep: experiment state, and a folder per trial."""
-        return f"{self.storage.rstrip('/')}/{self.name}"
-
-    def study_url(self, sweep: str | None = None) -> str:
-        return f"sqlite:///{self.local_dir.parent / (sweep or self.name) / STUDY_FILE}"
+        return join(self.storage, self.name)
 
 
 def check_sweep_name(flag: str, name: str) -> str:
@@ -84,30 +90,78 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
     for flag in ("name", "resume", "warm_start"):
         if getattr(args, flag) is not None:
             check_sweep_name(f"--{flag.replace('_', '-')}", getattr(args, flag))
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
-    local_root = Path(args.storage).resolve() if "://" not in args.storage else Path(DEFAULT_STORAGE).resolve()
+    storage = resolve_storage(args.storage)[0]
     if args.resume:
-        local_dir = local_root / args.resume
-        if not (local_dir / SPACE_COPY).is_file():
-            known = sorted(p.name for p in local_root.glob("*/") if (p / SPACE_COPY).is_file())
-            raise UserError(f"no sweep '{args.resume}' under {local_root}; sweeps there: {', '.join(known) or 'none'}"
-                            " (pass the same --storage as the first run)")
-        space = load_space(local_dir / SPACE_COPY)
-        return SweepPlan(space, args.resume, storage, local_dir, resume=True)
+        state = open_state(storage, args.resume)
+        copy = state.read_bytes(SPACE_COPY)
+        if copy is None:
+            known = state.known_sweeps()
+            raise UserError(f"no sweep '{args.resume}' under {state.describe()}; sweeps there: "
+                            f"{', '.join(known) or 'none'} (pass the same --storage as the first run)")
+        (state.workdir / SPACE_COPY).write_bytes(copy)
+        space = load_space(state.workdir / SPACE_COPY)
+        return SweepPlan(space, args.resume, storage, state, resume=True)
     space = load_space(args.space)
     if args.trials is not None:
         space = space.with_trials(args.trials)
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    local_dir = local_root / name
-    if (local_dir / SPACE_COPY).exists():
-        raise UserError(f"sweep '{name}' already exists in {local_root}: use --resume {name} or another --name")
+    state = open_state(storage, name)
+    if state.exists(SPACE_COPY):
+        raise UserError(f"sweep '{name}' already exists in {args.storage}: use --resume {name} or another --name")
     warm = None
     if args.warm_start:
-        warm_db = local_root / args.warm_start / STUDY_FILE
-        if not warm_db.is_file():
-            raise UserError(f"--warm-start {args.warm_start}: no Optuna study at {warm_db}; give a finished sweep name")
+        if not open_state(storage, args.warm_start).exists(STUDY_FILE):
+            raise UserError(f"--warm-start {args.warm_start}: no Optuna study at "
+                            f"{open_state(storage, args.warm_start).describe(STUDY_FILE)}; give a finished sweep name")
         warm = args.warm_start
-    return SweepPlan(space, name, storage, local_dir, warm_start=warm)
+    return SweepPlan(space, name, storage, state, warm_start=warm)
+
+
+def prepare_resume(plan: SweepPlan) -> None:
+    """Before Ray starts and anything is written: the study, the ledger and Ray's state files of the sweep
+    are whole, and Ray's are the ones this sweep's drivers wrote (their digests, sweep_state.py)."""
+    from tuner.bookkeeping import read_ledger
+
+    if not plan.state.download_study():
+        raise UserError(f"sweep {plan.name} has no Optuna study at {plan.state.describe(STUDY_FILE)}; it cannot be "
+                        "resumed (restore the file from a backup, or start a new sweep)")
+    read_ledger(plan.state)
+    plan.state.verify_ray_state()
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of a `host:port` or `ray://host:port` --address to probe; None for `auto`/`local`."""
+    if address in ("auto", "local"):
+        return None
+    host_port = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = host_port.rpartition(":")
+    if "://" in host_port or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(
+            c.isspace() or c in "/?#@" for c in host):
+        raise UserError(f"--address {excerpt(address)} is not a Ray address: give host:port of the head's GCS "
+                        "(e.g. 10.0.0.5:6379), ray://host:10001, or auto")
+    return host.strip("[]"), int(port)
+
+
+def probe_address(address: str, deadline: float) -> None:
+    """Wait (Ctrl-C works) until the head's port accepts a connection, or give up at `deadline`."""
+    import socket
+
+    target = parse_address(address)
+    if target is None:
+        return
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(target, timeout=min(2.0, max(0.1, deadline - time.monotonic()))):
+                return
+        except socket.gaierror:
+            raise UserError(f"--address {excerpt(address)}: host {excerpt(target[0])} is unknown; fix --address "
+                            "(host:port of the Ray head)") from None
+        except OSError as err:
+            last = err.strerror or type(err).__name__
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    raise UserError(f"cannot reach the Ray cluster at {address} within {ADDRESS_TIMEOUT_S:.0f} s ({last}); start it "
+                    "with `ray start --head` or fix --address")
 
 
 def git_commit() -> str:
@@ -123,6 +177,9 @@ def connect_ray(address: str | None) -> str:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # The old output engine honours verbose=0 entirely; the new one still prints its configuration box and a
+    # TensorBoard hint although MLflow is the tracker (tuner.console prints the sweep instead)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Tune snapshots its experiment state (what --resume reads) every 10 s by default; a trial that ends
     # after the last snapshot is resumed from its last checkpoint. A 2 s period costs little.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -130,15 +187,40 @@ def connect_ray(address: str | None) -> str:
     # time. Those snapshots keep --resume consistent at a small share of the epoch time
     # (docs/benchmarks.md#sweep-overhead), so the warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    try:
-        if address:
+    if not address:
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING")  # never a stale cluster
+        return "local"
+    import threading
+
+    deadline = time.monotonic() + ADDRESS_TIMEOUT_S
+    probe_address(address, deadline)
+    # ray.init can still wait minutes (a port that answers but no GCS behind it): it runs in a thread that
+    # the main thread polls, so Ctrl-C works and the wait ends at the deadline.
+    outcome: dict[str, BaseException | None] = {}
+
+    def connect() -> None:
+        try:
             ray.init(address=address, logging_level="WARNING", log_to_driver=True)
-        else:
-            ray.init(address="local", include_dashboard=False, logging_level="WARNING")  # never a stale cluster
-    except ConnectionError as err:
-        raise UserError(f"cannot reach the Ray cluster at {address} ({err}); start it with `ray start --head` "
-                        "or fix --address (with token auth, export RAY_AUTH_MODE=token)") from None
-    return address or "local"
+            outcome["error"] = None
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=connect, daemon=True, name="tuner-ray-connect")
+    thread.start()
+    while thread.is_alive() and time.monotonic() < deadline + 5:
+        thread.join(0.2)
+    if thread.is_alive():
+        raise UserError(f"cannot reach the Ray cluster at {address} within {ADDRESS_TIMEOUT_S:.0f} s (it accepts "
+                        "connections but does not answer as a Ray head); check --address")
+    err = outcome.get("error")
+    if isinstance(err, (ConnectionError, ValueError, RuntimeError)):
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"cannot reach the Ray cluster at {address} ({excerpt(reason)}); "
+                        "start it with `ray start --head` or fix --address (with token auth, export "
+                        "RAY_AUTH_MODE=token)") from None
+    if err is not None:
+        raise err
+    return address
 
 
 def check_cluster_resources(space: SearchSpace) -> None:
@@ -166,14 +248,20 @@ def new_tuner(plan: SweepPlan, trainable: Any, sweep: Any) -> Any:
     from tuner.searcher import SpaceSearcher, create_study, warm_start
 
     space, sched, limits = plan.space, plan.space.scheduler, plan.space.budget
-    study = create_study(space, plan.study_url(), plan.name)  # the one study; the searcher hands it on
+    study = create_study(space, plan.state.study_url, plan.name)  # the one study; the searcher hands it on
     if plan.warm_start:
-        copied = warm_start(study, create_study(space, plan.study_url(plan.warm_start), plan.warm_start))
+        earlier = open_state(plan.storage, plan.warm_start)
+        earlier.download_study()
+        copied = warm_start(study, create_study(space, earlier.study_url, plan.warm_start))
         print(f"warm start: {copied} trials copied from {plan.warm_start}", flush=True)
-    runs = sweep.trial_runs()
-    searcher = SpaceSearcher(space, study, on_rejected=bookkeeping.RejectionRecorder(runs))
+    from tuner.console import ProgressView
+    from tuner.tracking import SpaceOutline
+
+    outline = SpaceOutline.of(space)
+    runs = sweep.trial_runs(outline)
+    searcher = SpaceSearcher(space, study, on_rejected=bookkeeping.RejectionRecorder(runs), state=plan.state)
     budget = bookkeeping.BudgetStopper(limits.gpu_hours, limits.epochs, limits.wall_time_s,
-                                       ledger=plan.local_dir / BUDGET_LEDGER)
+                                       ledger=plan.state)
     recorder = bookkeeping.OutcomeRecorder(runs, searcher, budget, space.metric, sched.max_epochs, limits.trials)
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=sched.max_epochs, grace_period=sched.grace_period,
                                reduction_factor=sched.reduction_factor)
@@ -185,10 +273,16 @@ def new_tuner(plan: SweepPlan, trainable: Any, sweep: Any) -> Any:
             num_samples=limits.trials, max_concurrent_trials=space.search.max_concurrent,
             reuse_actors=True,  # a fresh worker per trial re-imports torch: seconds per trial
             trial_dirname_creator=bookkeeping.trial_dirname,
+            trial_name_creator=bookkeeping.trial_dirname,  # Ray's name for the trial: the folder's, t007-<id>
         ),
         run_config=tune.RunConfig(
             name=plan.name, storage_path=plan.storage, stop=bookkeeping.BudgetStop(budget),
-            callbacks=[bookkeeping.SweepCallback(recorder)], verbose=1,
+            # verbose=0: no Ray status table, per-trial config dump or TensorBoard hint; tuner.console prints
+            # one compact view every 15 s instead
+            callbacks=[bookkeeping.SweepCallback(recorder),
+                       ProgressView(outline, sched.max_epochs, limits.trials, limits.epochs, limits.gpu_hours,
+                                    limits.wall_time_s)],
+            verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=space.metric,
                                                     checkpoint_score_order=space.mode),
             # A crashed worker resumes from its last checkpoint; diverged/OOM trials return normally
@@ -204,6 +298,7 @@ def restored_tuner(plan: SweepPlan, trainable: Any) -> Any:
 
     if not tune.Tuner.can_restore(plan.experiment):
         raise UserError(f"sweep {plan.name} has no Ray experiment state at {plan.experiment}; it cannot be resumed")
+    plan.state.verify_ray_state()  # again, just before Ray unpickles: nothing changed since prepare_resume
     return tune.Tuner.restore(plan.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
 
@@ -221,29 +316,48 @@ class SweepSummary:
     epochs: int
     wall_seconds: float
     registered_version: str | None
+    model_name: str = ""
+    next_commands: tuple[str, ...] = ()
 
     def metrics(self) -> dict[str, float]:
         values = {"trials": self.trials, "rejected_configs": self.rejected, "gpu_hours": self.gpu_seconds / 3600,
                   "epochs_total": self.epochs, "wall_seconds": self.wall_seconds}
-        if self.best:
-            values["best_val_acc"] = self.best["val_acc"]
+        # best_<metric> is on the parent already, one step per finished trial (tracking.TrialRuns.count_finished)
         return values
 
     def text(self) -> str:
+        from tuner.console import format_elapsed
+
         lines = [f"sweep {self.name}: {self.trials} trials ({self.epochs} epochs), {self.rejected} infeasible "
                  f"configs rejected before launch, {self.gpu_seconds / 3600:.3f} GPU-hours, "
-                 f"{self.wall_seconds:.0f} s"]
+                 f"{format_elapsed(self.wall_seconds).strip()} wall time"]
         if self.best is None:
             lines.append("no trial finished an epoch: nothing to register")
-            return "\n".join(lines)
-        b = self.best
-        lines += [f"best trial {b['trial_id']}: val_acc {b['val_acc']:.4f} at epoch {b['epoch']} "
-                  f"({b['epochs_run']} epochs run), {b['params']:,} params, {b['gpu_seconds'] / 3600:.3f} GPU-hours",
-                  f"  config: {b['config']}",
-                  f"  checkpoint: {b['checkpoint']}"]
-        if self.registered_version:
-            lines.append(f"  registered as model version {self.registered_version}")
+        else:
+            b = self.best
+            lines += [f"best trial {b['label']} ({b['trial_id']}): val_acc {b['val_acc']:.4f} at epoch {b['epoch']} "
+                      f"({b['epochs_run']} epochs run), {b['params']:,} params, "
+                      f"{b['gpu_seconds'] / 3600:.3f} GPU-hours",
+                      f"  MLflow run:  {b['run_name']}",
+                      f"  searched:    {b['searched'] or '(nothing searched)'}",
+                      f"  checkpoint:  {b['checkpoint']}"]
+            if self.registered_version:
+                lines.append(f"  registered as model version {self.registered_version} of {self.model_name} "
+                             f"(not yet @champion: promote it below)")
+        if self.next_commands:
+            lines += ["next:"] + [f"  {command}" for command in self.next_commands]
         return "\n".join(lines)
+
+
+def registered_version(plan: SweepPlan, trial_id: str, checkpoint: str) -> str | None:
+    """The model version this sweep already registered for this checkpoint (a finished sweep resumed), from
+    its registration record under --storage; None when it has registered none."""
+    record = plan.state.read_json(REGISTRATION)
+    if record and record.get("trial_id") == trial_id and record.get("checkpoint") == checkpoint:
+        print(f"sweep {plan.name} already registered trial {trial_id} as model version {record.get('version')}: "
+              "not registering it again", flush=True)
+        return str(record.get("version"))
+    return None
 
 
 def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float) -> SweepSummary:
@@ -258,19 +372,42 @@ def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float) -> Swee
     totals = [r.metrics or {} for r in results]
     best, version = None, None
     if candidates:
+        from tuner.config import TrainConfig
+        from tuner.console import searched_text
+        from tuner.tracking import SpaceOutline, trial_label
+
         checkpoint, metrics, result = max(candidates, key=lambda c: sign * c[1][space.metric])
+        label = trial_label(int(result.config.get("index", 0)))
+        searched = searched_text(SpaceOutline.of(space).searched_values(TrainConfig.from_dict(result.config["train"])))
         best = {"trial_id": metrics.get("trial_id", ""), "val_acc": metrics["val_acc"], "epoch": metrics["epoch"],
+                "label": label, "searched": searched, "run_name": f"{label} {searched}".strip(),
                 "epochs_run": result.metrics["epoch"], "params": int(metrics["params"]),
                 "gpu_seconds": float(result.metrics.get("gpu_seconds", 0.0)),
                 "config": result.config.get("train"), "checkpoint": checkpoint.path}
-        with checkpoint.as_directory() as folder:
-            state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
-        version = sweep.register_best(state, best["trial_id"], float(best["val_acc"]))
+        version = registered_version(plan, best["trial_id"], checkpoint.path)
+        if version is None:
+            with checkpoint.as_directory() as folder:
+                state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+            version = sweep.register_best(state, best["trial_id"], float(best["val_acc"]))
+            plan.state.write_json(REGISTRATION, {"trial_id": best["trial_id"], "checkpoint": checkpoint.path,
+                                                 "model": DEFAULT_MODEL_NAME, "version": version})
     # Each trial's config counts the infeasible samples drawn before it (the searcher's running count).
     rejected = max((int(r.config.get("rejected", 0)) for r in results if r.config), default=0)
     return SweepSummary(plan.name, best, len(results), rejected,
                         sum(float(m.get("gpu_seconds", 0.0)) for m in totals),
-                        sum(int(m.get("epoch", 0)) for m in totals), time.monotonic() - started, version)
+                        sum(int(m.get("epoch", 0)) for m in totals), time.monotonic() - started, version,
+                        DEFAULT_MODEL_NAME)
+
+
+def next_commands(name: str, uri: str, mlflow_flag: str | None, storage_flag: str) -> tuple[str, ...]:
+    """The exact commands that follow a sweep: the UI, the promotion gate, the report."""
+    from tuner.tracking import ui_command
+
+    tracking = f" --mlflow-uri {mlflow_flag}" if mlflow_flag else ""
+    storage = "" if storage_flag == DEFAULT_STORAGE else f" --storage {storage_flag}"
+    return (f"{ui_command(uri)}   # compare the trials (children of run '{name}')",
+            f"python -m tuner.promote --sweep {name}{tracking}   # test-split gate, then @champion",
+            f"python -m tuner.report --sweep {name}{tracking}{storage}   # tables and plots")
 
 
 @exit_on_user_error
@@ -291,12 +428,13 @@ def main(argv: list[str] | None = None) -> None:
 
     uri = tracking.resolve_tracking_uri(args.mlflow_uri)
     tracking.check_tracking_server(uri)  # before anything launches
+    if plan.resume:
+        prepare_resume(plan)  # before anything is written anywhere
     data = load_splits(args.data_dir, space.data.val_size, space.data.subset, space.data.split_seed)
     address = connect_ray(args.address)
     check_cluster_resources(space)
-    plan.local_dir.mkdir(parents=True, exist_ok=True)
     if not plan.resume:
-        (plan.local_dir / SPACE_COPY).write_text(space.text)
+        plan.state.write_bytes(SPACE_COPY, space.text.encode())
     sweep = tracking.SweepRun.start(
         uri, plan.name, space.path, space.summary(),
         {"tuner.git_commit": git_commit(), "tuner.space_hash": space.digest,
@@ -309,8 +447,13 @@ def main(argv: list[str] | None = None) -> None:
                                     {"cpu": space.resources.cpus, "gpu": space.resources.gpus})
     started = time.monotonic()
     try:
-        tuner = restored_tuner(plan, trainable) if plan.resume else new_tuner(plan, trainable, sweep)
+        if plan.resume:
+            tuner = restored_tuner(plan, trainable)
+        else:
+            tuner = new_tuner(plan, trainable, sweep)
+            plan.state.record_ray_file(TUNER_STATE)  # written by the Tuner just now, before any trial ran
         results = tuner.fit()
+        plan.state.upload_study(force=True)
         if interrupts.interrupted():
             raise SweepInterrupted
         summary = summarise(plan, results, sweep, started)
@@ -322,10 +465,10 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException as err:
         sweep.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    print(summary.text())
-    sweep.log_metrics(summary.metrics())
+    summary.next_commands = next_commands(plan.name, uri, args.mlflow_uri, args.storage)
+    print(summary.text(), flush=True)
+    sweep.log_metrics(summary.metrics(), step=summary.trials)
     sweep.end("FINISHED")
-    print(f"open the results: {tracking.ui_command(uri)}")
 
 
 if __name__ == "__main__":

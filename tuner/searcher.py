@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from tuner.space import SearchSpace
+from tuner.sweep_state import SweepState
 from tuner.train import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -191,13 +192,19 @@ class SpaceSearcher(OptunaSearch):
     "rejected": r}: n counts every sample drawn, r the infeasible ones among them so far."""
 
     def __init__(self, space: SearchSpace, study: optuna.Study,
-                 on_rejected: Callable[[int, TrainConfig, str], None] | None = None) -> None:
+                 on_rejected: Callable[[int, TrainConfig, str], None] | None = None,
+                 state: SweepState | None = None) -> None:
         """`study` is the sweep's study (`create_study`), opened once by the driver, which shares it through
         this searcher (`study`). on_rejected(index, config, reason) records an infeasible sample; it must
-        pickle (Ray pickles the searcher with the Tuner for --resume)."""
+        pickle (Ray pickles the searcher with the Tuner for --resume). With `state` (the sweep's state under
+        --storage, whose working copy holds the study), the searcher pickles without the study: what it
+        saves names the sweep, and a resumed driver reopens the study from its own working copy."""
         super().__init__(space=_sampled_in_suggest, metric=space.metric, mode=space.mode)
         self._space_spec = space
-        self._ot_study = study
+        self._ot_study: optuna.Study | None = study
+        self._state = state
+        self._ot_study_name = study.study_name
+        self._ot_sampler = study.sampler
         self._max_epochs = space.scheduler.max_epochs
         self._on_rejected = on_rejected
         self._configs: dict[str, dict[str, Any]] = {}
@@ -209,18 +216,41 @@ class SpaceSearcher(OptunaSearch):
 
     @property
     def study(self) -> optuna.Study:
-        """The sweep's study; after --resume, the one restored with this searcher's state."""
+        """The sweep's study; after --resume, reopened from this driver's working copy."""
+        if self._ot_study is None:
+            assert self._state is not None
+            self._ot_study = optuna.load_study(study_name=self._ot_study_name, storage=self._state.study_url,
+                                               sampler=self._ot_sampler)
+        if any(not isinstance(t, optuna.Trial) for t in self._ot_trials.values()):
+            self._ot_trials = {trial_id: optuna.Trial(self._ot_study, t if isinstance(t, int) else t._trial_id)
+                               for trial_id, t in self._ot_trials.items()}
         return self._ot_study
+
+    def _portable(self) -> dict[str, Any]:
+        """This searcher's state without the study's connection: the trials as their ids in the study."""
+        state = dict(self.__dict__)
+        if self._state is not None:
+            state["_ot_study"] = None
+            state["_ot_trials"] = {trial_id: t if isinstance(t, int) else t._trial_id
+                                   for trial_id, t in self._ot_trials.items()}
+        return state
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self._portable()
 
     def save(self, checkpoint_path: str) -> None:
         """Ray's periodic snapshot of the search, which --resume loads into the searcher it unpickles with
-        the Tuner. `on_rejected` stays out: it belongs to the driver's bookkeeping, which was unpickled
-        with the Tuner too and must stay the one object the rest of the driver writes through."""
-        state = {key: value for key, value in self.__dict__.items() if key != "_on_rejected"}
+        the Tuner. The study goes to --storage first, so that it is never older than this snapshot.
+        `on_rejected` stays out: it belongs to the driver's bookkeeping, which was unpickled with the Tuner
+        too and must stay the one object the rest of the driver writes through."""
+        if self._state is not None:
+            self._state.upload_study()
+        state = {key: value for key, value in self._portable().items() if key != "_on_rejected"}
         with open(checkpoint_path, "wb") as file:
             pickle.dump(state, file)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        self.study  # noqa: B018 - binds the study (a resumed driver's working copy)
         if trial_id in self._ot_trials:  # Ray may ask again for a trial it already has (restore)
             return self._configs[trial_id]
         for _ in range(MAX_REJECTIONS):
@@ -230,6 +260,8 @@ class SpaceSearcher(OptunaSearch):
             if reason is None:
                 self.suggested += 1
                 ot_trial.set_user_attr("ray_trial_id", trial_id)
+                # t007: the trial's name in the console, MLflow (run name) and its folder under --storage
+                ot_trial.set_user_attr("trial_label", f"t{self.suggested + self.rejected:03d}")
                 self._ot_trials[trial_id] = ot_trial
                 result = {"train": config.to_dict(), "index": self.suggested + self.rejected,
                           "rejected": self.rejected}
@@ -248,9 +280,10 @@ class SpaceSearcher(OptunaSearch):
     def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
         """The trial as the study holds it. After --resume, Ray's older snapshot of this searcher may not
         know what the (synchronously written) study already recorded, so the study is the authority."""
-        return self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+        return self.study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.study  # noqa: B018 - binds the study
         if trial_id not in self._ot_trials or trial_id in self._completed_trials or self.metric not in result:
             return
         stored = self._stored(trial_id)
@@ -260,6 +293,7 @@ class SpaceSearcher(OptunaSearch):
             self._ot_trials[trial_id].report(result[self.metric], int(result[EPOCH]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.study  # noqa: B018 - binds the study
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         if self._stored(trial_id).state.is_finished():

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -44,7 +45,7 @@ from mlflow.exceptions import MlflowException
 from tuner.architecture import count_macs, count_params
 from tuner.checkpoint import model_from_checkpoint, save_checkpoint
 from tuner.config import TrainConfig, format_stages
-from tuner.errors import UserError
+from tuner.errors import UserError, excerpt
 from tuner.evaluate import preprocess
 from tuner.mlflow_names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME  # noqa: F401 - CHAMPION_ALIAS: the CLIs' name
 from tuner.outcomes import run_status
@@ -62,9 +63,12 @@ TAG_SWEEP = "tuner.sweep"
 TAG_TRIAL = "tuner.trial_id"
 TAG_INDEX = "tuner.index"
 TAG_OUTCOME = "tuner.outcome"
-TAG_PARAMS = "tuner.params"
-TAG_MACS = "tuner.macs"
-TAG_GPU_SECONDS = "tuner.gpu_seconds"
+TAG_LABEL = "tuner.trial_label"     # t007, as the run name, the trial's folder and the study's user attr
+TAG_SEARCHED = "tuner.searched"     # the searched parameters this trial used, comma-separated
+TAG_BEST = "tuner.best"             # "true" on the child run with the best value so far (moved as it changes)
+TAG_BEST_TRIAL = "tuner.best_trial"  # on the parent: the trial id of that child
+TAG_GPU_SECONDS = "tuner.gpu_seconds"  # read by the outcome checks; the metric gpu_seconds is what to chart
+SYSTEM_PREFIX = "system/"           # the trial's sampled CPU/memory/GPU figures, as MLflow's own system metrics
 TAG_PARENT = "mlflow.parentRunId"
 PARENT_TAGS = ("tuner.git_commit", "tuner.space_hash", "tuner.data_fingerprint", "tuner.ray_address")
 
@@ -115,8 +119,33 @@ def local_artifact_root(uri: str) -> Path | None:
     return path.parent / LOCAL_ARTIFACTS if path else None
 
 
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "postgresql+psycopg2", "mysql",
+                    "mysql+pymysql", "databricks")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """One line for a tracking URI MLflow cannot use: an unknown scheme, or a server URI without a host."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    scheme = "databricks" if uri.startswith("databricks") else parsed.scheme.lower()
+    if scheme not in TRACKING_SCHEMES:
+        raise UserError(f"tracking URI {excerpt(uri)}: scheme '{scheme[:30]}' is not one MLflow tracks to; use "
+                        f"{', '.join(s + '://' for s in TRACKING_SCHEMES[:3])} (or {', '.join(TRACKING_SCHEMES[3:])}); "
+                        "fix --mlflow-uri / MLFLOW_TRACKING_URI")
+    if scheme in ("http", "https", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql"):
+        try:
+            host, port = parsed.hostname, parsed.port
+        except ValueError:
+            host, port = None, None
+        if not host or (parsed.netloc.rpartition("@")[2].endswith(":") and port is None):
+            raise UserError(f"tracking URI {excerpt(uri)} names no host (or a bad port): give e.g. "
+                            f"{scheme}://mlflow.internal:5000; fix --mlflow-uri / MLFLOW_TRACKING_URI")
+
+
 def check_tracking_server(uri: str, timeout_s: float = 10.0) -> None:
     """Fail early and in one line when tracking cannot work; create the folders of a local store."""
+    check_tracking_uri(uri)
     if is_server(uri):
         import requests
 
@@ -181,16 +210,92 @@ def trial_label(index: int) -> str:
     return f"t{index:03d}"
 
 
-def trial_run_name(index: int, config: TrainConfig) -> str:
-    """A readable child-run name: `t007 w64-128-256 b2-2-2 lr0.05`."""
+@dataclass(frozen=True)
+class SpaceOutline:
+    """What the child runs need of a space, as plain values (Ray pickles it with the driver's state): the
+    metric and its direction, and each searched field with the `when` condition under which it is sampled."""
+
+    metric: str = "val_acc"
+    mode: str = "max"
+    searched: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    @classmethod
+    def of(cls, space: Any) -> SpaceOutline:
+        """From a tuner.space.SearchSpace."""
+        return cls(space.metric, space.mode,
+                   tuple((p.name, tuple(sorted(dict(p.when).items()))) for p in space.parameters))
+
+    def searched_values(self, config: TrainConfig) -> dict[str, Any]:
+        """The searched fields this config used (those whose condition holds), in the space's order."""
+        values = config.to_dict()
+        return {name: values[name] for name, when in self.searched
+                if name in values and all(_same(values.get(k), v) for k, v in when)}
+
+    def better(self, value: float, than: float | None) -> bool:
+        return than is None or (value > than if self.mode == "max" else value < than)
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    return (list(value) == list(wanted) if isinstance(value, (list, tuple)) and isinstance(wanted, (list, tuple))
+            else value == wanted)
+
+
+# TrainConfig fields the training reads only in some configurations (tuner.train): (field, applies).
+_APPLIES: dict[str, Callable[[TrainConfig], bool]] = {
+    "momentum": lambda c: c.optimizer == "sgd",
+    "nesterov": lambda c: c.optimizer == "sgd" and c.momentum > 0,
+    "plateau_patience": lambda c: c.schedule == "plateau",
+    "plateau_factor": lambda c: c.schedule == "plateau",
+    "alternate_flip": lambda c: c.flip,
+}
+
+
+def used_fields(config: TrainConfig, outline: SpaceOutline | None = None) -> list[str]:
+    """The TrainConfig fields this config's training reads: an adamw trial has no momentum or nesterov, and
+    a searched field whose `when` condition fails was never sampled."""
+    searched = set(outline.searched_values(config)) if outline else set()
+    skipped = {name for name, _ in outline.searched} - searched if outline else set()
+    return [name for name in config.field_names()
+            if name not in skipped and (name in searched or _APPLIES.get(name, lambda _: True)(config))]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "-".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def trial_run_name(index: int, config: TrainConfig, outline: SpaceOutline | None = None) -> str:
+    """The child run's name from the trial's label and its searched values: `t007 lr=0.031 optimizer=adamw`;
+    without searched values, `t007 w64-128-256 b2-2-2 lr0.05`."""
+    values = outline.searched_values(config) if outline else {}
+    if values:
+        return f"{trial_label(index)} " + " ".join(f"{k}={_shown(v)}" for k, v in values.items())[:240]
     widths, blocks = (format_stages(stages).replace(",", "-") for stages in (config.widths, config.blocks))
     return f"{trial_label(index)} w{widths} b{blocks} lr{config.lr:g}"
 
 
-def config_params(config: TrainConfig) -> dict[str, str]:
-    """TrainConfig as MLflow params: stage tuples as `64,128,256`, everything a string."""
+def config_params(config: TrainConfig, fields: list[str] | None = None) -> dict[str, str]:
+    """TrainConfig as MLflow params (only `fields` when given): stage tuples as `64,128,256`, all strings."""
     return {key: format_stages(value) if isinstance(value, list) else str(value)
-            for key, value in config.to_dict().items()}
+            for key, value in config.to_dict().items() if fields is None or key in fields}
+
+
+def source_tags(entry_point: str = "tuner.run") -> dict[str, str]:
+    """MLflow's own source tags: the commit of this checkout, the command, LOCAL."""
+    import subprocess
+
+    tags = {"mlflow.source.name": entry_point, "mlflow.source.type": "LOCAL"}
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        if out.returncode == 0 and out.stdout.strip():
+            tags["mlflow.source.git.commit"] = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
 
 
 def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
@@ -390,6 +495,7 @@ class _ChildRun:
     end_tags: dict[str, str] = field(default_factory=dict)
     keep_outcome: bool = False           # leave an outcome the run already has
     status: str | None = None            # set_terminated with this
+    best: float | None = None            # the best value of the sweep's metric this driver received
 
 
 class TrialRuns:
@@ -405,11 +511,14 @@ class TrialRuns:
     trials' result files (`tuner.bookkeeping.OutcomeRecorder.backfill`).
     """
 
-    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep_name: str) -> None:
+    def __init__(self, uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
+                 outline: SpaceOutline | None = None, source: Mapping[str, str] | None = None) -> None:
         self.uri = uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.sweep_name = sweep_name
+        self.outline = outline or SpaceOutline()
+        self.source = dict(source or {})  # mlflow.source.* tags, as the parent's
         self._connect_later()
 
     def _connect_later(self) -> None:
@@ -417,14 +526,30 @@ class TrialRuns:
         self._runs: dict[str, _ChildRun] = {}
         self._dirty: dict[str, None] = {}  # trials with something to send, in the order they came
         self._sender = _Sender(f"sweep {self.sweep_name}", self._sync)
+        # The sweep's best trial so far (read from the parent run before the first change is sent), and what
+        # the parent and the child runs still have to receive about it.
+        self._best: tuple[str, float] | None = None
+        self._best_read = False
+        self._parent_metrics: list[Metric] = []
+        self._best_moves: list[tuple[str | None, str]] = []  # (previous best trial, new best trial)
 
-    def __getstate__(self) -> dict[str, str]:
+    def __getstate__(self) -> dict[str, Any]:
         return {"uri": self.uri, "experiment_id": self.experiment_id, "parent_run_id": self.parent_run_id,
-                "sweep_name": self.sweep_name}
+                "sweep_name": self.sweep_name, "outline": self.outline, "source": self.source}
 
-    def __setstate__(self, state: dict[str, str]) -> None:
-        self.__dict__.update(state)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"outline": SpaceOutline(), "source": {}, **state})
         self._connect_later()
+
+    @property
+    def best(self) -> tuple[str, float] | None:
+        """(trial id, value) of the best trial this driver has seen finish, or None."""
+        return self._best
+
+    def run_name(self, trial_id: str) -> str:
+        """The trial's run name (`t004 lr=0.031 optimizer=adamw`), or its id before its start was seen."""
+        run = self._runs.get(trial_id)
+        return run.run_name if run is not None and run.params else trial_id
 
     @property
     def pending(self) -> int:
@@ -432,12 +557,17 @@ class TrialRuns:
         return sum(len(run.metrics) for run in self._runs.values())
 
     def start(self, trial_id: str, index: int, config: TrainConfig, reopen: bool = True) -> None:
-        """A trial starts (again, when `reopen`): its run, named and tagged, with the config as params."""
+        """A trial starts (again, when `reopen`): its run, named by its label and searched values, tagged,
+        with the config fields it uses as params and its size as metrics (step 0)."""
         run = self._run(trial_id)
         if not run.params:
-            run.run_name, run.params, run.create = trial_run_name(index, config), config_params(config), True
-            run.tags.update({TAG_INDEX: str(index), TAG_PARAMS: str(count_params(config)),
-                             TAG_MACS: str(count_macs(config))})
+            run.run_name, run.create = trial_run_name(index, config, self.outline), True
+            run.params = config_params(config, used_fields(config, self.outline))
+            run.tags.update({TAG_INDEX: str(index), TAG_LABEL: trial_label(index),
+                             TAG_SEARCHED: ",".join(self.outline.searched_values(config)), **self.source})
+            at = _now_ms()
+            run.metrics.extend([Metric("params_count", float(count_params(config)), at, 0),
+                                Metric("macs", float(count_macs(config)), at, 0)])
         run.reopen = run.reopen or reopen
         self._send(trial_id)
 
@@ -449,7 +579,11 @@ class TrialRuns:
         values = [Metric(key, float(value), at, int(epoch)) for key, value in metrics.items()
                   if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool)]
         if values:
-            self._run(trial_id).metrics.extend(values)
+            run = self._run(trial_id)
+            run.metrics.extend(values)
+            value = metrics.get(self.outline.metric)
+            if isinstance(value, (int, float)) and self.outline.better(float(value), run.best):
+                run.best = float(value)
             self._send(trial_id)
 
     def finish(self, trial_id: str, outcome: str, tags: Mapping[str, str] | None = None, create: bool = True,
@@ -460,6 +594,19 @@ class TrialRuns:
         run.end_tags.update({**{k: str(v) for k, v in (tags or {}).items()}, TAG_OUTCOME: outcome})
         run.status, run.keep_outcome, run.reopen = run_status(outcome), keep_outcome, False
         self._send(trial_id)
+
+    def count_finished(self, trial_id: str, finished: int) -> None:
+        """The `finished`-th trial of the sweep ended: the parent's `best_<metric>` at step `finished`, and the
+        child with the best value so far tagged `tuner.best=true` (the tag moves when a better one finishes)."""
+        self._read_best()
+        run = self._runs.get(trial_id)
+        if run is not None and run.best is not None and self.outline.better(
+                run.best, self._best[1] if self._best else None):
+            self._best_moves.append((self._best[0] if self._best else None, trial_id))
+            self._best = (trial_id, run.best)
+        if self._best is not None:
+            self._parent_metrics.append(Metric(f"best_{self.outline.metric}", self._best[1], _now_ms(), finished))
+        self._sender.attempt()
 
     def flush(self, timeout_s: float) -> bool:
         """Send everything buffered, retrying until done (True) or `timeout_s` passed (False)."""
@@ -476,12 +623,46 @@ class TrialRuns:
         self._dirty[trial_id] = None
         self._sender.attempt()
 
+    def _read_best(self) -> None:
+        """An earlier driver's best trial, from the parent run's tag and metric (once; silently none when the
+        store is away: the best then restarts from this driver's trials)."""
+        if self._best_read:
+            return
+        self._best_read = True
+        try:
+            with _quick_http():
+                parent = client_for(self.uri).get_run(self.parent_run_id)
+        except Exception:  # noqa: BLE001 - the store is away: start afresh
+            return
+        trial, value = parent.data.tags.get(TAG_BEST_TRIAL), parent.data.metrics.get(f"best_{self.outline.metric}")
+        if trial and value is not None:
+            self._best = (trial, float(value))
+
     def _sync(self) -> None:
         if self._client is None:
             self._client = client_for(self.uri)
         for trial_id in list(self._dirty):
             self._sync_run(self._client, self._runs[trial_id])
             del self._dirty[trial_id]
+        while self._best_moves:
+            previous, best = self._best_moves[0]
+            if previous is not None:
+                old = self._runs.get(previous)
+                old_id = old.run_id if old else None
+                if old_id is None:
+                    found = find_trial_run(self._client, self.experiment_id, self.parent_run_id, previous)
+                    old_id = found.info.run_id if found else None
+                if old_id is not None:
+                    self._client.set_tag(old_id, TAG_BEST, "false")
+            new = self._runs.get(best)
+            if new is not None and new.run_id is not None:
+                self._client.set_tag(new.run_id, TAG_BEST, "true")
+            self._client.set_tag(self.parent_run_id, TAG_BEST_TRIAL, best)
+            self._best_moves.pop(0)
+        while self._parent_metrics:
+            batch = self._parent_metrics[:MAX_BATCH_METRICS]
+            self._client.log_batch(self.parent_run_id, metrics=batch)
+            del self._parent_metrics[: len(batch)]
 
     def _sync_run(self, client: MlflowClient, run: _ChildRun) -> None:
         found = None
@@ -579,7 +760,7 @@ class SweepRun:
         run = find_sweep_run(client, sweep_name, [experiment_id])
         resumed = run is not None
         if run is None:
-            run = client.create_run(experiment_id, run_name=sweep_name, tags={TAG_SWEEP: sweep_name})
+            run = client.create_run(experiment_id, run_name=sweep_name, tags={TAG_SWEEP: sweep_name, **source_tags()})
         elif run.info.status != "RUNNING":
             client.update_run(run.info.run_id, status="RUNNING")
         sweep = cls(client, uri, sweep_name, run.info.run_id, experiment_id)
@@ -591,9 +772,9 @@ class SweepRun:
             client.log_artifact(run.info.run_id, str(space_file), "space")
         return sweep
 
-    def trial_runs(self) -> TrialRuns:
-        """The writer of this sweep's child runs."""
-        return TrialRuns(self.uri, self.experiment_id, self.run_id, self.sweep_name)
+    def trial_runs(self, outline: SpaceOutline | None = None) -> TrialRuns:
+        """The writer of this sweep's child runs (named and logged by the space's `outline` when given)."""
+        return TrialRuns(self.uri, self.experiment_id, self.run_id, self.sweep_name, outline, source_tags())
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Sweep-level metrics (e.g. best val acc so far) on the parent run; buffered."""

@@ -7,8 +7,11 @@ driver records what is reported (MLflow, the Optuna study); a trial only trains 
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +26,115 @@ from tuner.checkpoint import load_checkpoint, save_checkpoint
 from tuner.config import TrainConfig
 from tuner.data import DataSplits
 from tuner.device import pick_device
+from tuner.errors import UserError
 from tuner.outcomes import ERRORED_OUT_OF_GPU_MEMORY
 from tuner.train import fit
 
 CHECKPOINT_FILE = "checkpoint.pt"
+SYSTEM_SAMPLE_S = 10.0  # how often a trial samples its CPU, memory and GPU use (MLflow's own default period)
+
+
+class SystemSampler:
+    """Samples this trial's process every SYSTEM_SAMPLE_S in a daemon thread: CPU % and resident memory
+    (psutil), and where the trial has a GPU its utilisation and memory (pynvml when installed, else torch's
+    allocator). `fresh()` hands the latest sample once, as `system/...` keys the driver logs on the child run:
+    what a user needs to choose how many trials to pack per GPU."""
+
+    def __init__(self, period_s: float = SYSTEM_SAMPLE_S) -> None:
+        self.period_s = period_s
+        self._latest: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="tuner-system-sampler")
+
+    def __enter__(self) -> SystemSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def fresh(self) -> dict[str, float]:
+        with self._lock:
+            sample, self._latest = self._latest, {}
+        return sample
+
+    def _run(self) -> None:
+        try:
+            import psutil
+        except ImportError:  # psutil is a declared dependency; without it, no system metrics
+            return
+        process = psutil.Process(os.getpid())
+        process.cpu_percent(None)  # the first call starts the interval
+        gpu = _gpu_reader()
+        wait = min(2.0, self.period_s)  # a first sample early: trials of a few seconds get one too
+        while not self._stop.wait(wait):
+            wait = self.period_s
+            sample = {"system/cpu_percent": process.cpu_percent(None),
+                      "system/memory_rss_mb": process.memory_info().rss / 2**20}
+            if gpu is not None:
+                sample.update(gpu())
+            with self._lock:
+                self._latest = sample
+
+
+def _gpu_reader() -> Any:
+    """A function returning the GPU's utilisation and memory, or None without a GPU."""
+    if not torch.cuda.is_available():
+        return None
+    index = torch.cuda.current_device()
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        physical = int(visible[index]) if visible and visible[0] and visible[index].isdigit() else index
+        handle = pynvml.nvmlDeviceGetHandleByIndex(physical)
+
+        def read() -> dict[str, float]:
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            return {"system/gpu_utilization_percent": float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                    "system/gpu_memory_used_mb": memory.used / 2**20,
+                    "system/gpu_memory_trial_mb": torch.cuda.memory_reserved(index) / 2**20}
+        return read
+    except Exception:  # noqa: BLE001 - no pynvml (the optional `gpu` extra) or no NVML: torch's own figures
+        def read_torch() -> dict[str, float]:
+            values = {"system/gpu_memory_trial_mb": torch.cuda.memory_reserved(index) / 2**20}
+            try:
+                values["system/gpu_utilization_percent"] = float(torch.cuda.utilization(index))
+            except Exception:  # noqa: BLE001 - torch.cuda.utilization needs pynvml too
+                pass
+            return values
+        return read_torch
+
+
+def readable_checkpoint(newest: tune.Checkpoint) -> dict[str, Any] | None:
+    """The state of the newest readable checkpoint of the trial, from `newest` back through the older
+    `checkpoint_NNNNNN` folders beside it; None (start from epoch 0) when none can be read. Says which."""
+    import pyarrow.fs
+
+    candidates = [newest]
+    try:
+        parent, _, name = newest.path.rstrip("/").rpartition("/")
+        siblings = newest.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+        older = sorted((info.path for info in siblings if info.type == pyarrow.fs.FileType.Directory
+                        and info.base_name.startswith("checkpoint_") and info.base_name < name), reverse=True)
+        candidates += [tune.Checkpoint(path, filesystem=newest.filesystem) for path in older]
+    except OSError:
+        pass
+    for candidate in candidates:
+        try:
+            with candidate.as_directory() as folder:
+                state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+        except (UserError, OSError) as err:
+            print(f"checkpoint {candidate.path} is unreadable ({str(err).splitlines()[0][:200]}); trying an older one",
+                  flush=True)
+            continue
+        if candidate is not newest:
+            print(f"continuing from the older checkpoint {candidate.path} (epoch {state.get('epoch')})", flush=True)
+        return state
+    print("no readable checkpoint: the trial starts again from epoch 0", flush=True)
+    return None
 
 
 @dataclass(frozen=True)
@@ -47,12 +155,11 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
     # Torch would otherwise start a thread per core of the node in every trial, however few CPUs the trial
     # holds. Set on every trial: Ray reuses a worker for the next trial.
     torch.set_num_threads(max(1, math.ceil(settings.cpus)))
+    # Ray logs "Checkpoint successfully created at ..." at INFO for every report: one line per epoch per trial
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     train_config = TrainConfig.from_dict(config["train"], source="trial config")
-    resume = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    resume = readable_checkpoint(checkpoint) if checkpoint is not None else None
     earlier_seconds = float(resume.get("trial_seconds", 0.0)) if resume else 0.0
     started = time.monotonic()
     # node_id: which Ray node ran the epoch (multi-node checks, and where a resumed trial moved to)
@@ -69,7 +176,7 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
         nonlocal last_epoch
         last_epoch = metrics.epoch
         values = {**metrics.as_dict(), **size, "gpu_seconds": settings.gpus * seconds(),
-                  "trial_seconds": seconds(), "diverged": False}
+                  "trial_seconds": seconds(), "diverged": False, **sampler.fresh()}
         state = make_checkpoint()
         state["trial_seconds"] = seconds()
         with tempfile.TemporaryDirectory() as folder:
@@ -81,7 +188,8 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(folder))
 
     try:
-        result = fit(train_config, data, on_epoch, resume=resume)
+        with SystemSampler() as sampler:
+            result = fit(train_config, data, on_epoch, resume=resume)
     except torch.cuda.OutOfMemoryError:
         # Not raised on: Ray would retry it on the same GPU share and fail the same way.
         tune.report({"epoch": last_epoch + 1, settings.metric: worst_value(settings.metric),

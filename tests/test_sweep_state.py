@@ -1,0 +1,216 @@
+"""The sweep's state under --storage (tuner/sweep_state.py) and the driver's input checks, without Ray."""
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+from tests.conftest import free_port
+from tuner.errors import UserError
+from tuner.sweep_state import (
+    BUDGET_LEDGER,
+    DIGESTS,
+    STUDY_FILE,
+    SweepState,
+    open_state,
+    resolve_storage,
+)
+
+
+class Planted:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path(self.marker).write_text, ("ran",))
+
+
+def ray_folder(tmp_path: Path, name: str = "s") -> Path:
+    """Ray's experiment folder of a sweep with one trial, and the digests its driver recorded."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "tuner.pkl").write_bytes(pickle.dumps({"tuner": 1}))
+    trial = json.dumps({"trial_id": "abc"})
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [[trial, "{}"]]}))
+    (folder / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps({}))
+    SweepState(str(tmp_path), name).record_digests(folder)
+    return folder
+
+
+def test_state_files_are_written_whole_and_read_back(tmp_path: Path) -> None:
+    state = SweepState(str(tmp_path), "s")
+    state.write_json(BUDGET_LEDGER, {"epochs": {"a": 1}})
+    assert state.read_json(BUDGET_LEDGER) == {"epochs": {"a": 1}}
+    assert sorted(p.name for p in (tmp_path / "_driver" / "s").iterdir()) == [BUDGET_LEDGER]  # no .partial left
+    assert state.read_json("missing.json") is None
+
+
+def test_a_state_object_pickles_as_the_sweep_it_names(tmp_path: Path) -> None:
+    """What Ray unpickles in a resumed driver is that process's working copy, not the dead driver's path."""
+    state = open_state(str(tmp_path), "s")
+    assert pickle.loads(pickle.dumps(state)) is state
+
+
+def test_the_study_goes_up_and_comes_back_down(tmp_path: Path) -> None:
+    state = SweepState(str(tmp_path), "s")
+    study = optuna.create_study(study_name="s", storage=state.study_url)
+    study.enqueue_trial({"x": 1.0})
+    state.upload_study()
+    other = SweepState(str(tmp_path), "s")  # another machine: another working copy
+    assert other.download_study()
+    assert len(optuna.load_study(study_name="s", storage=other.study_url).trials) == 1
+
+
+@pytest.mark.parametrize("content", [b"", b"SQLite format 3\x00garbage" * 10, b"not a database at all" * 100])
+def test_a_corrupt_study_is_one_line(tmp_path: Path, content: bytes) -> None:
+    state = SweepState(str(tmp_path), "s")
+    state.write_bytes(STUDY_FILE, content)
+    with pytest.raises(UserError, match="optuna.db") as err:
+        SweepState(str(tmp_path), "s").download_study()
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"gpu_seconds": {}, "epochs": {"a": "x"}, "wall_seconds": 0}',
+                                     '{"gpu_seconds": {}, "epochs": {}, "wall_seconds": true, "spent": null}'])
+def test_a_corrupt_budget_ledger_is_one_line(tmp_path: Path, content: str) -> None:
+    from tuner.bookkeeping import read_ledger
+
+    state = SweepState(str(tmp_path), "s")
+    state.write_bytes(BUDGET_LEDGER, content.encode())
+    with pytest.raises(UserError, match="budget.json") as err:
+        read_ledger(state)
+    assert "\n" not in str(err.value)
+
+
+def test_storage_naming_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        resolve_storage(str(tmp_path / "f"))
+    with pytest.raises(UserError, match="cannot be opened"):
+        resolve_storage("nosuchscheme://bucket/x")
+
+
+def test_resume_verifies_ray_state_files_against_the_recorded_digests(tmp_path: Path) -> None:
+    ray_folder(tmp_path)
+    state = SweepState(str(tmp_path), "s")
+    state.verify_ray_state()
+    assert state.expected_trials == {"abc"}
+
+
+def test_a_planted_tuner_pkl_is_refused_without_being_unpickled(tmp_path: Path) -> None:
+    folder = ray_folder(tmp_path)
+    marker = tmp_path / "ran"
+    (folder / "tuner.pkl").write_bytes(pickle.dumps(Planted(str(marker))))
+    with pytest.raises(UserError, match="tuner.pkl was not written by this sweep's driver"):
+        SweepState(str(tmp_path), "s").verify_ray_state()
+    assert not marker.exists()
+
+
+def test_a_state_file_nobody_recorded_is_refused(tmp_path: Path) -> None:
+    folder = ray_folder(tmp_path)
+    (folder / "searcher-state-2027-01-01_00-00-00.pkl").write_bytes(pickle.dumps({}))
+    with pytest.raises(UserError, match="searcher-state-2027"):
+        SweepState(str(tmp_path), "s").verify_ray_state()
+
+
+def test_no_digests_no_resume(tmp_path: Path) -> None:
+    ray_folder(tmp_path)
+    (tmp_path / "_driver" / "s" / DIGESTS).unlink()
+    with pytest.raises(UserError, match="digests.json is missing"):
+        SweepState(str(tmp_path), "s").verify_ray_state()
+
+
+def test_a_truncated_experiment_state_is_named_with_what_to_do(tmp_path: Path) -> None:
+    folder = ray_folder(tmp_path)
+    path = folder / "experiment_state-2026-01-01_00-00-00.json"
+    path.write_text(path.read_text()[:20])
+    SweepState(str(tmp_path), "s").record_digests(folder)  # written by the driver, then cut short
+    with pytest.raises(UserError, match=r"experiment_state-2026-01-01_00-00-00.json is damaged .*Delete that file"):
+        SweepState(str(tmp_path), "s").verify_ray_state()
+
+
+def test_the_driver_stops_when_ray_restored_fewer_trials_than_its_state_lists(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from tuner.bookkeeping import BudgetStopper, OutcomeRecorder, RestoreFailed
+
+    state = SweepState(str(tmp_path), "s")
+    state.expected_trials = {"a", "b"}
+    recorder = OutcomeRecorder(None, None, BudgetStopper(ledger=state), "val_acc", 2, 2)  # type: ignore[arg-type]
+    with pytest.raises(RestoreFailed, match="did not restore 1 of the 2 trials"):
+        recorder.verify_restored([SimpleNamespace(trial_id="a")])  # type: ignore[list-item]
+    recorder.verify_restored([SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")])  # type: ignore[list-item]
+
+
+def test_an_unreadable_newest_checkpoint_falls_back_to_the_last_readable_one(tmp_path: Path, capsys) -> None:
+    import pyarrow.fs
+    from ray import tune
+
+    from tuner.trainable import CHECKPOINT_FILE, readable_checkpoint
+
+    for index, content in ((1, "good"), (2, "good"), (3, "bad")):
+        folder = tmp_path / f"checkpoint_{index:06d}"
+        folder.mkdir()
+        if content == "good":
+            torch.save({"model": {}, "config": {}, "epoch": index}, folder / CHECKPOINT_FILE)
+        else:
+            (folder / CHECKPOINT_FILE).write_bytes(b"\x00truncated")
+    newest = tune.Checkpoint(str(tmp_path / "checkpoint_000003"), filesystem=pyarrow.fs.LocalFileSystem())
+    assert readable_checkpoint(newest)["epoch"] == 2
+    out = capsys.readouterr().out
+    assert "checkpoint_000003" in out and "unreadable" in out and "older checkpoint" in out
+    for folder in tmp_path.iterdir():
+        (folder / CHECKPOINT_FILE).write_bytes(b"junk")
+    assert readable_checkpoint(newest) is None
+    assert "starts again from epoch 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("uri", ["foo://bar", "http://", "https://:5000", "http://host:port", "s3://bucket/mlruns"])
+def test_a_tracking_uri_mlflow_cannot_use_is_one_line(uri: str) -> None:
+    from tuner.tracking import check_tracking_server
+
+    with pytest.raises(UserError) as err:
+        check_tracking_server(uri)
+    assert "\n" not in str(err.value) and "--mlflow-uri" in str(err.value)
+
+
+@pytest.mark.parametrize("address", ["garbage", "host:", ":6379", "host:99999", "http://h:6379", "a b:1", "h:6379/x"])
+def test_a_garbage_address_is_one_line(address: str) -> None:
+    from tuner.run import parse_address
+
+    with pytest.raises(UserError, match="is not a Ray address"):
+        parse_address(address)
+
+
+def test_a_dead_address_gives_up_by_the_deadline() -> None:
+    from tuner.run import probe_address
+
+    started = time.monotonic()
+    with pytest.raises(UserError, match="cannot reach the Ray cluster"):
+        probe_address(f"127.0.0.1:{free_port()}", time.monotonic() + 2)
+    assert time.monotonic() - started < 5
+
+
+def test_a_bad_tracking_uri_fails_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    from tuner.run import main
+
+    (tmp_path / "space.yaml").write_text("name: t\nparameters:\n  lr: {type: float, low: 0.01, high: 0.1}\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--space", str(tmp_path / "space.yaml"), "--storage", str(tmp_path / "runs"), "--mlflow-uri", "foo://bar"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.count("error:") == 1
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*"))
+
+
+def test_resume_of_an_unknown_sweep_lists_the_known_ones(tmp_path: Path) -> None:
+    from tuner.run import main
+
+    SweepState(str(tmp_path), "known").write_bytes("space.yaml", b"name: x\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--resume", "other", "--storage", str(tmp_path), "--dry-run"])
+    assert exit_.value.code == 2

@@ -1,0 +1,324 @@
+"""tuner's own state of a sweep, under `<storage>/_driver/<sweep>/` on any filesystem Ray supports.
+
+What a new driver on another machine needs to continue a sweep, besides Ray's experiment state in
+`<storage>/<sweep>/`: the Optuna study (`optuna.db`), the budget ledger (`budget.json`), the copy of the
+space file (`space.yaml`), the registration record (`registered.json`) and the digests of Ray's state
+files (`digests.json`). Only the head (the driver) may write this prefix (cluster/README.md, "Who may
+write what"). Everything goes through `pyarrow.fs` (a local path, `s3://`, `gs://`).
+
+The study is sqlite: the driver works on a local copy in a temp folder and uploads a consistent snapshot
+of it (sqlite's backup API, written as `optuna.db.partial` and then moved) whenever Ray snapshots the
+search (so the study is never older than the searcher state that refers to it), after every finished
+trial and at the end; --resume downloads it first. Every file is written as `<name>.partial` and moved.
+
+A `SweepState` pickles as its identity (storage URI, sweep name): Ray pickles the driver's bookkeeping
+into its experiment state, and what a resumed driver unpickles must be this process's working copy, not
+a path on the machine of the driver that died. So there is one SweepState per sweep in a process
+(`open_state`).
+
+Untrusted storage. `--resume` makes Ray unpickle `tuner.pkl`, the searcher state and the experiment
+state (whose JSON holds cloudpickled values) from `<storage>/<sweep>/`. The driver records a SHA-256
+digest of every such file it writes (the last few versions of each, since Ray uploads them after the
+digest is written), in `digests.json` under `_driver/`, and refuses a resume in which any of them does
+not match, before Ray reads a byte of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+
+from tuner.errors import UserError, excerpt
+
+DRIVER_PREFIX = "_driver"
+SPACE_COPY = "space.yaml"
+STUDY_FILE = "optuna.db"
+BUDGET_LEDGER = "budget.json"
+REGISTRATION = "registered.json"
+DIGESTS = "digests.json"
+TUNER_STATE = "tuner.pkl"  # Ray's pickled Tuner, written once when a sweep's Tuner is made
+KEEP_DIGESTS = 8  # versions of one file that may still be on the way to storage when a driver dies
+# Files of Ray's experiment folder that --resume reads (and unpickles) and that are not a trial's
+STATE_FILE = re.compile(r"(tuner\.pkl|experiment_state-.*\.json|searcher-state-.*\.pkl|search_gen_state-.*\.json"
+                        r"|basic-variant-state-.*\.json|callback-states-.*\.pkl)")
+IGNORED_FILES = {".validate_storage_marker"}
+EXPERIMENT_STATE = re.compile(r"experiment_state-.*\.json")
+
+
+def join(base: str, *parts: str) -> str:
+    """`base/part/...` for a local path or a URI whose query (`?endpoint_override=...`) stays at the end."""
+    if "://" in base:
+        from ray.air._internal.uri_utils import URI
+
+        uri = URI(base)
+        for part in parts:
+            uri = uri / part
+        return str(uri)
+    return str(Path(base, *parts))
+
+
+def resolve_storage(flag: str) -> tuple[str, pyarrow.fs.FileSystem, str]:
+    """--storage as (what Ray writes to, its filesystem, the path on it); one line for a bad one."""
+    storage = flag if "://" in flag else str(Path(flag).expanduser().resolve())
+    try:
+        if "://" in storage:
+            fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+        else:
+            fs, root = pyarrow.fs.LocalFileSystem(), storage
+        info = fs.get_file_info(root)
+    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError, ValueError) as err:
+        raise UserError(f"--storage {excerpt(flag)} cannot be opened ({_first_line(err)}): give a folder, "
+                        "s3://bucket/prefix or gs://bucket/prefix that this machine can reach") from None
+    if info.type == pyarrow.fs.FileType.File:
+        raise UserError(f"--storage {excerpt(flag)} is a file: give the folder (or bucket prefix) that holds "
+                        "the sweeps")
+    return storage, fs, root.rstrip("/")
+
+
+class SweepState:
+    """The files of `_driver/<sweep>/` on the storage filesystem, and this driver's working copy of the study."""
+
+    def __init__(self, storage: str, name: str) -> None:
+        self.storage = storage
+        self.name = name
+        self.storage_uri, self.fs, root = resolve_storage(storage)
+        self.root = root
+        self.prefix = f"{root}/{DRIVER_PREFIX}/{name}"
+        self.experiment_path = f"{root}/{name}"  # Ray's folder on self.fs
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"tuner-{name}-"))
+        self._study_stamp: tuple[int, int] | None = None
+        self.expected_trials: set[str] | None = None  # what Ray's newest experiment state lists (--resume)
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open_state, (self.storage, self.name)
+
+    def where(self, file: str) -> str:
+        return f"{self.prefix}/{file}"
+
+    def describe(self, file: str = "") -> str:
+        return join(self.storage_uri, DRIVER_PREFIX, self.name, *([file] if file else []))
+
+    # --- plain files -------------------------------------------------------------------------
+
+    def exists(self, file: str = SPACE_COPY) -> bool:
+        return self.fs.get_file_info(self.where(file)).type == pyarrow.fs.FileType.File
+
+    def read_bytes(self, file: str) -> bytes | None:
+        try:
+            with self.fs.open_input_stream(self.where(file)) as stream:
+                return stream.read()
+        except FileNotFoundError:
+            return None
+
+    def write_bytes(self, file: str, data: bytes) -> None:
+        """`file.partial`, then moved over `file`: a driver killed mid-write leaves the previous one whole."""
+        self.fs.create_dir(self.prefix, recursive=True)
+        partial = self.where(file + ".partial")
+        with self.fs.open_output_stream(partial) as stream:
+            stream.write(data)
+        self.fs.move(partial, self.where(file))
+
+    def read_json(self, file: str) -> dict | None:
+        data = self.read_bytes(file)
+        if data is None:
+            return None
+        try:
+            value = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise UserError(f"{self.describe(file)} is damaged ({type(err).__name__}: {excerpt(str(err))}); "
+                            f"restore it from a backup, or delete it to continue without it") from None
+        if not isinstance(value, dict):
+            raise UserError(f"{self.describe(file)} is damaged (not a JSON object); restore it from a backup, "
+                            "or delete it to continue without it")
+        return value
+
+    def write_json(self, file: str, value: dict) -> None:
+        self.write_bytes(file, json.dumps(value, sort_keys=True).encode())
+
+    # --- the Optuna study ----------------------------------------------------------------------
+
+    @property
+    def study_path(self) -> Path:
+        return self.workdir / STUDY_FILE
+
+    @property
+    def study_url(self) -> str:
+        return f"sqlite:///{self.study_path}"
+
+    def download_study(self) -> bool:
+        """Fetch the stored study into the working copy (False when there is none) and check it opens."""
+        data = self.read_bytes(STUDY_FILE)
+        if data is None:
+            return False
+        self.study_path.write_bytes(data)
+        check_sqlite(self.study_path, self.describe(STUDY_FILE))
+        self._study_stamp = _stamp(self.study_path)
+        return True
+
+    def upload_study(self, force: bool = False) -> None:
+        """A consistent snapshot of the working copy to storage, when it changed since the last upload."""
+        if not self.study_path.is_file():
+            return
+        stamp = _stamp(self.study_path)
+        if not force and stamp == self._study_stamp:
+            return
+        snapshot = self.workdir / (STUDY_FILE + ".snapshot")
+        source = sqlite3.connect(self.study_path)
+        try:
+            target = sqlite3.connect(snapshot)
+            with target:
+                source.backup(target)
+            target.close()
+        finally:
+            source.close()
+        self.write_bytes(STUDY_FILE, snapshot.read_bytes())
+        snapshot.unlink()
+        self._study_stamp = stamp
+
+    def trial_has_checkpoint(self, trial_id: str) -> bool:
+        """Whether trial `trial_id` (folder `t007-<id>` of Ray's experiment folder) has a checkpoint folder."""
+        try:
+            folders = self.fs.get_file_info(pyarrow.fs.FileSelector(self.experiment_path, allow_not_found=True))
+            for folder in folders:
+                if folder.type == pyarrow.fs.FileType.Directory and folder.base_name.endswith(trial_id):
+                    inside = self.fs.get_file_info(pyarrow.fs.FileSelector(folder.path))
+                    if any(i.base_name.startswith("checkpoint_") for i in inside):
+                        return True
+        except OSError:
+            return True  # cannot tell: keep the trial rather than abandon it
+        return False
+
+    def known_sweeps(self) -> list[str]:
+        """The sweeps with a space copy under `<storage>/_driver/` (for error messages)."""
+        try:
+            folders = self.fs.get_file_info(pyarrow.fs.FileSelector(f"{self.root}/{DRIVER_PREFIX}",
+                                                                    allow_not_found=True))
+        except OSError:
+            return []
+        return sorted(f.base_name for f in folders if f.type == pyarrow.fs.FileType.Directory
+                      and self.fs.get_file_info(f"{f.path}/{SPACE_COPY}").type == pyarrow.fs.FileType.File)
+
+    # --- digests of Ray's state files ------------------------------------------------------------
+
+    def record_digests(self, folder: Path | None = None, files: dict[str, bytes] | None = None) -> None:
+        """Add the digests of Ray's state files in the local `folder` (the driver's staging folder, which
+        only this driver writes) and of `files` to `digests.json`; each name keeps its last few versions."""
+        found: dict[str, str] = {}
+        if folder is not None and folder.is_dir():
+            for path in folder.iterdir():
+                if path.is_file() and STATE_FILE.fullmatch(path.name):
+                    found[path.name] = _sha256(path.read_bytes())
+        for name, data in (files or {}).items():
+            found[name] = _sha256(data)
+        if not found:
+            return
+        digests = self._digests()
+        changed = False
+        for name, digest in found.items():
+            known = digests.setdefault(name, [])
+            if digest not in known:
+                known.append(digest)
+                del known[:-KEEP_DIGESTS]
+                changed = True
+        if changed:
+            self.write_json(DIGESTS, {"sha256": digests})
+
+    def record_ray_file(self, file: str) -> None:
+        """Record the digest of a file of Ray's experiment folder that this driver has just written."""
+        with self.fs.open_input_stream(f"{self.experiment_path}/{file}") as stream:
+            self.record_digests(files={file: stream.read()})
+
+    def _digests(self) -> dict[str, list[str]]:
+        stored = self.read_json(DIGESTS)
+        return {k: list(v) for k, v in (stored or {}).get("sha256", {}).items()}
+
+    def verify_ray_state(self) -> None:
+        """Before Ray reads `<storage>/<sweep>/`: every state file it would unpickle is one this sweep's
+        drivers wrote (digest recorded), and the newest experiment state is whole JSON listing trials.
+        Sets `expected_trials`. One line and exit 2 otherwise, with nothing read as code."""
+        where = join(self.storage_uri, self.name)
+        digests = self._digests()
+        if not digests:
+            raise UserError(f"{self.describe(DIGESTS)} is missing: nothing says which of Ray's state files in "
+                            f"{where} this sweep's driver wrote, so --resume will not unpickle them; "
+                            "start a new sweep (or restore the file from a backup)")
+        files = [info for info in self.fs.get_file_info(pyarrow.fs.FileSelector(self.experiment_path))
+                 if info.type == pyarrow.fs.FileType.File and info.base_name not in IGNORED_FILES
+                 and not info.base_name.endswith("/")]
+        states = []
+        for info in files:
+            with self.fs.open_input_stream(info.path) as stream:
+                data = stream.read()
+            if _sha256(data) not in digests.get(info.base_name, ()):
+                raise UserError(f"{join(where, info.base_name)} was not written by this sweep's driver (its SHA-256 "
+                                f"is not in {self.describe(DIGESTS)}): it may have been planted; --resume refuses "
+                                "to unpickle it. Delete it (or restore the original) and check who can write "
+                                f"{where}")
+            if EXPERIMENT_STATE.fullmatch(info.base_name):
+                states.append((info.base_name, data))
+        if not states:
+            raise UserError(f"sweep {self.name} has no Ray experiment state (experiment_state-*.json) in {where}; "
+                            "it cannot be resumed")
+        newest, data = max(states)  # Ray reads the newest by name (a timestamp)
+        try:
+            state = json.loads(data)
+            self.expected_trials = {json.loads(entry[0])["trial_id"] for entry in state["trial_data"]}
+        except (ValueError, KeyError, TypeError, IndexError) as err:
+            raise UserError(f"Ray's experiment state {join(where, newest)} is damaged ({type(err).__name__}); "
+                            f"Ray would start the sweep afresh. Delete that file to resume from the snapshot "
+                            "before it, or start a new sweep") from None
+
+
+_states: dict[tuple[str, str], SweepState] = {}
+
+
+def open_state(storage: str, name: str) -> SweepState:
+    """This process's SweepState of sweep `name` under `storage` (the one working copy of its study)."""
+    key = (storage, name)
+    if key not in _states:
+        _states[key] = SweepState(storage, name)
+    return _states[key]
+
+
+def close_states() -> None:
+    """Forget the working copies (their temp folders are removed)."""
+    for state in _states.values():
+        shutil.rmtree(state.workdir, ignore_errors=True)
+    _states.clear()
+
+
+def check_sqlite(path: Path, where: str) -> None:
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            connection.execute("select count(*) from sqlite_master").fetchone()
+            tables = {row[0] for row in connection.execute("select name from sqlite_master where type='table'")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as err:
+        raise UserError(f"the Optuna study {where} is damaged ({err}); restore it from a backup, "
+                        "or start a new sweep") from None
+    if "studies" not in tables:
+        raise UserError(f"{where} is not an Optuna study (no 'studies' table); restore it from a backup, "
+                        "or start a new sweep")
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return excerpt(text[0]) if text else type(err).__name__
