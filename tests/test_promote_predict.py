@@ -196,16 +196,41 @@ def test_predict_prints_label_and_probability_per_image(registry, tmp_path, caps
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    assert f"= version {registry.good} of {registry.name}" in result.stderr  # what @champion resolved to
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
     for line, path in zip(lines, (png, jpeg)):
         shown_path, label, probability = line.split()
         assert shown_path == str(path) and label in LABEL_NAMES and 0.1 <= float(probability) <= 1.0
 
+    # an unreadable file is reported on stderr; the others are still classified; exit code 1
     text = tmp_path / "notes.txt"
     text.write_text("not an image\n")
-    line = user_error(capsys, lambda: predict.main([str(png), str(text), "--mlflow-uri", registry.uri]))
-    assert str(text) in line and "not an image" in line
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(png), str(text), str(jpeg), "--model-uri", f"models:/{registry.name}@champion",
+                      "--mlflow-uri", registry.uri, "--top-k", "3"])
+    assert exit_info.value.code == 1
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.strip().splitlines()] == [str(png), str(jpeg)]
+    assert len(out.splitlines()[0].split()) == 1 + 2 * 3  # path, then three (label, probability) pairs
+    assert [line for line in err.splitlines() if line.startswith("error: ")] == [
+        line for line in err.splitlines() if str(text) in line and "not an image" in line]
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        predict.main([str(text), str(png), "--json", "--top-k", "2", "--model-uri",
+                      f"models:/{registry.name}@champion", "--mlflow-uri", registry.uri])
+    assert exit_info.value.code == 1
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["model_version"]["version"] == registry.good
+    bad, good = answer["images"]
+    assert bad["path"] == str(text) and "not an image" in bad["error"]
+    assert good["label"] in LABEL_NAMES and len(good["top_k"]) == 2
+    assert good["top_k"][0]["probability"] >= good["top_k"][1]["probability"]
+
+    line = user_error(capsys, lambda: predict.main([str(png), "--top-k", "11", "--mlflow-uri", registry.uri]))
+    assert "--top-k" in line
 
     line = user_error(capsys, lambda: predict.main([str(png), "--model-uri", f"models:/{registry.name}@nobody",
                                                     "--mlflow-uri", registry.uri]))

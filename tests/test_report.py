@@ -14,7 +14,8 @@ from tuner.train import TrainConfig
 
 pytestmark = pytest.mark.integration
 
-PLOTS = ["learning_curves.png", "parallel_coordinates.png", "pareto.png", "param_importances.png"]
+PLOTS = ["optimisation_history.png", "learning_curves.png", "parallel_coordinates.png", "pareto.png",
+         "param_importances.png"]
 TABLES = ["trials.parquet", "trials.csv", "epochs.parquet", "epochs.csv"]
 
 
@@ -47,9 +48,11 @@ def sweep(mlflow_server, tmp_path_factory) -> SweepRun:
 
 def test_report_writes_tables_and_plots_and_logs_them_to_the_sweep(sweep, tmp_path, capsys):
     out = tmp_path / "report"
-    report.main(["--sweep", sweep.sweep_name, "--out", str(out), "--mlflow-uri", sweep.uri])
+    report.main(["--sweep", sweep.sweep_name, "--out", str(out), "--mlflow-uri", sweep.uri,
+                 "--storage", str(tmp_path / "no-runs")])
     printed = capsys.readouterr().out
     assert "5 trials" in printed and "t002 w32-64-128" in printed  # the best trial
+    assert "no Optuna study" in printed and "importances from 5 trials (under 20)" in printed
 
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 5 and len(pd.read_csv(out / "trials.csv")) == 5
@@ -85,3 +88,36 @@ def test_pareto_front_keeps_only_trials_no_smaller_model_beats():
         "best_val_acc": [0.5, 0.7, 0.6, 0.8, 0.4],
     })
     assert list(report.pareto_front(trials)["run_name"]) == ["a", "b", "d"]
+
+
+def test_unused_parameters_are_missing_and_axes_say_log():
+    """A trial the study did not sample momentum for (adamw) has no momentum value; a log axis says so and
+    has more than its two ends as ticks."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    study = optuna.create_study(direction="maximize")
+    lr = FloatDistribution(0.01, 0.1, log=True)
+    for trial_id, params in (("a", {"optimizer": "adamw", "lr": 0.02}),
+                             ("b", {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9})):
+        distributions = {"optimizer": CategoricalDistribution(["sgd", "adamw"]), "lr": lr,
+                         "momentum": FloatDistribution(0.8, 0.95)}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: distributions[k] for k in params}, value=0.5,
+            user_attrs={"ray_trial_id": trial_id}))
+    trials = pd.DataFrame({"trial_id": ["a", "b"], "optimizer": ["adamw", "sgd"], "lr": [0.02, 0.05],
+                           "momentum": [0.9, 0.9]})
+    blanked = report.blank_unused(trials, study)
+    assert pd.isna(blanked.loc[0, "momentum"]) and blanked.loc[1, "momentum"] == 0.9
+    assert report.log_scaled(study) == {"lr"}
+    _, ticks, log = report._axis_values(blanked["lr"], log=True)
+    assert log and len(ticks) == 5
+    _, ticks, _ = report._axis_values(blanked["momentum"])
+    assert (report.UNUSED_Y, "not used") in ticks
+
+
+def test_asha_rungs_come_from_the_parent_params():
+    params = {"scheduler.type": "asha", "scheduler.grace_period": "1", "scheduler.reduction_factor": "2",
+              "scheduler.max_epochs": "9"}
+    assert report.asha_rungs(params) == [1, 2, 4, 8]
+    assert report.asha_rungs({**params, "scheduler.type": "fifo"}) == []

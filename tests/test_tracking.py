@@ -72,16 +72,20 @@ def test_trial_runs_nest_under_their_sweep_with_config_as_params_and_epochs_as_s
     assert [a.path for a in client.list_artifacts(sweep.run_id, "space")] == ["space/space.yaml"]
 
     child = child_runs(client, sweep)["t_00007"]
-    assert child.info.run_name == "t007 w8-16-32 b1-1-1 lr0.05"
+    assert child.info.run_name == "t007 w8-16-32 b1-1-1 lr0.05"  # no space outline: the architecture and lr
     assert child.data.tags["mlflow.parentRunId"] == sweep.run_id
     assert child.data.tags["tuner.sweep"] == sweep.sweep_name
     assert child.data.tags["tuner.outcome"] == "completed"
-    assert child.data.tags["tuner.params"] == str(count_params(CONFIG))
-    assert child.data.tags["tuner.macs"] == str(count_macs(CONFIG))
+    assert child.data.tags["tuner.trial_label"] == "t007"
+    assert child.data.metrics["params_count"] == count_params(CONFIG)  # numbers the UI can sort and chart
+    assert child.data.metrics["macs"] == count_macs(CONFIG)
     assert child.data.tags["tuner.gpu_seconds"] == "12.5"
     assert child.data.params["widths"] == "8,16,32"
     assert TrainConfig.from_dict(child.data.params) == CONFIG
     assert not set(child.data.metrics) & set(CONFIG.field_names()) - {"lr"}
+    for run in (parent, child):
+        assert run.data.tags["mlflow.source.name"] == "tuner.run" and run.data.tags["mlflow.source.type"] == "LOCAL"
+        assert len(run.data.tags.get("mlflow.source.git.commit", "0" * 40)) == 40
     assert "epoch" not in child.data.metrics
     assert steps(client, child.info.run_id, "val_acc") == [1, 2, 3]
     assert child.info.status == "FINISHED"
@@ -117,6 +121,40 @@ def test_a_new_driver_reuses_the_runs_and_never_logs_a_step_twice(mlflow_server,
     assert [m.value for m in client.get_metric_history(run_id, "val_acc") if m.step == 2] == [pytest.approx(0.2)]
     assert client.get_run(run_id).data.tags["tuner.outcome"] == "completed"
     assert_no_step_twice(client, sweep)
+
+
+def test_runs_log_the_parameters_a_trial_used_and_name_it_by_its_searched_values(mlflow_server, tmp_path):
+    """An adamw trial has no momentum or nesterov; a searched field whose `when` fails is not logged; the
+    searched ones are listed in tuner.searched and make the run name; the parent's best_val_acc follows the
+    trials as they finish, and tuner.best moves to the better child."""
+    sweep = start_sweep(mlflow_server.uri, tmp_path)
+    outline = tracking.SpaceOutline("val_acc", "max", (("lr", ()), ("optimizer", ()),
+                                                       ("momentum", (("optimizer", "sgd"),))))
+    runs = sweep.trial_runs(outline)
+    adamw = TrainConfig(widths=(8, 16, 32), blocks=(1, 1, 1), lr=0.0031, optimizer="adamw")
+    sgd = TrainConfig(widths=(8, 16, 32), blocks=(1, 1, 1), lr=0.05, optimizer="sgd", momentum=0.85)
+    for finished, (trial_id, index, config, scale) in enumerate(
+            (("a", 4, adamw, 1.0), ("b", 5, sgd, 2.0), ("c", 6, sgd, 0.5)), start=1):
+        runs.start(trial_id, index, config)
+        runs.log_epoch(trial_id, epoch_metrics(2, scale), 2)
+        runs.finish(trial_id, "completed")
+        runs.count_finished(trial_id, finished)
+    assert runs.best == ("b", pytest.approx(0.4))
+    assert runs.flush(timeout_s=30) and sweep.end()
+
+    client = MlflowClient(mlflow_server.uri)
+    made = child_runs(client, sweep)
+    assert made["a"].info.run_name == "t004 lr=0.0031 optimizer=adamw"
+    assert made["b"].info.run_name == "t005 lr=0.05 optimizer=sgd momentum=0.85"
+    assert made["a"].data.tags["tuner.searched"] == "lr,optimizer"
+    assert made["b"].data.tags["tuner.searched"] == "lr,optimizer,momentum"
+    assert not {"momentum", "nesterov", "plateau_patience"} & set(made["a"].data.params)
+    assert made["b"].data.params["momentum"] == "0.85" and made["b"].data.params["nesterov"] == "True"
+    assert {t: r.data.tags.get("tuner.best") for t, r in made.items()} == {"a": "false", "b": "true", "c": None}
+    parent = client.get_run(sweep.run_id)
+    assert parent.data.tags["tuner.best_trial"] == "b"
+    history = sorted((m.step, m.value) for m in client.get_metric_history(sweep.run_id, "best_val_acc"))
+    assert history == [(1, pytest.approx(0.2)), (2, pytest.approx(0.4)), (3, pytest.approx(0.4))]
 
 
 def test_outcome_of_a_trial_that_never_logged_creates_its_run(mlflow_server, tmp_path):

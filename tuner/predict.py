@@ -1,16 +1,23 @@
 """Classify image files with a registered model: `path  label  probability`, one line per image.
 
     python -m tuner.predict cat.png plane.jpg
+    python -m tuner.predict --top-k 3 --json photos/*.jpg
     python -m tuner.predict --model-uri models:/modified-resnet-cifar10/3 photos/*.jpg
+
+Which version a registry alias (`@champion`) resolved to is printed first, to stderr (in the JSON with
+--json), so stdout stays one line per image. A file that cannot be read is reported on stderr, in order,
+and the other files are still classified; the exit code is then 1 (2 is for bad flags and models).
 
 Images of any size and mode are converted to RGB and resized to 32x32 (bicubic), normalised like the
 training data (`tuner.evaluate.preprocess`) and classified with flip test-time augmentation (the logits of
 the image and its mirror are averaged, as in validation). All files are read before the model is
-fetched, so a file that is not an image fails at once, naming the file.
+fetched.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,16 +72,62 @@ def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
         raise UserError(f"cannot load model {model_uri}: {err}; check the URI") from None
 
 
+def resolved_version(model_uri: str, mlflow_uri: str | None) -> dict[str, str] | None:
+    """For `models:/NAME@ALIAS` or `models:/NAME/VERSION`: the registered version's number and lineage
+    (sweep, trial, val acc); None for other URIs."""
+    if not model_uri.startswith("models:/"):
+        return None
+    from mlflow.exceptions import MlflowException
+
+    from tuner.tracking import open_client
+
+    name, _, rest = model_uri[len("models:/"):].partition("@")
+    client, _ = open_client(mlflow_uri)
+    try:
+        if rest:
+            version = client.get_model_version_by_alias(name, rest)
+        elif "/" in name:
+            name, number = name.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+        else:
+            return None
+    except MlflowException as err:
+        raise UserError(f"cannot load model {model_uri}: {str(err).splitlines()[0][:200]}; check the name and "
+                        f"alias/version (e.g. {DEFAULT_MODEL_URI}, promote one with `python -m tuner.promote`)"
+                        ) from None
+    tags = version.tags or {}
+    return {"name": name, "version": str(version.version), "alias": rest or "",
+            **{key: tags[key] for key in ("sweep", "trial_id", "val_acc") if key in tags}}
+
+
 def classify(model: torch.nn.Module, images: np.ndarray, tta_flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(class index, probability) per image of an N x 32 x 32 x 3 uint8 batch."""
+    indices, probabilities = classify_top(model, images, 1, tta_flip)
+    return indices[:, 0], probabilities[:, 0]
+
+
+def classify_top(model: torch.nn.Module, images: np.ndarray, k: int, tta_flip: bool = True,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The k most probable classes per image, most probable first: (N x k indices, N x k probabilities)."""
     import torch
 
     from tuner.evaluate import preprocess, tta_logits
 
     with torch.no_grad():
         probabilities = torch.softmax(tta_logits(model, preprocess(images), tta_flip), dim=1)
-    best, index = probabilities.max(dim=1)
+    best, index = probabilities.topk(k, dim=1)
     return index.numpy(), best.numpy()
+
+
+def top_k(value: str) -> int:
+    """--top-k: 1 to 10 (CIFAR-10 has ten classes)."""
+    try:
+        k = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number; give 1 to 10") from None
+    if not 1 <= k <= 10:
+        raise argparse.ArgumentTypeError(f"{k} is out of range; give 1 to 10 (CIFAR-10 has ten classes)")
+    return k
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-uri", default=DEFAULT_MODEL_URI,
                         help=f"MLflow model URI (default: {DEFAULT_MODEL_URI})")
     add_tracking_argument(parser)
+    parser.add_argument("--top-k", type=top_k, default=1, metavar="K",
+                        help="print the K most probable classes per image (1-10, default 1)")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object on stdout: the model version and a result per image")
     parser.add_argument("--no-tta", dest="tta_flip", action="store_false", help="no flip test-time augmentation")
     return parser
 
@@ -98,12 +155,40 @@ def main(argv: list[str] | None = None) -> None:
 
     from tuner.data import LABEL_NAMES
 
-    images = np.stack([read_image(path) for path in args.images])
-    model = load_model(args.model_uri, args.mlflow_uri)
-    indices, probabilities = classify(model, images, args.tta_flip)
-    width = max(len(path) for path in args.images)
-    for path, index, probability in zip(args.images, indices, probabilities):
-        print(f"{path:{width}s}  {LABEL_NAMES[int(index)]:10s}  {probability:.4f}")
+    pixels: dict[str, np.ndarray] = {}
+    errors: dict[str, str] = {}
+    for path in args.images:
+        try:
+            pixels[path] = read_image(path)
+        except UserError as err:
+            errors[path] = str(err)
+    version = resolved_version(args.model_uri, args.mlflow_uri)
+    if version is not None and not args.json:
+        lineage = ", ".join(f"{key} {version[key]}" for key in ("sweep", "trial_id", "val_acc") if key in version)
+        print(f"model {args.model_uri} = version {version['version']} of {version['name']}"
+              + (f" ({lineage})" if lineage else ""), file=sys.stderr, flush=True)
+    results: dict[str, list[tuple[str, float]]] = {}
+    if pixels:
+        model = load_model(args.model_uri, args.mlflow_uri)
+        indices, probabilities = classify_top(model, np.stack(list(pixels.values())), args.top_k, args.tta_flip)
+        for path, row, probs in zip(pixels, indices, probabilities):
+            results[path] = [(LABEL_NAMES[int(i)], float(p)) for i, p in zip(row, probs)]
+    if args.json:
+        print(json.dumps({"model_uri": args.model_uri, "model_version": version, "images": [
+            {"path": path, "error": errors[path]} if path in errors else
+            {"path": path, "label": results[path][0][0], "probability": round(results[path][0][1], 6),
+             "top_k": [{"label": label, "probability": round(p, 6)} for label, p in results[path]]}
+            for path in args.images]}, indent=2))
+    else:
+        width = max(len(path) for path in args.images)
+        for path in args.images:
+            if path in errors:
+                print(f"error: {errors[path]}", file=sys.stderr, flush=True)
+                continue
+            print(f"{path:{width}s}  " + "  ".join(f"{label:10s}  {p:.4f}" for label, p in results[path]),
+                  flush=True)
+    if errors:
+        sys.exit(1)  # some files were not classified; the others were
 
 
 if __name__ == "__main__":

@@ -7,12 +7,18 @@ run:
 - trials.parquet / trials.csv: one row per trial: its TrainConfig params, outcome, epochs run, final and
   best val accuracy, params count, MACs, GPU-seconds;
 - epochs.parquet / epochs.csv: one row per trial and epoch, every metric the trial logged;
-- learning_curves.png: val accuracy per epoch of every trial; trials stopped by ASHA end in an x;
-- parallel_coordinates.png: the parameters that varied against best val accuracy (colour);
+- optimisation_history.png: each trial's best val accuracy by trial number, and the best so far;
+- learning_curves.png: val accuracy per epoch of every trial (integer epochs, ASHA's rungs as dashed lines,
+  each curve labelled t007, the champion drawn thick); trials stopped by ASHA end in an x;
+- parallel_coordinates.png: the parameters that varied against best val accuracy (colour); a parameter a
+  trial did not use (momentum of an adamw trial) is missing on that axis, not drawn at a default;
 - pareto.png: best val accuracy against parameter count, with the Pareto front (no smaller model
   is as accurate);
-- param_importances.png: Optuna's fANOVA importances of the varied parameters for best val accuracy
-  (skipped, with a note, below 3 trials or 2 varied parameters).
+- param_importances.png: Optuna's fANOVA importances of the parameters every trial used, for best val
+  accuracy (skipped, with a note, below 3 trials or 2 such parameters; a caveat below 20 trials).
+
+Where the sweep's Optuna study exists (`_driver/<sweep>/optuna.db` or `<sweep>/optuna.db` under --storage)
+it says which parameters each trial was sampled with; the same file opens in optuna-dashboard.
 """
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sweep", required=True, help="the sweep's name (tag tuner.sweep of its parent run)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/reports/<sweep>)")
+    parser.add_argument("--storage", default="runs",
+                        help="the sweep's --storage, where its Optuna study is (default: ./runs)")
     add_tracking_argument(parser)
     return parser
 
@@ -40,6 +48,7 @@ if __name__ == "__main__":  # --help and flag errors answer here, before the imp
     _parser().parse_args()
 
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,9 +60,7 @@ from tuner.config import TrainConfig
 from tuner.errors import UserError, exit_on_user_error, suggest
 from tuner.tracking import (
     TAG_GPU_SECONDS,
-    TAG_MACS,
     TAG_OUTCOME,
-    TAG_PARAMS,
     TAG_TRIAL,
     find_sweep_run,
     open_client,
@@ -67,6 +74,7 @@ SUMMARY_COLUMNS = [
     "params_count", "macs", "gpu_seconds", "run_id",
 ]
 OUTCOME_COLOURS = {"completed": "tab:blue", "stopped": "tab:orange", "failed": "tab:red", "other": "tab:gray"}
+FEW_TRIALS = 20  # below this, fANOVA importances are mostly noise: said under the plot
 
 
 # ---------------------------------------------------------------------------------------------
@@ -109,7 +117,7 @@ def collect(client: MlflowClient, parent: Run) -> tuple[pd.DataFrame, pd.DataFra
     for run in trial_runs(client, parent):
         tags, params = run.data.tags, run.data.params
         trial_id = tags.get(TAG_TRIAL, run.info.run_id)
-        history = metric_rows(client, run)
+        history = {epoch: m for epoch, m in metric_rows(client, run).items() if epoch > 0}  # 0: size metrics
         val = {epoch: m["val_acc"] for epoch, m in history.items() if "val_acc" in m}
         best_epoch = max(val, key=val.get) if val else None
         trials.append({
@@ -121,9 +129,9 @@ def collect(client: MlflowClient, parent: Run) -> tuple[pd.DataFrame, pd.DataFra
             "final_val_acc": val[max(val)] if val else math.nan,
             "best_val_acc": val[best_epoch] if val else math.nan,
             "best_epoch": best_epoch if best_epoch is not None else math.nan,
-            "params_count": _number(tags.get(TAG_PARAMS)),
-            "macs": _number(tags.get(TAG_MACS)),
-            "gpu_seconds": _number(tags.get(TAG_GPU_SECONDS)),
+            "params_count": run.data.metrics.get("params_count", _number(tags.get("tuner.params"))),
+            "macs": run.data.metrics.get("macs", _number(tags.get("tuner.macs"))),
+            "gpu_seconds": run.data.metrics.get("gpu_seconds", _number(tags.get(TAG_GPU_SECONDS))),
             "run_id": run.info.run_id,
             **{name: params.get(name) for name in param_names},
         })
@@ -136,6 +144,58 @@ def collect(client: MlflowClient, parent: Run) -> tuple[pd.DataFrame, pd.DataFra
     epoch_table = pd.DataFrame(epochs, columns=["trial_id", "run_name", "epoch"] + sorted(
         {k for row in epochs for k in row} - {"trial_id", "run_name", "epoch"}))
     return trial_table, epoch_table
+
+
+def load_study(sweep: str, storage: str) -> tuple[Any, str]:
+    """The sweep's Optuna study and its URL, or (None, "") where it is not found (MLflow alone then)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    candidates = []
+    if "://" in storage:  # a bucket: a local copy of tuner's state of the sweep (tuner/sweep_state.py)
+        try:
+            from tuner.sweep_state import STUDY_FILE, open_state
+
+            state = open_state(storage, sweep)
+            if state.exists(STUDY_FILE) and state.download_study():
+                candidates.append(state.study_path)
+        except Exception:  # noqa: BLE001 - storage this machine cannot reach: MLflow alone
+            pass
+    else:  # the file itself (what optuna-dashboard opens); the older layout kept it in Ray's folder
+        candidates += [Path(storage) / "_driver" / sweep / "optuna.db", Path(storage) / sweep / "optuna.db"]
+    for path in candidates:
+        if Path(path).is_file():
+            url = f"sqlite:///{Path(path).resolve()}"
+            try:
+                return optuna.load_study(study_name=sweep, storage=url), url
+            except (KeyError, ValueError):  # another study name in the file: its only study
+                return optuna.load_study(study_name=None, storage=url), url
+    return None, ""
+
+
+def log_scaled(study: Any) -> set[str]:
+    """The parameters the study samples on a log scale (none without a study)."""
+    if study is None:
+        return set()
+    return {name for t in study.get_trials(deepcopy=False) for name, d in t.distributions.items()
+            if getattr(d, "log", False)}
+
+
+def blank_unused(trials: pd.DataFrame, study: Any) -> pd.DataFrame:
+    """Searched parameters a trial was not sampled with (the study's conditional structure) set missing."""
+    sampled = {t.user_attrs["ray_trial_id"]: {name.rsplit("_", 1)[0] if name[-1].isdigit() else name
+                                              for name in t.params}
+               for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs}
+    searched = set().union(*sampled.values()) if sampled else set()
+    trials = trials.copy()
+    for index, row in trials.iterrows():
+        used = sampled.get(row["trial_id"])
+        if used is None:
+            continue
+        for name in searched - used:
+            if name in trials:
+                trials.loc[index, name] = None
+    return trials
 
 
 def varied_params(trials: pd.DataFrame) -> list[str]:
@@ -174,24 +234,60 @@ def _save(fig, path: Path) -> Path:  # noqa: ANN001
     return path
 
 
-def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, sweep: str, path: Path) -> Path:
+def asha_rungs(params: dict[str, str]) -> list[int]:
+    """The epochs at which ASHA compares trials, from the parent run's `scheduler.*` params ([] for FIFO)."""
+    try:
+        if params.get("scheduler.type", "asha") != "asha":
+            return []
+        epoch, factor, last = (int(float(params[f"scheduler.{k}"])) for k in ("grace_period", "reduction_factor",
+                                                                               "max_epochs"))
+    except (KeyError, ValueError):
+        return []
+    rungs = []
+    while epoch < last and factor > 1:
+        rungs.append(epoch)
+        epoch *= factor
+    return rungs
+
+
+def _label(run_name: Any) -> str:
+    return str(run_name).split(" ")[0]
+
+
+def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, sweep: str, path: Path,
+                         rungs: list[int] | None = None) -> Path:
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = _figure()
     outcome_of = dict(zip(trials["trial_id"], trials["outcome"]))
+    champion = _champion(trials)
     curves = epochs.dropna(subset=["val_acc"]) if "val_acc" in epochs else epochs.iloc[0:0]
+    for rung in rungs or []:
+        ax.axvline(rung, color="gray", linestyle="--", linewidth=0.8)
+        ax.text(rung, 1.0, f" rung {rung}", transform=ax.get_xaxis_transform(), fontsize=7, color="gray",
+                va="top")
     for trial_id, rows in curves.groupby("trial_id", sort=False):
         rows = rows.sort_values("epoch")
         group = outcomes.group(outcome_of.get(trial_id, ""))
         colour = OUTCOME_COLOURS[group]
-        ax.plot(rows["epoch"], rows["val_acc"], color=colour, alpha=0.75, linewidth=1.2)
+        best = trial_id == champion
+        ax.plot(rows["epoch"], rows["val_acc"], color="black" if best else colour, alpha=1.0 if best else 0.7,
+                linewidth=2.6 if best else 1.2, zorder=3 if best else 2)
         if group == "stopped":
             ax.plot(rows["epoch"].iloc[-1], rows["val_acc"].iloc[-1], marker="x", color=colour, markersize=9,
                     markeredgewidth=2)
+        ax.annotate(_label(rows["run_name"].iloc[-1]) + (" (champion)" if best else ""),
+                    (rows["epoch"].iloc[-1], rows["val_acc"].iloc[-1]), fontsize=7, textcoords="offset points",
+                    xytext=(4, 2), fontweight="bold" if best else "normal")
     handles = [Line2D([], [], color=OUTCOME_COLOURS["completed"], label="completed"),
                Line2D([], [], color=OUTCOME_COLOURS["stopped"], marker="x", markeredgewidth=2, label="stopped by ASHA"),
-               Line2D([], [], color=OUTCOME_COLOURS["failed"], label="diverged / errored")]
-    ax.legend(handles=handles, loc="lower right")
+               Line2D([], [], color=OUTCOME_COLOURS["failed"], label="diverged / errored"),
+               Line2D([], [], color="black", linewidth=2.6, label="best trial")]
+    if rungs:
+        handles.append(Line2D([], [], color="gray", linestyle="--", label="ASHA rung"))
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"{sweep}: validation accuracy of {len(trials)} trials")
@@ -199,33 +295,87 @@ def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, sweep: str,
     return _save(fig, path)
 
 
-def _axis_values(column: pd.Series) -> tuple[np.ndarray, list[tuple[float, str]]]:
-    """A column mapped to [0, 1] plus (position, label) ticks: numbers scaled (log when they span
-    more than 20x), anything else as evenly spaced categories."""
-    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+def _champion(trials: pd.DataFrame) -> str | None:
+    scored = trials.dropna(subset=["best_val_acc"])
+    return None if scored.empty else str(scored.loc[scored["best_val_acc"].idxmax(), "trial_id"])
+
+
+def trial_numbers(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's sample number (t007 -> 7), from its run name; else its order in the table."""
+    numbers = trials["run_name"].astype(str).str.extract(r"^t(\d+)")[0]
+    return pd.to_numeric(numbers, errors="coerce").fillna(pd.Series(range(1, len(trials) + 1), index=trials.index))
+
+
+def plot_optimisation_history(trials: pd.DataFrame, sweep: str, path: Path) -> Path:
+    """Best val accuracy of each trial by trial number, and the best so far (Optuna's optimisation history)."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _figure(8.0, 4.5)
+    data = trials.assign(number=trial_numbers(trials)).sort_values("number")
+    scored = data.dropna(subset=["best_val_acc"])
+    for group, colour in OUTCOME_COLOURS.items():
+        rows = scored[scored["outcome"].map(outcomes.group) == group]
+        if len(rows):
+            ax.scatter(rows["number"], rows["best_val_acc"], color=colour, s=30, label=group, zorder=3)
+    if len(scored):
+        ax.step(scored["number"], scored["best_val_acc"].cummax(), where="post", color="black", linewidth=1.5,
+                label="best so far")
+        top = scored.loc[scored["best_val_acc"].idxmax()]
+        ax.annotate(_label(top["run_name"]), (top["number"], top["best_val_acc"]), fontsize=8,
+                    textcoords="offset points", xytext=(4, 4))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("trial number (sample order)")
+    ax.set_ylabel("best validation accuracy")
+    ax.set_title(f"{sweep}: optimisation history, {len(scored)} trials with a val accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+UNUSED_Y = -0.15  # where a trial that did not use a parameter crosses its axis
+
+
+def _axis_values(column: pd.Series, log: bool = False) -> tuple[np.ndarray, list[tuple[float, str]], bool]:
+    """A column mapped to [0, 1], (position, label) ticks and whether the axis is logarithmic: numbers
+    scaled (log when they span more than 20x) with five ticks, anything else as evenly spaced categories.
+    A missing value (a parameter the trial did not use) goes to UNUSED_Y, labelled so."""
+    missing = column.isna().to_numpy()
+    present = column.dropna()
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column) and len(present):
         values = column.astype(float).to_numpy()
-        low, high = np.nanmin(values), np.nanmax(values)
-        log = low > 0 and high / low > 20
-        scaled = np.log10(values) if log else values
+        low, high = float(np.nanmin(values)), float(np.nanmax(values))
+        log = low > 0 and (log or high / low > 20)
         lo, hi = (math.log10(low), math.log10(high)) if log else (low, high)
         span = (hi - lo) or 1.0
-        return (scaled - lo) / span, [(0.0, f"{low:.3g}"), (1.0, f"{high:.3g}")]
-    labels = sorted(column.dropna().astype(str).unique(), key=_category_order)
-    positions = {label: (i / (len(labels) - 1) if len(labels) > 1 else 0.5) for i, label in enumerate(labels)}
-    return column.astype(str).map(positions).to_numpy(dtype=float), [(positions[k], k) for k in labels]
+        scaled = ((np.log10(values) if log else values) - lo) / span
+        ticks = [(q, f"{(10 ** (lo + q * span)) if log else (lo + q * span):.3g}") for q in np.linspace(0, 1, 5)]
+        if high == low:
+            ticks = [(0.0, f"{low:.3g}")]
+    else:
+        labels = sorted(present.astype(str).unique(), key=_category_order)
+        positions = {label: (i / (len(labels) - 1) if len(labels) > 1 else 0.5) for i, label in enumerate(labels)}
+        scaled = column.astype(str).map(positions).to_numpy(dtype=float)
+        ticks, log = [(positions[k], k) for k in labels], False
+    if missing.any():
+        scaled = np.where(missing, UNUSED_Y, scaled)
+        ticks.append((UNUSED_Y, "not used"))
+    return scaled, ticks, log
 
 
-def plot_parallel_coordinates(trials: pd.DataFrame, params: list[str], path: Path) -> Path:
+def plot_parallel_coordinates(trials: pd.DataFrame, params: list[str], path: Path,
+                              log_params: set[str] | None = None) -> Path:
+    """`log_params`: sampled on a log scale (the study's distributions); also any range over 20x."""
     import matplotlib.pyplot as plt
 
     data = trials.dropna(subset=["best_val_acc"])
     axes_names = params + ["best_val_acc"]
-    fig, ax = _figure(max(6.0, 1.6 * len(axes_names)), 5.0)
-    columns, ticks = [], []
+    fig, ax = _figure(max(6.0, 1.8 * len(axes_names)), 5.0)
+    columns, ticks, titles = [], [], []
     for name in axes_names:
-        values, axis_ticks = _axis_values(data[name])
+        values, axis_ticks, log = _axis_values(data[name], name in (log_params or set()))
         columns.append(values)
         ticks.append(axis_ticks)
+        titles.append(f"{name}\n(log scale)" if log else name)
     matrix = np.vstack(columns).T if columns else np.zeros((0, 0))
     accuracy = data["best_val_acc"].to_numpy(dtype=float)
     norm = plt.Normalize(np.nanmin(accuracy), np.nanmax(accuracy)) if len(accuracy) else plt.Normalize(0, 1)
@@ -233,13 +383,14 @@ def plot_parallel_coordinates(trials: pd.DataFrame, params: list[str], path: Pat
     for row, colour in zip(matrix, colours):
         ax.plot(range(len(axes_names)), row, color=colour, alpha=0.8, linewidth=1.3)
     for x, axis_ticks in enumerate(ticks):
-        ax.axvline(x, color="black", linewidth=0.8)
+        ax.axvline(x, color="black", linewidth=0.8, ymin=0.16)
         for y, label in axis_ticks:
-            ax.text(x + 0.03, y, label, fontsize=7, va="center")
-    ax.set_xticks(range(len(axes_names)), axes_names, rotation=20)
+            ax.text(x + 0.03, y, label, fontsize=7, va="center", style="italic" if y == UNUSED_Y else "normal")
+    ax.axhline(UNUSED_Y, color="lightgray", linewidth=0.6, linestyle=":")
+    ax.set_xticks(range(len(axes_names)), titles, fontsize=8)
     ax.set_yticks([])
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title("parameters vs best validation accuracy")
+    ax.set_ylim(UNUSED_Y - 0.06, 1.05)
+    ax.set_title(f"parameters vs best validation accuracy ({len(data)} trials)")
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="viridis"), ax=ax, label="best val acc")
     return _save(fig, path)
 
@@ -314,12 +465,25 @@ def param_importances(trials: pd.DataFrame, params: list[str]) -> dict[str, floa
     return dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
 
 
-def plot_importances(importances: dict[str, float], path: Path) -> Path:
-    fig, ax = _figure(7.0, 0.5 * len(importances) + 1.8)
+def plot_importances(importances: dict[str, float], path: Path, trials: int, left_out: list[str]) -> Path:
+    fig, ax = _figure(7.0, 0.5 * len(importances) + 2.2)
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="tab:blue")
     ax.set_xlabel("importance for best val accuracy (fANOVA)")
-    ax.set_title("parameter importances")
+    ax.set_title(f"parameter importances from {trials} trials")
+    notes = []
+    if trials < FEW_TRIALS:
+        notes.append(f"caveat: only {trials} trials (under {FEW_TRIALS}): importances are rough, read the ranking only")
+    if left_out:
+        notes.append(f"left out (not used by every trial): {', '.join(left_out)}")
+    if notes:
+        fig.text(0.01, 0.01, "\n".join(notes), fontsize=7, color="dimgray", va="bottom")
+        fig.tight_layout(rect=(0, 0.06 * len(notes), 1, 1))
+        fig.savefig(path)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return path
     return _save(fig, path)
 
 
@@ -327,7 +491,7 @@ def plot_importances(importances: dict[str, float], path: Path) -> Path:
 # the command
 
 
-def report(sweep: str, out: Path | None, mlflow_uri: str | None) -> Path:
+def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = "runs") -> Path:
     client, _ = open_client(mlflow_uri)
     parent = find_sweep_run(client, sweep)
     if parent is None:
@@ -337,6 +501,12 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None) -> Path:
     trials, epochs = collect(client, parent)
     if trials.empty:
         raise UserError(f"sweep '{sweep}' has no trial runs yet: nothing to report")
+    study, study_url = load_study(sweep, parent.data.tags.get("tuner.storage", storage))
+    if study is not None:
+        trials = blank_unused(trials, study)
+    else:
+        print(f"note: no Optuna study of '{sweep}' under {storage} (pass the sweep's --storage): parameters "
+              "come from MLflow alone")
     out = Path(out) if out else Path("runs") / "reports" / safe_name(sweep)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -345,19 +515,27 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None) -> Path:
         table.to_csv(out / f"{name}.csv", index=False)
         written += [out / f"{name}.parquet", out / f"{name}.csv"]
     params = varied_params(trials)
-    written.append(plot_learning_curves(trials, epochs, sweep, out / "learning_curves.png"))
+    written.append(plot_optimisation_history(trials, sweep, out / "optimisation_history.png"))
+    written.append(plot_learning_curves(trials, epochs, sweep, out / "learning_curves.png",
+                                        asha_rungs(parent.data.params)))
     if params:
-        written.append(plot_parallel_coordinates(trials, params, out / "parallel_coordinates.png"))
+        written.append(plot_parallel_coordinates(trials, params, out / "parallel_coordinates.png",
+                                                 log_scaled(study)))
     else:
         print("note: parallel coordinates skipped: no parameter varies across the trials")
     written.append(plot_pareto(trials, out / "pareto.png"))
-    scored = len(trials.dropna(subset=["best_val_acc", *params]))
-    if len(params) < 2 or scored < 3:
-        print(f"note: parameter importances skipped: need >= 2 varied parameters and >= 3 trials with a val "
-              f"accuracy (have {len(params)} and {scored})")
+    scored_trials = trials.dropna(subset=["best_val_acc"])
+    everywhere = [name for name in params if scored_trials[name].notna().all()]  # conditional ones left out
+    scored = len(scored_trials)
+    if len(everywhere) < 2 or scored < 3:
+        print(f"note: parameter importances skipped: need >= 2 parameters every trial used and >= 3 trials with "
+              f"a val accuracy (have {len(everywhere)} and {scored})")
     else:
-        importances = param_importances(trials, params)
-        written.append(plot_importances(importances, out / "param_importances.png"))
+        importances = param_importances(trials, everywhere)
+        written.append(plot_importances(importances, out / "param_importances.png", scored,
+                                        [name for name in params if name not in everywhere]))
+        if scored < FEW_TRIALS:
+            print(f"note: importances from {scored} trials (under {FEW_TRIALS}): a rough ranking, not a measurement")
     for path in written:
         client.log_artifact(parent.info.run_id, str(path), "report")
     best = trials.sort_values("best_val_acc", ascending=False).head(1)
@@ -365,13 +543,15 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None) -> Path:
     if len(best) and pd.notna(best["best_val_acc"].iloc[0]):
         print(f"best: {best['run_name'].iloc[0]}  val acc {best['best_val_acc'].iloc[0]:.4f}")
     print(f"logged {len(written)} files under report/ of run {parent.info.run_id}")
+    if study is not None:
+        print(f"the study, interactively: optuna-dashboard {study_url}")
     return out
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    report(args.sweep, args.out, args.mlflow_uri)
+    report(args.sweep, args.out, args.mlflow_uri, args.storage)
 
 
 if __name__ == "__main__":
