@@ -208,7 +208,7 @@ def run_tuner(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         raise UserError(f"tuner.run failed (exit {done.returncode}); see {out / 'tuner.log'}")
     best = re.search(r"val_acc ([0-9.]+) at epoch", done.stdout)
     epochs = re.search(r"\((\d+) epochs\)", done.stdout)
-    checkpoint = re.search(r"checkpoint: (\S+)", done.stdout)
+    checkpoint = re.search(r"checkpoint:\s+(\S+)", done.stdout)
     if not (best and epochs and checkpoint):
         raise UserError(f"tuner.run printed no summary; see {out / 'tuner.log'}")
     return {"wall_s": wall, "epochs": int(epochs.group(1)), "best_val_acc": float(best.group(1)),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -177,7 +178,7 @@ def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_
     runs = [r for r in runs if r.data.tags["tuner.trial_id"] not in abandoned]
     trial_ids = [r.data.tags["tuner.trial_id"] for r in runs]
     assert len(trial_ids) == len(set(trial_ids)) == 7, "a trial was rerun or logged twice"
-    assert finished_before <= set(trial_ids)
+    assert finished_before <= {r.data.tags["tuner.trial_label"] for r in runs}  # the console prints labels
     client = MlflowClient(mlflow_server.uri)
     for run in runs:
         assert run.data.tags.get("tuner.outcome"), f"trial {run.data.tags['tuner.trial_id']} has no outcome"
@@ -302,6 +303,55 @@ def test_tracking_outage_mid_sweep_loses_no_metric(workdir: Path, ray_head: RayN
     for run in runs:
         epochs = int(run.data.tags["tuner.epochs_run"])
         for key in EPOCH_METRICS:
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert steps == list(range(1, epochs + 1)), (run.data.tags["tuner.trial_id"], key, steps)
+    assert_each_epoch_once(mlflow_server.uri, runs)
+
+
+def test_driver_chaos_sigkill_at_random_moments_then_resume_accounts_for_every_trial_once(
+        workdir: Path, ray_head: RayNode, mlflow_server) -> None:
+    """SIGKILL the driver at seeded random moments (three times, bounded), --resume after each; at the end
+    every trial is finished exactly once in the study and in MLflow, and every epoch is logged once."""
+    chaos = random.Random(20261129)
+    driver = tuner_run(workdir, ray_head, mlflow_server.uri, "--space", str(workdir / "tiny.yaml"),
+                       "--name", "chaos", start_new_session=True)
+    kills = 0
+    for _ in range(3):
+        deadline = time.monotonic() + 120
+        while not (workdir / "runs" / "chaos" / "tuner.pkl").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)  # a kill before the sweep has any state would leave nothing to resume
+        try:
+            driver.communicate(timeout=chaos.uniform(4, 25))  # reads its output meanwhile: no full pipe
+        except subprocess.TimeoutExpired:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.communicate()
+            kills += 1
+            driver = tuner_run(workdir, ray_head, mlflow_server.uri, "--resume", "chaos", start_new_session=True)
+        else:
+            break  # it finished before this kill: nothing left to interrupt
+    if driver.returncode is None:
+        finish(driver)  # the last resume runs to the end
+    assert driver.returncode == 0
+    assert kills >= 1, "no kill landed: the sweep is too short for this test"
+
+    study = study_of(workdir, "chaos")
+    launched = [t for t in study.trials if "ray_trial_id" in t.user_attrs]
+    ids = [t.user_attrs["ray_trial_id"] for t in launched]
+    assert len(ids) == len(set(ids)), "a Ray trial has two trials in the study"
+    assert all(t.state.is_finished() for t in launched), "a trial was left unfinished in the study"
+    abandoned = {t.user_attrs["ray_trial_id"] for t in launched if t.user_attrs.get("abandoned")}
+    assert len(set(ids) - abandoned) == 7, "the budget of 7 trials was not met exactly"
+    runs = [r for r in child_runs(mlflow_server.uri, "chaos") if r.data.tags.get("tuner.outcome") != "infeasible"]
+    run_ids = [r.data.tags["tuner.trial_id"] for r in runs]
+    assert len(run_ids) == len(set(run_ids)), "a trial has two MLflow runs"
+    assert set(run_ids) == set(ids), "the study and MLflow disagree on which trials ran"
+    client = MlflowClient(mlflow_server.uri)
+    for run in runs:
+        if run.data.tags["tuner.trial_id"] in abandoned:
+            continue
+        assert run.data.tags.get("tuner.outcome"), f"trial {run.data.tags['tuner.trial_id']} has no outcome"
+        epochs = int(run.data.tags["tuner.epochs_run"])
+        for key in ("val_acc", "train_loss"):
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
             assert steps == list(range(1, epochs + 1)), (run.data.tags["tuner.trial_id"], key, steps)
     assert_each_epoch_once(mlflow_server.uri, runs)
