@@ -1,16 +1,23 @@
-"""Search efficiency: Optuna TPE + ASHA vs random search without early stopping, same total epoch budget.
+"""Search efficiency: tuner's searcher against what a user would run instead, at equal epoch budgets.
 
-Both run through the real service (`python -m tuner.run`, local Ray, a local MLflow store) on the real
-training images (validation split, CPU-sized networks), once per seed. Random search runs
-`--random-trials` trials of `--max-epochs` epochs each; TPE + ASHA gets the same total number of epochs
-(`budget.epochs`). From every trial's per-epoch results (ordered by when they were reported) we draw
-best-so-far validation accuracy against epochs spent, and report the share of the budget at which
-TPE + ASHA first reaches random search's final best, per seed and for the mean curve over seeds.
-Results, and the goals they answer to: docs/benchmarks.md#search-efficiency.
+Three arms, each its own search per seed, each with another sampler seed (no shared start-up draws):
+- **tuner**: `python -m tuner.run` with its TPE (fitted at a rung, Latin-hypercube start-up) + ASHA;
+- **random + ASHA**: `python -m tuner.run` with `search.algorithm: random` and the same ASHA;
+- **stock**: Ray Tune's `OptunaSearch` + `ASHAScheduler` as Ray's documentation shows them
+  (bench/stock_optuna_arm.py: the same space as a `param_space`, the same trainer, data split, ASHA
+  settings, trials at once and epoch budget; no constraints, conditions dropped).
+All run on the real training images (validation split, CPU-sized networks) with a local Ray. Each search
+gets `--random-trials` x `--max-epochs` epochs in all (`budget.epochs`). From every trial's per-epoch
+results (ordered by when they were reported) we draw best-so-far validation accuracy against epochs
+spent, and report per seed each arm's final best, the seeds in which tuner ends above each alternative,
+the mean best-so-far curves, and the share of the budget at which tuner's mean curve reaches each
+alternative's mean final best. `--arms` can add `random`: random search without early stopping (FIFO),
+the baseline of earlier runs. Results and goals: docs/benchmarks.md#search-efficiency.
 
-    python bench/search_efficiency.py --data-dir data --seeds 0,1,2 --out runs/bench/search
+    python bench/search_efficiency.py --space recipe --data-dir data --seeds 0,1,2 --out runs/bench/search
     python bench/search_efficiency.py --summarize runs/bench/a,runs/bench/b   # pool two runs' seeds
-    python bench/search_efficiency.py ... --reduction-factor 4 --random-from runs/bench/a   # a TPE + ASHA variant
+    python bench/search_efficiency.py --seeds 0 --random-trials 2 --max-epochs 2 --subset 500 --val-size 200 \
+        --out /tmp/search-smoke   # smoke: every arm, a minute or two
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,19 +69,52 @@ budget: {{trials: {trials}{epoch_budget}}}
 data: {{val_size: {val_size}, subset: {subset}, split_seed: 0}}
 """
 
+# Each arm's sweeps are named `{arm}-s{seed}-{time}`. Random + ASHA is `asha-random`, not `random-asha`:
+# bench/asha_replay.py and bench/rung_correlation.py read every `random-*` sweep as one without early stopping.
+TUNER = "tpe-asha"
+ARMS = {TUNER: "tuner: TPE + ASHA", "asha-random": "random + ASHA", "stock": "stock OptunaSearch + ASHA",
+        "random": "random, no early stopping"}
+# Sampler seed = seed + offset, so that no two arms share their start-up draws (and the old arms keep theirs).
+SEED_OFFSET = {"random": 0, TUNER: 1000, "asha-random": 2000, "stock": 3000}
+# (the alternative, the share of the budget within which tuner's mean curve should reach its mean final best,
+#  the seeds out of 12 in which tuner should end above it): issue #17's goals
+GOALS = {"asha-random": (0.5, 10), "stock": (0.6, 9)}
+STOCK_ARM = Path(__file__).resolve().with_name("stock_optuna_arm.py")
 
-def run_sweep(out: Path, name: str, space_text: str, data_dir: str, seed: int) -> float:
+
+def arm_space(arm: str, seed: int, name: str, args: argparse.Namespace) -> str:
+    """The arm's space file: the same parameters, ASHA settings and data for every arm."""
+    budget = args.random_trials * args.max_epochs
+    fifo = arm == "random"
+    return textwrap.dedent((SPACES[args.space] + SEARCH_SETTINGS).format(
+        name=name, algorithm="tpe" if arm == TUNER else "random", scheduler="fifo" if fifo else "asha",
+        seed=seed + SEED_OFFSET[arm], trials=args.random_trials if fifo else 1000,
+        epoch_budget="" if fifo else f", epochs: {budget}", max_epochs=args.max_epochs,
+        grace_period=args.grace_period, reduction_factor=args.reduction_factor, val_size=args.val_size,
+        subset=args.subset, startup_trials=args.startup_trials, gpus=args.gpus, ema_epochs=args.ema_epochs))
+
+
+def run_arm(arm: str, seed: int, stamp: str, args: argparse.Namespace, out: Path) -> tuple[str, float]:
+    """One arm's search for one seed; its sweep's name and its wall time."""
+    name = f"{arm}-s{seed}-{stamp}"
     space = out / f"{name}.yaml"
-    space.write_text(textwrap.dedent(space_text))
+    space.write_text(arm_space(arm, seed, name, args))
+    if arm == "stock":
+        command = [sys.executable, str(STOCK_ARM), "--space", str(space), "--name", name,
+                   "--storage", str(out / "runs"), "--data-dir", args.data_dir]
+    else:
+        # One MLflow store per seed: seeds may run at once (--jobs), and two drivers creating one sqlite store
+        # at the same moment race in its schema migration.
+        command = [sys.executable, "-m", "tuner.run", "--space", str(space), "--name", name, "--storage",
+                   str(out / "runs"), "--mlflow-uri", f"sqlite:///{out / f'mlflow-s{seed}.db'}",
+                   "--data-dir", args.data_dir]
     started = time.monotonic()
-    # One MLflow store per seed: seeds may run at once (--jobs), and two drivers creating one sqlite store
-    # at the same moment race in its schema migration.
-    command = [sys.executable, "-m", "tuner.run", "--space", str(space), "--name", name, "--storage",
-               str(out / "runs"), "--mlflow-uri", f"sqlite:///{out / f'mlflow-s{seed}.db'}", "--data-dir", data_dir]
     with open(out / f"{name}.log", "w") as log:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return time.monotonic() - started
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if done.returncode != 0:
+        raise UserError(f"the {arm} search for seed {seed} failed (exit {done.returncode}); see {out / name}.log")
+    return name, time.monotonic() - started
 
 
 def epoch_results(sweep_dir: Path) -> list[dict]:
@@ -97,95 +138,54 @@ def best_so_far(rows: list[dict]) -> list[float]:
     return curve
 
 
-def compare_seed(seed: int, args: argparse.Namespace, out: Path) -> tuple[dict, list[float], list[float]]:
-    """Random search, then TPE + ASHA under the same epoch budget, for one seed."""
-    budget = args.random_trials * args.max_epochs
-    common = dict(max_epochs=args.max_epochs, grace_period=args.grace_period, val_size=args.val_size,
-                  subset=args.subset, startup_trials=args.startup_trials, gpus=args.gpus,
-                  ema_epochs=args.ema_epochs, reduction_factor=args.reduction_factor)
+def compare_seed(seed: int, args: argparse.Namespace, out: Path) -> tuple[dict, dict[str, list[float]]]:
+    """Every arm's search for one seed, one after the other, then its figures."""
     stamp = time.strftime("%H%M%S")
-    random_name, asha_name = f"random-s{seed}-{stamp}", f"tpe-asha-s{seed}-{stamp}"
-    space = SPACES[args.space] + SEARCH_SETTINGS
-    random_space = space.format(name=random_name, algorithm="random", scheduler="fifo", seed=seed,
-                                trials=args.random_trials, epoch_budget="", **common)
-    if args.random_from:
-        random_sweep = earlier_random_sweep(args.random_from, seed, random_space)
-    else:
-        random_s = run_sweep(out, random_name, random_space, args.data_dir, seed)
-        random_sweep = out / "runs" / random_name
-    # Another sampler seed: TPE's startup trials are random draws, and with the same seed they would be
-    # the random search's first trials, so both searches would share their best early configs.
-    asha_s = run_sweep(out, asha_name, space.format(
-        name=asha_name, algorithm="tpe", scheduler="asha", seed=seed + 1000, trials=1000,
-        epoch_budget=f", epochs: {budget}", **common), args.data_dir, seed)
-    row, random_curve, asha_curve = measure_seed(seed, random_sweep, out / "runs" / asha_name, budget)
-    row["asha_wall_s"] = round(asha_s)
-    if args.random_from:
-        row["random_sweep"] = str(random_sweep)  # outside this run's folder, so --summarize is told where
-    else:
-        row["random_wall_s"] = round(random_s)
+    sweeps, wall = {}, {}
+    for arm in args.arms:
+        sweeps[arm], wall[arm] = run_arm(arm, seed, stamp, args, out)
+    row, curves = measure_seed(seed, {arm: out / "runs" / name for arm, name in sweeps.items()},
+                               args.random_trials * args.max_epochs)
+    for arm in args.arms:
+        row["arms"][arm]["wall_s"] = round(wall[arm])
     print(json.dumps(row), flush=True)
-    return row, random_curve, asha_curve
+    return row, curves
 
 
-# Settings a random search without early stopping ignores: it may be reused across runs that differ only here.
-IGNORED_BY_RANDOM_SEARCH = {"search": ("startup_trials",), "scheduler": ("grace_period", "reduction_factor")}
+def measure_seed(seed: int, sweeps: dict[str, Path], budget: int) -> tuple[dict, dict[str, list[float]]]:
+    """One seed's figures and best-so-far curves, from the arms' recorded results. A curve stops at the budget:
+    trials still running when it is spent may report one more epoch."""
+    arms, curves = {}, {}
+    for arm, sweep in sweeps.items():
+        rows = epoch_results(sweep)
+        if not rows:
+            raise UserError(f"{sweep}: no trial reported an epoch; see the sweep's log next to its folder")
+        curves[arm] = best_so_far(rows)[:budget]
+        arms[arm] = {"sweep": sweep.name, "final_best": curves[arm][-1], "epochs": len(curves[arm]),
+                     "trials": len({r["trial"] for r in rows[:budget]})}
+    for arm in arms:
+        if arm != TUNER:
+            arms[arm]["tuner_epochs_to_reach"] = first_reaching(curves[TUNER], arms[arm]["final_best"])
+    return {"seed": seed, "budget_epochs": budget, "arms": arms}, curves
 
 
-def random_settings(space_text: str) -> dict:
-    space = yaml.safe_load(textwrap.dedent(space_text))
-    space.pop("name")
-    for section, keys in IGNORED_BY_RANDOM_SEARCH.items():
-        for key in keys:
-            space[section].pop(key)
-    return space
-
-
-def earlier_random_sweep(outs: str, seed: int, space_text: str) -> Path:
-    """The random search of an earlier run (--random-from) for this seed, checked to have this run's settings.
-
-    On the CPU a seeded random search is deterministic (the same trials, the same accuracies, epoch for
-    epoch; checked in docs/notes/benchmark-journal.md, "A larger budget, and a stricter rung"), so rerunning
-    it would only repeat it.
-    """
-    found = [path for out in outs.split(",") for path in sorted(Path(out).resolve().glob(f"random-s{seed}-*.yaml"))]
-    if len(found) != 1:
-        raise UserError(f"--random-from {outs}: expected one random search for seed {seed}, found {len(found)}")
-    if random_settings(found[0].read_text()) != random_settings(space_text):
-        raise UserError(f"--random-from: {found[0]} was run with other settings than this run's random search; "
-                        "rerun it or pass matching --space/--random-trials/--max-epochs/--subset/--val-size/"
-                        "--ema-epochs")
-    return found[0].parent / "runs" / found[0].stem
-
-
-def measure_seed(seed: int, random_sweep: Path, asha_sweep: Path,
-                 budget: int) -> tuple[dict, list[float], list[float]]:
-    """One seed's figures and best-so-far curves, from the two sweeps' recorded results."""
-    random_curve = best_so_far(epoch_results(random_sweep))
-    asha_rows = epoch_results(asha_sweep)
-    asha_curve = best_so_far(asha_rows)
-    target = random_curve[-1]
-    reached = first_reaching(asha_curve, target)
-    row = {"seed": seed, "budget_epochs": budget, "random_epochs": len(random_curve),
-           "asha_epochs": len(asha_curve), "asha_trials": len({r["trial"] for r in asha_rows}),
-           "random_final_best": target, "asha_final_best": asha_curve[-1],
-           "asha_epochs_to_random_best": reached,
-           "share_of_budget": (reached / budget) if reached else None}
-    return row, random_curve, asha_curve
-
-
-def measured_runs(outs: list[Path]) -> list[tuple[dict, list[float], list[float]]]:
+def measured_runs(outs: list[Path]) -> list[tuple[dict, dict[str, list[float]]]]:
     """Every seed of earlier bench runs (each an --out folder), recomputed from their sweeps."""
     results = []
     for out in outs:
+        if not (out / "summary.json").is_file():
+            raise UserError(f"--summarize: {out} has no summary.json; give --out folders of finished runs")
         for row in json.loads((out / "summary.json").read_text()):
             seed = row["seed"]
-            found = {"random": ([Path(row["random_sweep"])] if "random_sweep" in row  # reused: --random-from
-                                else sorted((out / "runs").glob(f"random-s{seed}-*"))),
-                     "tpe-asha": sorted((out / "runs").glob(f"tpe-asha-s{seed}-*"))}
-            if any(len(sweeps) != 1 for sweeps in found.values()):
-                raise UserError(f"{out}: expected one random and one tpe-asha sweep for seed {seed}, found {found}")
-            results.append(measure_seed(seed, found["random"][0], found["tpe-asha"][0], row["budget_epochs"]))
+            if "arms" in row:
+                sweeps = {arm: [out / "runs" / info["sweep"]] for arm, info in row["arms"].items()}
+            else:  # a run from before the stock arm: TPE + ASHA against FIFO random search
+                sweeps = {arm: sorted((out / "runs").glob(f"{arm}-s{seed}-*")) for arm in (TUNER, "random")}
+                if "random_sweep" in row:  # reused from an earlier run (--random-from, since removed)
+                    sweeps["random"] = [Path(row["random_sweep"])]
+            if any(len(found) != 1 or not found[0].is_dir() for found in sweeps.values()):
+                raise UserError(f"{out}: expected one sweep folder per arm for seed {seed}, found {sweeps}")
+            results.append(measure_seed(seed, {arm: found[0] for arm, found in sweeps.items()}, row["budget_epochs"]))
     return results
 
 
@@ -196,108 +196,153 @@ def first_reaching(curve: list[float], target: float) -> int | None:
 
 def mean_curve(curves: list[list[float]], length: int) -> list[float]:
     """Mean over seeds of best-so-far curves, each held at its last value up to length epochs."""
-    padded = [curve + [curve[-1]] * (length - len(curve)) for curve in curves]
+    padded = [curve[:length] + [curve[-1]] * (length - len(curve)) for curve in curves]
     return [sum(values) / len(values) for values in zip(*padded, strict=True)]
 
 
-@exit_on_user_error
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated integers")
     parser.add_argument("--space", choices=sorted(SPACES), default="widths-optimizer",
                         help="the parameters searched (both on CPU-sized networks)")
-    parser.add_argument("--random-trials", type=int, default=10)
+    parser.add_argument("--arms", default=f"{TUNER},asha-random,stock",
+                        help=f"comma-separated, {TUNER} first: " + "; ".join(f"{k} ({v})" for k, v in ARMS.items()))
+    parser.add_argument("--random-trials", type=int, default=10,
+                        help="the budget is random-trials x max-epochs epochs per search")
     parser.add_argument("--max-epochs", type=int, default=5)
     parser.add_argument("--subset", type=int, default=3000)
     parser.add_argument("--val-size", type=int, default=1000)
     # Epoch 1 ends the warm-up; its rank predicts the final rank poorly
     # (docs/benchmarks.md#weight-average-at-the-rungs).
     parser.add_argument("--grace-period", type=int, default=2)
-    parser.add_argument("--startup-trials", type=int, default=8)  # the service's default (SearchSettings)
+    parser.add_argument("--startup-trials", type=int, default=8,
+                        help="tuner's TPE start-up trials (the service's default); the stock arm keeps Optuna's")
     parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--ema-epochs", type=float, default=0.0,
                         help="evaluate a moving average of the weights over this many epochs (TrainConfig.ema_epochs)")
     parser.add_argument("--gpus", type=float, default=0.0,
-                        help="GPUs per trial (0.5 runs a sweep's two trials side by side on one GPU)")
+                        help="GPUs per trial (0.5 runs a search's two trials side by side on one GPU)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="seeds compared at once, each in its own local Ray (for machines with cores to spare)")
-    parser.add_argument("--random-from", metavar="OUT,OUT",
-                        help="reuse these earlier runs' random searches (same seeds and settings) instead of rerunning")
+                        help="seeds compared at once, each arm in its own local Ray (for machines with cores to spare)")
     parser.add_argument("--out", default="runs/bench/search")
     parser.add_argument("--plot", help="where the plot goes (default: OUT/search_efficiency.png, OUT from --out)")
     parser.add_argument("--summarize", metavar="OUT,OUT",
                         help="run nothing: pool the seeds of earlier runs (their --out folders) into one summary")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise UserError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
+    args.arms = [a for a in args.arms.split(",") if a]
+    if not args.arms or args.arms[0] != TUNER or set(args.arms) - ARMS.keys() or len(set(args.arms)) < len(args.arms):
+        raise UserError(f"--arms {','.join(args.arms)!r}: give {TUNER} first, then any of "
+                        f"{', '.join(a for a in ARMS if a != TUNER)}, each once")
+    for name in ("random_trials", "max_epochs", "subset", "val_size", "grace_period", "reduction_factor", "jobs"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
+    if args.grace_period > args.max_epochs:
+        raise UserError(f"--grace-period {args.grace_period} must not exceed --max-epochs {args.max_epochs}")
+    if args.gpus < 0 or args.ema_epochs < 0:
+        raise UserError("--gpus and --ema-epochs must be >= 0")
+    return args
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     plot_path = Path(args.plot) if args.plot else Path(args.out).resolve() / "search_efficiency.png"
     if args.summarize:
-        results = measured_runs([Path(p).resolve() for p in args.summarize.split(",")])
-        budgets = {row["budget_epochs"] for row, _, _ in results}
+        results = measured_runs([Path(p).resolve() for p in args.summarize.split(",") if p])
+        budgets = {row["budget_epochs"] for row, _ in results}
         if len(budgets) != 1:
             raise UserError(f"the runs have different budgets {sorted(budgets)}: pool only runs of one setting")
         print(f"\npooled from {args.summarize}")
         report(results, budgets.pop(), plot_path)
         return
+    if not Path(args.data_dir).is_dir():
+        raise UserError(f"--data-dir {args.data_dir} is not a folder; give the one holding cifar-10-batches-py")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     budget = args.random_trials * args.max_epochs
-    seeds = [int(s) for s in args.seeds.split(",")]
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        results = list(pool.map(lambda seed: compare_seed(seed, args, out), seeds))
-    (out / "summary.json").write_text(json.dumps([row for row, _, _ in results], indent=2))
+    done, lock = [], threading.Lock()
+
+    def compare_and_record(seed: int) -> tuple[dict, dict[str, list[float]]]:
+        # summary.json is rewritten as each seed finishes: a run stopped at a time limit (a device lease)
+        # keeps the seeds it finished for --summarize.
+        result = compare_seed(seed, args, out)
+        with lock:
+            done.append(result[0])
+            (out / "summary.json").write_text(json.dumps(sorted(done, key=lambda r: r["seed"]), indent=2))
+        return result
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(compare_and_record, args.seeds))
     print(f"\nspace {args.space}; budget {budget} epochs per search "
-          f"({args.random_trials} random trials x {args.max_epochs} epochs); "
+          f"({args.random_trials} x {args.max_epochs}-epoch trials); "
           f"data: first {args.subset} training images, {args.val_size} validation images; "
           f"ASHA grace {args.grace_period}, reduction {args.reduction_factor}; "
-          f"TPE start-up trials {args.startup_trials}; "
+          f"tuner's TPE start-up trials {args.startup_trials}; "
           f"weight average {args.ema_epochs:g} epochs; GPUs per trial {args.gpus:g}")
     report(results, budget, plot_path)
 
 
-def report(results: list[tuple[dict, list[float], list[float]]], budget: int, plot_path: Path) -> None:
-    """The per-seed table, the goal count, the mean-over-seeds line and the plot."""
-    summary = [row for row, _, _ in results]
-    curves = {row["seed"]: (random_curve, asha_curve) for row, random_curve, asha_curve in results}
-    print("seed  random best  tpe+asha best  tpe+asha trials  epochs to reach random's best  share of budget")
-    for r in summary:
-        share = f"{r['share_of_budget'] * 100:.0f}%" if r["share_of_budget"] else "not reached"
-        reached = r["asha_epochs_to_random_best"] or "-"
-        print(f"{r['seed']:>4}  {r['random_final_best']:.4f}       {r['asha_final_best']:.4f}         "
-              f"{r['asha_trials']:>3}              {reached:>3}                          {share}")
-    shares = [r["share_of_budget"] for r in summary]
-    met = sum(1 for s in shares if s is not None and s <= 0.4)
-    print(f"reached random's best within 40% of the budget in {met} of {len(shares)} seeds")
-    # A seed's share swings with which of two concurrent trials finishes first; the mean curve is steadier.
-    random_mean = mean_curve([c[0] for c in curves.values()], budget)
-    asha_mean = mean_curve([c[1] for c in curves.values()], budget)
-    at_goal = max(1, int(0.4 * budget))
-    reached = first_reaching(asha_mean, random_mean[-1])
-    print(f"mean over seeds: random final best {random_mean[-1]:.4f}; tpe+asha best at 40% of the budget "
-          f"{asha_mean[at_goal - 1]:.4f}, final {asha_mean[-1]:.4f}; tpe+asha's mean curve reaches random's "
-          f"mean final best " + (f"at epoch {reached} of {budget} ({reached / budget:.0%})" if reached
-                                 else "never"))
-    ahead = sum(1 for r in summary if r["asha_final_best"] > r["random_final_best"])
-    print(f"tpe+asha ends above random search in {ahead} of {len(summary)} seeds")
-    plot(curves, budget, plot_path)
+def report(results: list[tuple[dict, dict[str, list[float]]]], budget: int, plot_path: Path) -> None:
+    """The per-seed table, the counts against the goals, the mean curves and the plot."""
+    arms = [arm for arm in ARMS if all(arm in row["arms"] for row, _ in results)]
+    others = [arm for arm in arms if arm != TUNER]
+    print("per seed: final best (trials run); for each alternative, the epoch at which tuner reached its best")
+    print("seed  " + "  ".join(f"{arm:>19}" for arm in arms) + "  "
+          + "  ".join(f"{'tuner to ' + arm:>20}" for arm in others))
+    for row, _ in results:
+        cells = [f"{row['arms'][arm]['final_best']:.4f} ({row['arms'][arm]['trials']:>2} trials)" for arm in arms]
+        reached = [row["arms"][arm]["tuner_epochs_to_reach"] for arm in others]
+        print(f"{row['seed']:>4}  " + "  ".join(f"{c:>19}" for c in cells) + "  "
+              + "  ".join(f"{(f'{r} ({r / budget:.0%})' if r else 'not reached'):>20}" for r in reached))
+    seeds = len(results)
+    means = {arm: mean_curve([curves[arm] for _, curves in results], budget) for arm in arms}
+    print("mean final best: " + ", ".join(f"{arm} {means[arm][-1]:.4f}" for arm in arms))
+    for arm in others:
+        ahead = sum(1 for row, _ in results if row["arms"][TUNER]["final_best"] > row["arms"][arm]["final_best"])
+        tied = sum(1 for row, _ in results if row["arms"][TUNER]["final_best"] == row["arms"][arm]["final_best"])
+        reached = first_reaching(means[TUNER], means[arm][-1])
+        share = f"at epoch {reached} of {budget} ({reached / budget:.0%})" if reached else "never"
+        share_goal, seeds_goal = GOALS.get(arm, (None, None))
+        print(f"tuner ends above {ARMS[arm]} in {ahead} of {seeds} seeds ({tied} tied)"
+              + (f" [goal >= {seeds_goal} of 12]" if seeds_goal else "")
+              + f"; its mean curve reaches {arm}'s mean final best {share}"
+              + (f" [goal <= {share_goal:.0%}]" if share_goal else ""))
+    plot(results, means, budget, plot_path)
 
 
-def plot(curves: dict[int, tuple[list[float], list[float]]], budget: int, path: Path) -> None:
+COLOURS = {TUNER: "tab:blue", "asha-random": "tab:gray", "stock": "tab:orange", "random": "tab:green"}
+
+
+def plot(results: list[tuple[dict, dict[str, list[float]]]], means: dict[str, list[float]], budget: int,
+         path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for seed, (random_curve, asha_curve) in curves.items():
-        ax.plot(range(1, len(random_curve) + 1), random_curve, color="tab:gray", alpha=0.8,
-                label="random, no early stopping" if seed == min(curves) else None)
-        ax.plot(range(1, len(asha_curve) + 1), asha_curve, color="tab:blue",
-                label="Optuna TPE + ASHA" if seed == min(curves) else None)
-    ax.axvline(0.4 * budget, color="tab:red", linestyle="--", label="40% of budget")
-    ax.set_xlabel("epochs spent (all trials)")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    epochs = range(1, budget + 1)
+    for arm, mean in means.items():
+        for _, curves in results:
+            ax.plot(range(1, len(curves[arm]) + 1), curves[arm], color=COLOURS[arm], alpha=0.12, linewidth=0.8)
+        ax.plot(epochs, mean, color=COLOURS[arm], linewidth=2.2, label=f"{ARMS[arm]} (mean)")
+    for arm, (share, _) in GOALS.items():
+        if arm in means:
+            ax.axvline(share * budget, color=COLOURS[arm], linestyle=":", linewidth=1)
+            ax.axhline(means[arm][-1], color=COLOURS[arm], linestyle="--", linewidth=0.8)
+    ax.set_xlabel(f"epochs spent (all trials; budget {budget})")
     ax.set_ylabel("best validation accuracy so far")
-    ax.set_title("Search efficiency, one line per seed")
-    ax.legend()
+    ax.set_title(f"Search efficiency, mean of {len(results)} seeds (faint: each seed)\n"
+                 "dashed: each alternative's mean final best; dotted: its goal share of the budget", fontsize=9)
+    low = min(min(mean) for mean in means.values())
+    ax.set_ylim(bottom=max(0.0, low - 0.05))
+    ax.legend(loc="lower right")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

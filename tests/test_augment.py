@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tuner.augment import batch_affine, batch_color_jitter, batch_crop, batch_flip_lr
+from tuner.augment import (
+    alternating_flips,
+    batch_affine,
+    batch_color_jitter,
+    batch_crop,
+    batch_flip_lr,
+    flip_lr_where,
+)
 
 CENTRE = 15.5  # the image centre in pixel coordinates (pixel centres at 0..31)
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, the grey that ColorJitter's contrast and saturation use
@@ -82,6 +89,22 @@ def test_flip_mirrors_about_half_and_leaves_the_rest_untouched() -> None:
     mirrored = (out == images.flip(3)).flatten(1).all(1)
     assert (same ^ mirrored).all()  # each image is its original or its mirror, never a mix
     assert 140 < int(mirrored.sum()) < 260
+
+
+def test_flip_where_mirrors_exactly_the_marked_images() -> None:
+    images = random_images(6)
+    marked = torch.tensor([True, False, False, True, True, False])
+    out = flip_lr_where(images, marked)
+    for image, original, flipped in zip(out, images, marked):
+        assert torch.equal(image, original.flip(2) if flipped else original)
+
+
+def test_alternating_flips_mirror_each_image_on_every_other_epoch() -> None:
+    first = torch.rand(1000, generator=gen()) < 0.5
+    by_epoch = torch.stack([alternating_flips(first, epoch) for epoch in range(1, 7)])
+    assert torch.equal(by_epoch[0], first) and torch.equal(by_epoch[1], ~first)
+    assert (by_epoch[1:] != by_epoch[:-1]).all()  # every image changes sides from one epoch to the next
+    assert (by_epoch.sum(0) == 3).all()  # six epochs: each image mirrored in exactly three
 
 
 def test_color_jitter_keeps_values_in_unit_range() -> None:

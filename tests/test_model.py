@@ -1,4 +1,5 @@
-"""ModifiedResNet: the default is the report's network, and count_params / count_macs match built models."""
+"""ModifiedResNet: the default is the report's network, count_params / count_macs match built models, and the
+initialisation options change initial values only."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from tuner.model import ModifiedResNet, build_model, count_macs, count_params
+from tuner.config import TrainConfig
+from tuner.model import BasicBlock, ModifiedResNet, build_model, count_macs, count_params
 
 DEFAULT_PARAMS = 2_777_674
 DEFAULT_MACS = 421_202_432
@@ -122,3 +124,50 @@ def test_impossible_architectures_are_refused_before_building(widths: tuple[int,
         count_params(Arch(widths, blocks))
     with pytest.raises(ValueError, match="widths"):
         count_macs(Arch(widths, blocks))
+
+
+# --- initialisation options --------------------------------------------------------------------------
+
+
+def test_zero_init_residual_starts_every_block_as_its_shortcut() -> None:
+    model = build_model(TrainConfig(widths=(8, 16), blocks=(2, 1), zero_init_residual=True)).eval()
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 3 and all(torch.equal(b.bn2.weight, torch.zeros(b.bn2.num_features)) for b in blocks)
+    x = torch.randn(2, 8, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(blocks[0](x), torch.relu(x))  # identity shortcut: the block is relu(x)
+        assert torch.equal(blocks[2](torch.relu(x)), torch.relu(blocks[2].shortcut(torch.relu(x))))
+    assert count_params(TrainConfig(zero_init_residual=True)) == DEFAULT_PARAMS
+    default = build_model(TrainConfig(widths=(8, 16), blocks=(2, 1)))
+    assert all(torch.equal(b.bn2.weight, torch.ones(b.bn2.num_features))
+               for b in default.modules() if isinstance(b, BasicBlock))
+
+
+def test_dirac_init_makes_each_convolution_pass_its_first_channels_through() -> None:
+    torch.manual_seed(0)
+    plain = build_model(Arch((8, 16), (1, 1)))
+    torch.manual_seed(0)
+    dirac = build_model(TrainConfig(widths=(8, 16), blocks=(1, 1), dirac_init=True))
+    convs = [(name, m) for name, m in dirac.named_modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 6  # stem, 2 per block, one 1x1 shortcut
+    for name, conv in convs:
+        carried = min(conv.in_channels, conv.out_channels)
+        k = conv.kernel_size[0] // 2
+        identity = torch.zeros(carried, conv.in_channels, *conv.kernel_size)
+        identity[range(carried), range(carried), k, k] = 1
+        assert torch.equal(conv.weight[:carried], identity), name
+        # the filters beyond the identity keep the values a default build draws (no extra draws)
+        assert torch.equal(conv.weight[carried:], plain.get_submodule(name).weight[carried:]), name
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(dirac.stem[0](x)[:, :3], x)  # the stem's first three filters are R, G and B
+    assert trainable_params(dirac) == trainable_params(plain)
+
+
+def test_build_model_keeps_torch_defaults_without_the_options() -> None:
+    torch.manual_seed(0)
+    bare = build_model(Arch((8, 16), (1, 1)))
+    torch.manual_seed(0)
+    config = build_model(TrainConfig(widths=(8, 16), blocks=(1, 1)))
+    for (name, a), b in zip(bare.state_dict().items(), config.state_dict().values()):
+        assert torch.equal(a, b), name

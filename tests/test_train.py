@@ -18,6 +18,7 @@ from tuner.checkpoint import load_checkpoint, model_from_checkpoint, save_checkp
 from tuner.data import DataSplits, load_splits, write_synthetic_cifar10
 from tuner.errors import UserError
 from tuner.evaluate import evaluate_images, preprocess
+from tuner.model import BasicBlock
 from tuner.train import (
     DIVERGENCE_CHECK_EVERY,
     OPTIMIZERS,
@@ -25,6 +26,7 @@ from tuner.train import (
     EpochMetrics,
     LrSchedule,
     TrainConfig,
+    TrainingState,
     augment_batch,
     fit,
     format_stages,
@@ -98,6 +100,10 @@ def test_unknown_field_is_refused_with_a_suggestion_and_the_valid_names() -> Non
         ({"translate": 0.9}, "translate"),
         ({"ema_epochs": -0.5}, "ema_epochs"),
         ({"ema_epochs": 16}, "ema_epochs"),
+        ({"final_plain_epochs": 16}, "final_plain_epochs"),
+        ({"final_plain_epochs": -1}, "final_plain_epochs"),
+        ({"tta_translate": -1}, "tta_translate"),
+        ({"tta_translate": 9}, "tta_translate"),
     ],
 )
 def test_impossible_values_are_user_errors_naming_the_field(values: dict[str, Any], field: str) -> None:
@@ -118,6 +124,10 @@ def test_impossible_values_are_user_errors_naming_the_field(values: dict[str, An
         ({"widths": "a,b"}, "widths"),
         ({"widths": 64}, "widths"),
         ({"lr": None}, "lr"),
+        ({"alternate_flip": "sometimes"}, "alternate_flip"),
+        ({"zero_init_residual": 1}, "zero_init_residual"),
+        ({"final_plain_epochs": 0.5}, "final_plain_epochs"),
+        ({"tta_translate": "one"}, "tta_translate"),
     ],
 )
 def test_wrong_types_are_user_errors_naming_the_field(values: dict[str, Any], field: str) -> None:
@@ -416,6 +426,106 @@ def test_images_per_s_is_images_stepped_on_over_training_time_alone(
         assert metrics.epoch_seconds == 102.0  # the epoch's time holds both
 
 
+# --- recipe options ----------------------------------------------------------------------------------
+
+
+def test_without_bn_bias_decay_only_conv_and_linear_weights_are_decayed() -> None:
+    model = train_module.build_model(tiny(widths=(8, 16), blocks=(1, 1)))
+    for optimizer in ("sgd", "adam", "adamw"):
+        groups = make_optimizer(tiny(optimizer=optimizer, weight_decay=0.01, bn_bias_decay=False), model).param_groups
+        decayed, undecayed = ({id(p) for p in g["params"]} for g in groups)
+        assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+        norms_and_biases = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+                            for p in m.parameters()} | {id(model.head.bias)}
+        assert undecayed == norms_and_biases
+        assert decayed == {id(p) for p in model.parameters()} - norms_and_biases
+        assert all(p.ndim == 4 for p in groups[0]["params"] if p is not model.head.weight)
+    (single,) = make_optimizer(tiny(weight_decay=0.01), model).param_groups  # the default decays all
+    assert single["weight_decay"] == 0.01 and len(single["params"]) == len(list(model.parameters()))
+
+
+def test_an_undecayed_batchnorm_weight_does_not_shrink_without_gradient() -> None:
+    """The effect itself: with no gradient, decay alone moves a parameter; the undecayed group stays put."""
+    model = train_module.build_model(tiny())
+    for bn_bias_decay, moved in ((True, True), (False, False)):
+        optimizer = make_optimizer(tiny(lr=0.1, momentum=0, weight_decay=0.5, bn_bias_decay=bn_bias_decay), model)
+        before = model.stem[1].weight.detach().clone()
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        optimizer.step()
+        assert (not torch.equal(model.stem[1].weight, before)) == moved
+
+
+def test_zero_init_residual_holds_at_step_0_of_fit(small: DataSplits) -> None:
+    run = TrainingState.start(tiny(widths=(8, 16), blocks=(2, 1), zero_init_residual=True), len(small.train),
+                              torch.device("cpu"))
+    last_norms = [block.bn2.weight for block in run.model.modules() if isinstance(block, BasicBlock)]
+    assert len(last_norms) == 3 and all(not w.any() for w in last_norms)
+
+
+def record_training_batches(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """Make fit record every augmented batch it steps on (as [0, 1] floats), in order."""
+    batches: list[torch.Tensor] = []
+    step = train_module._optimizer_step
+
+    def recording_step(run: Any, unit: torch.Tensor, *args: Any) -> Any:
+        batches.append(unit.detach().clone())
+        return step(run, unit, *args)
+
+    monkeypatch.setattr(train_module, "_optimizer_step", recording_step)
+    return batches
+
+
+def sides(batches: list[torch.Tensor], split: DataSplits) -> dict[int, bool]:
+    """{training image index: whether it was seen mirrored} for the images of `batches`."""
+    originals = torch.from_numpy(split.train.images).permute(0, 3, 1, 2).float() / 255
+    index = {image.numpy().tobytes(): (i, False) for i, image in enumerate(originals)}
+    index.update({image.flip(2).numpy().tobytes(): (i, True) for i, image in enumerate(originals)})
+    seen = [index[image.numpy().tobytes()] for batch in batches for image in batch]
+    return dict(seen)
+
+
+def test_alternating_flips_show_each_image_mirrored_on_every_other_epoch(
+    small: DataSplits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = record_training_batches(monkeypatch)
+    steps = len(small.train) // 32
+    fit(tiny(epochs=3, crop_padding=0, alternate_flip=True), small, device="cpu")
+    epochs = [sides(batches[e * steps : (e + 1) * steps], small) for e in range(3)]
+    assert all(len(epoch) == len(small.train) for epoch in epochs)  # batch 32 divides 160: all images, each epoch
+    for i in range(len(small.train)):
+        assert epochs[0][i] != epochs[1][i] and epochs[1][i] != epochs[2][i], i
+    assert 50 < sum(epochs[0].values()) < 110  # the first epoch mirrors a random half
+
+
+def test_final_plain_epochs_train_on_the_images_as_they_are(
+    small: DataSplits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batches = record_training_batches(monkeypatch)
+    augmented_calls: list[int] = []
+    augment = train_module.augment_batch
+    monkeypatch.setattr(train_module, "augment_batch", lambda *a, **k: augmented_calls.append(1) or augment(*a, **k))
+    fit(tiny(epochs=3, final_plain_epochs=2, color_jitter=0.2), small, device="cpu")
+    steps = len(small.train) // 32
+    assert len(augmented_calls) == steps  # the first epoch alone draws any augmentation
+    originals = {image.numpy().tobytes() for image in
+                 torch.from_numpy(small.train.images).permute(0, 3, 1, 2).float() / 255}
+    first = [image.numpy().tobytes() in originals for batch in batches[:steps] for image in batch]
+    plain = [image.numpy().tobytes() in originals for batch in batches[steps:] for image in batch]
+    assert sum(first) < len(first) / 2  # jittered, cropped and flipped: hardly an image as it is
+    assert len(plain) == 2 * len(small.train) and all(plain)
+
+
+def test_translate_tta_is_what_fit_scores_and_its_checkpoint_reproduces(small: DataSplits) -> None:
+    result = fit(tiny(epochs=1, tta_translate=1), small, device="cpu")
+    model, config = model_from_checkpoint(result.checkpoint)
+    loss, accuracy = evaluate_images(model, small.val, config.tta_flip, "cpu", tta_translate=config.tta_translate)
+    assert accuracy == result.history[-1].val_acc
+    assert loss == pytest.approx(result.history[-1].val_loss, rel=1e-5)
+    flip_only_loss, _ = evaluate_images(model, small.val, config.tta_flip, "cpu")
+    assert flip_only_loss != pytest.approx(loss, rel=1e-6)  # the shifted views count
+
+
 # --- exact resume ------------------------------------------------------------------------------------
 
 
@@ -423,21 +533,31 @@ class Interrupted(Exception):
     pass
 
 
-def resume_config(optimizer: str, schedule: str, ema_epochs: float = 0.0) -> TrainConfig:
+# Every recipe option at once: state a resume must rebuild (alternating flips' first half, the plain phase,
+# the undecayed parameter group, the initialisation).
+RECIPE_OPTIONS = dict(alternate_flip=True, final_plain_epochs=1, bn_bias_decay=False, zero_init_residual=True,
+                      dirac_init=True, tta_translate=1)
+
+
+def resume_config(optimizer: str, schedule: str, ema_epochs: float = 0.0, **options: Any) -> TrainConfig:
     # every source of randomness in play: shuffling, crop, flip, jitter, rotation, translation
     return TrainConfig.from_dict(dict(
         widths=(8, 16), blocks=(1, 1), epochs=3, batch_size=32, warmup_epochs=0.5, optimizer=optimizer,
         lr=0.05 if optimizer == "sgd" else 2e-3, schedule=schedule, plateau_patience=0,
         color_jitter=0.2, rotation=15, translate=0.1, deterministic=True, seed=7, ema_epochs=ema_epochs,
+        **options,
     ))
 
 
-@pytest.mark.parametrize(("optimizer", "schedule", "ema_epochs"),
-                         [("sgd", "onecycle", 0.0), ("adam", "plateau", 0.0), ("sgd", "onecycle", 1.0)])
+@pytest.mark.parametrize(("optimizer", "schedule", "ema_epochs", "options"),
+                         [("sgd", "onecycle", 0.0, {}), ("adam", "plateau", 0.0, {}), ("sgd", "onecycle", 1.0, {}),
+                          ("sgd", "onecycle", 0.0, RECIPE_OPTIONS)],
+                         ids=["sgd", "adam-plateau", "sgd-ema", "sgd-recipe-options"])
 def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(
-    small: DataSplits, tmp_path: Path, restore_determinism: None, optimizer: str, schedule: str, ema_epochs: float
+    small: DataSplits, tmp_path: Path, restore_determinism: None, optimizer: str, schedule: str, ema_epochs: float,
+    options: dict[str, Any],
 ) -> None:
-    config = resume_config(optimizer, schedule, ema_epochs)
+    config = resume_config(optimizer, schedule, ema_epochs, **options)
     uninterrupted = fit(config, small, device="cpu")
 
     def crash_after_epoch_1(metrics: EpochMetrics, checkpoint: Callable[[], dict[str, Any]]) -> None:

@@ -35,7 +35,22 @@ def batch_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -
 def batch_flip_lr(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
     flip = torch.rand(len(images), generator=generator, device=generator.device).to(images.device) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+    return flip_lr_where(images, flip)
+
+
+def flip_lr_where(images: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images whose entry of `flipped` (one bool per image) is true."""
+    return torch.where(flipped[:, None, None, None], images.flip(3), images)
+
+
+def alternating_flips(first: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Which images alternating flips mirror in `epoch` (counted from 1): those of `first` (one bool per
+    training image, a random half drawn once per run) on odd epochs, the others on even ones.
+
+    So any two epochs in a row show every image both ways, where a coin toss per epoch shows a quarter of
+    them the same way twice (airbench's `altflip`, Jordan 2024, "94% on CIFAR-10 in 3.29 seconds").
+    """
+    return first if epoch % 2 == 1 else ~first
 
 
 def batch_color_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:

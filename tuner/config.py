@@ -35,6 +35,7 @@ MAX_BLOCKS = 64
 MAX_EPOCHS = 10_000
 MAX_BATCH = 50_000  # the CIFAR-10 training set
 MAX_SEED = 2**32 - 1  # what numpy's generators accept
+MAX_TTA_SHIFT = 8  # a quarter of the image; airbench shifts by one pixel
 
 # Names people write for a field, from other tools and papers: each gets "did you mean" the field.
 FIELD_ALIASES = {
@@ -46,22 +47,36 @@ FIELD_ALIASES = {
     "width": "widths", "channels": "widths", "depth": "blocks", "depths": "blocks", "layers": "blocks",
     "ema": "ema_epochs", "num_epochs": "epochs", "n_epochs": "epochs", "max_epochs": "epochs",
     "amp": "precision", "dtype": "precision", "tta": "tta_flip",
+    "zero_init": "zero_init_residual", "zero_init_last_bn": "zero_init_residual", "identity_init": "dirac_init",
+    "altflip": "alternate_flip", "alt_flip": "alternate_flip", "no_bn_decay": "bn_bias_decay",
+    "bn_weight_decay": "bn_bias_decay", "plain_epochs": "final_plain_epochs", "tta_shift": "tta_translate",
 }
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every hyperparameter of one training run. The defaults are our best recipe."""
+    """Every hyperparameter of one training run. The defaults are our best recipe.
+
+    The recipe options from the fast-CIFAR literature (`zero_init_residual`, `dirac_init`, `bn_bias_decay`,
+    `alternate_flip`, `final_plain_epochs`, `tta_translate`) keep today's behaviour by default until a
+    measurement says otherwise: docs/benchmarks.md#recipe-candidates (bench/recipe_candidates.py).
+    """
 
     # architecture: stem width = widths[0]; stride 2 entering every stage after the first
     widths: tuple[int, ...] = (64, 128, 256)
     blocks: tuple[int, ...] = (2, 2, 2)
+    # initialisation (tuner.model.initialise): the last BatchNorm of each residual branch starts at zero, so
+    # every block starts as its shortcut; convolutions start as identities on the channels they can carry
+    zero_init_residual: bool = False
+    dirac_init: bool = False
     # optimisation
     optimizer: str = "sgd"
     lr: float = 0.2
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
+    # false: BatchNorm weights and biases and every bias (the head's) are not decayed, only conv/linear weights
+    bn_bias_decay: bool = True
     batch_size: int = 256
     epochs: int = 15
     schedule: str = "onecycle"
@@ -72,11 +87,19 @@ class TrainConfig:
     # augmentation (on the device, batched)
     crop_padding: int = 4
     flip: bool = True
+    # with flip: each image is mirrored on every other epoch (a random half on odd epochs, the others on even
+    # ones, as airbench's alternating flip) instead of by a coin toss per epoch
+    alternate_flip: bool = False
     color_jitter: float = 0.0
     rotation: float = 0.0
     translate: float = 0.0
+    # the last this many epochs train on the images as they are: no crop, flip, jitter, rotation or translation
+    final_plain_epochs: int = 0
     # evaluation
     tta_flip: bool = True
+    # also average the logits of the image shifted by this many pixels (up-left and down-right, reflected
+    # border), each with its mirror when tta_flip; 0: off
+    tta_translate: int = 0
     # Evaluate (and checkpoint) an exponential moving average of the weights over about this many epochs;
     # 0 evaluates the weights as trained.
     ema_epochs: float = 0.0
@@ -150,7 +173,8 @@ class TrainConfig:
                 for name, holds, rule in RULES if not holds(self)]
 
 
-_RELATED = {"blocks": "widths", "ema_epochs": "epochs"}  # rules that read another field
+# rules that read another field
+_RELATED = {"blocks": "widths", "ema_epochs": "epochs", "final_plain_epochs": "epochs"}
 
 # (field, whether a config's value is valid, the rule as an error states it); a table, so that checking
 # the thousands of configurations the dry run samples builds no message until one fails.
@@ -176,6 +200,9 @@ RULES: tuple[tuple[str, Callable[[TrainConfig], bool], str], ...] = (
     ("color_jitter", lambda c: 0 <= c.color_jitter <= 1, "must be in [0, 1]"),
     ("rotation", lambda c: 0 <= c.rotation <= 180, "must be between 0 and 180 degrees"),
     ("translate", lambda c: 0 <= c.translate <= 0.5, "must be a fraction of the image in [0, 0.5]"),
+    ("final_plain_epochs", lambda c: 0 <= c.final_plain_epochs <= c.epochs, "must be between 0 (off) and epochs"),
+    ("tta_translate", lambda c: 0 <= c.tta_translate <= MAX_TTA_SHIFT,
+     f"must be between 0 (off) and {MAX_TTA_SHIFT} pixels"),
     ("ema_epochs", lambda c: 0 <= c.ema_epochs <= c.epochs, "must be between 0 (off) and epochs"),
     ("seed", lambda c: 0 <= c.seed <= MAX_SEED, f"must be between 0 and {MAX_SEED:,}"),
 )

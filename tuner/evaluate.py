@@ -1,4 +1,4 @@
-"""A trained network on images: normalisation, flip test-time augmentation, loss and accuracy.
+"""A trained network on images: normalisation, flip and translate test-time augmentation, loss and accuracy.
 
 Training (`tuner.train`), promotion and prediction all read images through here, so a model is scored
 the same way wherever it is scored.
@@ -40,8 +40,25 @@ def preprocess(images: np.ndarray) -> torch.Tensor:
     return normalise(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255)
 
 
-def tta_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
-    """Float logits of a normalised batch; with flip TTA, the mean of the image's and its mirror's."""
+def tta_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool, tta_translate: int = 0) -> torch.Tensor:
+    """Float logits of a normalised batch, averaged over the test-time views asked for.
+
+    Flip: the mean of the image's and its mirror's. Translate by t pixels: half the weight on those, a
+    quarter each on the same (mirrored) views of the image shifted by t pixels down-right and up-left with a
+    reflected border, as airbench's `infer_mirror_translate`.
+    """
+    logits = _mirrored_logits(model, x, tta_flip)
+    if tta_translate > 0:
+        t, (height, width) = tta_translate, x.shape[-2:]
+        padded = F.pad(x, (t,) * 4, mode="reflect")
+        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        shifted = [padded[..., :height, :width], padded[..., 2 * t :, 2 * t :]]
+        logits = logits / 2 + sum(_mirrored_logits(model, view.contiguous(memory_format=layout), tta_flip) / 4
+                                  for view in shifted)
+    return logits
+
+
+def _mirrored_logits(model: nn.Module, x: torch.Tensor, tta_flip: bool) -> torch.Tensor:
     logits = model(x).float()
     if tta_flip:
         logits = (logits + model(x.flip(3)).float()) / 2
@@ -68,7 +85,8 @@ class DeviceImages:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split: DeviceImages, tta_flip: bool, autocast: torch.dtype | None, channels_last: bool
+    model: nn.Module, split: DeviceImages, tta_flip: bool, autocast: torch.dtype | None, channels_last: bool,
+    tta_translate: int = 0,
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on a resident split."""
     model.eval()
@@ -80,7 +98,7 @@ def evaluate(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-            logits = tta_logits(model, x, tta_flip)
+            logits = tta_logits(model, x, tta_flip, tta_translate)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     return loss_sum / len(split), correct / len(split)
@@ -88,11 +106,11 @@ def evaluate(
 
 def evaluate_images(
     model: nn.Module, images: ImageSet, tta_flip: bool = True, device: str | torch.device | None = None,
-    precision: str = "auto",
+    precision: str = "auto", tta_translate: int = 0,
 ) -> tuple[float, float]:
     """(loss, accuracy) of a trained model on any ImageSet, e.g. the test split at promotion; evaluated in
     the layout and precision that `fit` evaluates in, so the figures agree."""
     device = torch.device(device) if device is not None else pick_device()
     model = model.to(device, memory_format=torch.channels_last)
     return evaluate(model, DeviceImages(images, device), tta_flip, autocast_dtype(precision, device),
-                    channels_last=True)
+                    channels_last=True, tta_translate=tta_translate)

@@ -4,6 +4,9 @@ Default architecture (widths 64/128/256, two BasicBlocks per stage): 3x3 stem co
 stages (stride 2 entering stages 2 and 3, 1x1 conv + BN shortcut where the shape changes), global
 average pool, linear 256->10. Its size (2,777,674 parameters, 421,202,432 MACs per image) is computed
 without torch by `tuner.architecture`, whose `count_params` and `count_macs` this module re-exports.
+
+Initialisation is torch's default unless the config asks for one of two options from the fast-CIFAR
+literature (`initialise`); neither changes a shape, so the parameter count is the same either way.
 """
 from __future__ import annotations
 
@@ -75,4 +78,28 @@ class ModifiedResNet(nn.Module):
 
 
 def build_model(arch: Architecture, num_classes: int = NUM_CLASSES) -> ModifiedResNet:
-    return ModifiedResNet(tuple(arch.widths), tuple(arch.blocks), num_classes)
+    """The network of `arch`, initialised as `arch` asks when it carries the initialisation options (a
+    TrainConfig does: `zero_init_residual`, `dirac_init`); a bare architecture gets torch's default."""
+    model = ModifiedResNet(tuple(arch.widths), tuple(arch.blocks), num_classes)
+    return initialise(model, zero_init_residual=getattr(arch, "zero_init_residual", False),
+                      dirac_init=getattr(arch, "dirac_init", False))
+
+
+def initialise(model: ModifiedResNet, zero_init_residual: bool = False, dirac_init: bool = False) -> ModifiedResNet:
+    """Overwrite torch's default initialisation in place (and return the model); draws no random numbers, so
+    the other weights are those a default build draws.
+
+    zero_init_residual: the last BatchNorm's weight of each residual branch (`bn2`) starts at 0, so every
+        block starts as its shortcut and the network as a shallow one (Goyal et al. 2017, "Accurate, large
+        minibatch SGD"; torchvision's `zero_init_residual`).
+    dirac_init: every convolution's first min(in, out) filters start as the identity (`nn.init.dirac_`:
+        filter i passes input channel i through), the rest keep their random weights; airbench initialises
+        its convolutions this way. Stride-2 and 1x1 convolutions included: the identity then subsamples.
+    """
+    for module in model.modules():
+        if dirac_init and isinstance(module, nn.Conv2d):
+            with torch.no_grad():
+                nn.init.dirac_(module.weight[: min(module.in_channels, module.out_channels)])
+        if zero_init_residual and isinstance(module, BasicBlock):
+            nn.init.zeros_(module.bn2.weight)
+    return model

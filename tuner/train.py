@@ -6,10 +6,16 @@ sliced, augmented and normalised there (no DataLoader, no PIL); bf16 autocast an
 optional torch.compile. The figures are in docs/benchmarks.md#trainer-speed.
 
 One epoch, as a story (`fit`, then `train_one_epoch`): shuffle the indices with the run's own generator,
-and for every full batch slice the images, augment them, take an optimizer step at the scheduled
-learning rate (and fold the weights into their moving average when `ema_epochs` asks for one); then
-evaluate on the validation split (with flip test-time augmentation), let the plateau schedule see the
-validation loss, and hand the epoch's metrics and a lazily built checkpoint to `on_epoch`.
+and for every full batch slice the images, augment them (unless the run is in its final plain epochs),
+take an optimizer step at the scheduled learning rate (and fold the weights into their moving average
+when `ema_epochs` asks for one); then evaluate on the validation split (with flip, and optionally
+translate, test-time augmentation), let the plateau schedule see the validation loss, and hand the
+epoch's metrics and a lazily built checkpoint to `on_epoch`.
+
+The recipe options from the fast-CIFAR literature (zero-initialised residual branches, identity
+convolutions, no weight decay on BatchNorm and biases, alternating flips, a plain final phase, translate
+TTA) are TrainConfig fields, each off unless measured to help; what each measured is in
+docs/benchmarks.md#recipe-candidates (bench/recipe_candidates.py).
 """
 from __future__ import annotations
 
@@ -118,7 +124,8 @@ def _fit(config: TrainConfig, data: DataSplits, on_epoch: EpochCallback | None, 
         if trained is None:
             return FitResult("diverged", run.history, None)
         train_seconds = time.perf_counter() - started
-        val_loss, val_acc = evaluate(run.evaluated, val, config.tta_flip, run.autocast, config.channels_last)
+        val_loss, val_acc = evaluate(run.evaluated, val, config.tta_flip, run.autocast, config.channels_last,
+                                     config.tta_translate)
         if not math.isfinite(val_loss):
             return FitResult("diverged", run.history, None)
         run.schedule.end_epoch(val_loss)
@@ -160,9 +167,14 @@ def train_one_epoch(run: TrainingState, train: DeviceImages, epoch: int) -> Trai
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     first_step = (epoch - 1) * steps
+    # The final plain epochs fit the images as they are: no augmentation is drawn at all.
+    plain = epoch > run.config.epochs - run.config.final_plain_epochs
+    flips = augment.alternating_flips(run.first_flips, epoch) if run.first_flips is not None else None
     for step in range(steps):
         index = order[step * batch_size : (step + 1) * batch_size]
-        images = augment_batch(run.config, train.batch(index), run.generator)
+        images = train.batch(index)
+        if not plain:
+            images = augment_batch(run.config, images, run.generator, None if flips is None else flips[index])
         labels = train.labels[index]
         lr = run.schedule.lr(first_step + step)
         loss, logits = _optimizer_step(run, images, labels, lr)
@@ -175,12 +187,23 @@ def train_one_epoch(run: TrainingState, train: DeviceImages, epoch: int) -> Trai
     return TrainedEpoch(loss_sum.item() / images_seen, correct.item() / images_seen, lr, images_seen)
 
 
-def augment_batch(config: TrainConfig, unit: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The config's training augmentation of a batch of [0, 1] images, drawing from `generator` only."""
+def augment_batch(config: TrainConfig, unit: torch.Tensor, generator: torch.Generator,
+                  flipped: torch.Tensor | None = None) -> torch.Tensor:
+    """The config's training augmentation of a batch of [0, 1] images, drawing from `generator` only.
+
+    `flipped` (one bool per image) says which images to mirror when the config alternates flips
+    (`augment.alternating_flips` of the images' places in the split); without it a random half is mirrored.
+    """
     unit = augment.batch_color_jitter(unit, config.color_jitter, generator)
     unit = augment.batch_affine(unit, config.rotation, config.translate, generator)
     unit = augment.batch_crop(unit, config.crop_padding, generator)
-    return augment.batch_flip_lr(unit, generator) if config.flip else unit
+    if not config.flip:
+        return unit
+    if config.alternate_flip:
+        if flipped is None:
+            raise ValueError("augment_batch: alternate_flip needs each image's flip for this epoch (flipped=)")
+        return augment.flip_lr_where(unit, flipped)
+    return augment.batch_flip_lr(unit, generator)
 
 
 def _optimizer_step(run: TrainingState, unit: torch.Tensor, labels: torch.Tensor,
@@ -213,6 +236,7 @@ class TrainingState:
     schedule: LrSchedule
     average: WeightAverage | None
     generator: torch.Generator  # shuffling and augmentation
+    first_flips: torch.Tensor | None  # alternating flips: the images mirrored on odd epochs (None: coin tosses)
     autocast: torch.dtype | None
     batch_size: int
     steps_per_epoch: int
@@ -235,6 +259,7 @@ class TrainingState:
             schedule=LrSchedule(config, steps_per_epoch),
             average=WeightAverage(model, config.ema_epochs * steps_per_epoch) if config.ema_epochs > 0 else None,
             generator=torch.Generator(device=device).manual_seed(config.seed),
+            first_flips=draw_first_flips(config, train_images, device),
             autocast=autocast_dtype(config.precision, device),
             batch_size=batch_size,
             steps_per_epoch=steps_per_epoch,
@@ -277,6 +302,14 @@ class TrainingState:
         return int(state["epoch"]) + 1
 
 
+def draw_first_flips(config: TrainConfig, train_images: int, device: torch.device) -> torch.Tensor | None:
+    """With alternating flips, the random half of the split mirrored on odd epochs: drawn from the seed alone
+    (not the run's generator), so a resumed run draws the same half without it being checkpointed."""
+    if not (config.flip and config.alternate_flip):
+        return None
+    return (torch.rand(train_images, generator=torch.Generator().manual_seed(config.seed)) < 0.5).to(device)
+
+
 class LrSchedule:
     """Learning rate per step: linear warmup, then one-cycle (linear to 0), cosine, or plateau steps."""
 
@@ -317,7 +350,13 @@ class LrSchedule:
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
+    """The config's optimizer over the model's parameters: one group, or with `bn_bias_decay` off, a second
+    group without weight decay holding BatchNorm's weights and biases and the head's bias (every parameter
+    of one dimension: the ones that scale or shift rather than filter)."""
+    params: list[Any] = list(model.parameters())
+    if not config.bn_bias_decay:
+        params = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
