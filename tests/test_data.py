@@ -255,3 +255,16 @@ def test_fingerprint_tells_a_different_split_seed_apart(data_dir: Path) -> None:
     first = load_splits(data_dir, val_size=50, seed=0, download=False)
     other = load_splits(data_dir, val_size=50, seed=1, download=False)
     assert first.fingerprint() != other.fingerprint()
+
+
+@pytest.mark.parametrize("labels", [["cat"], ["3"], [1.5], [True], [[1, 2]]])
+def test_labels_that_are_not_class_indices_are_one_clear_error(tmp_path: Path, labels: list) -> None:
+    write_synthetic_cifar10(tmp_path, n_train=20, seed=0)
+    path = tmp_path / BATCH_DIR / "data_batch_1"
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    batch[b"labels"] = labels * len(batch[b"labels"])
+    with open(path, "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(UserError, match="expected a list of class indices"):
+        read_batch(path)

@@ -92,7 +92,16 @@ def read_batch(path: Path) -> ImageSet:
         raise UserError(f"{path} has no 'data' array or no 'labels': {fix}")
     if data.ndim != 2 or data.shape[1] != PIXELS or data.dtype != np.uint8:
         raise UserError(f"{path} holds data of shape {data.shape} {data.dtype}, expected N x {PIXELS} uint8: {fix}")
-    labels = np.asarray(labels, dtype=np.int64)
+    try:
+        labels = np.asarray(labels)
+    except (TypeError, ValueError):  # ragged or odd objects: not a list of class indices
+        labels = np.asarray([], dtype=object)
+    if labels.ndim == 1 and labels.size == 0:
+        labels = labels.astype(np.int64)  # an empty batch file: numpy calls [] float
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise UserError(f"{path} holds labels of type {labels.dtype} (shape {labels.shape}), expected a list of "
+                        f"class indices 0..9: {fix}")
+    labels = labels.astype(np.int64)
     if len(labels) != len(data) or (len(labels) and (labels.min() < 0 or labels.max() > 9)):
         raise UserError(f"{path} has {len(labels)} labels for {len(data)} images or labels outside 0..9: {fix}")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # stored as RGB planes; we keep HWC
