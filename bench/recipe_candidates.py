@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from machine import describe_machine, machine_line  # bench/ is on sys.path: this file runs from it
+from proxy_accuracy import parse_subset
 
 from tuner.checkpoint import model_from_checkpoint
 from tuner.config import TrainConfig
@@ -84,16 +85,6 @@ def parse_candidate(text: str) -> tuple[str, dict[str, Any]]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME:field=value,field=value")
     return name, parse_changes(changes)
-
-
-def parse_subset(text: str) -> int | None:
-    """The number of training images, or None for all of them (`all` or 0)."""
-    if text.strip().lower() in ("all", "0"):
-        return None
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("--subset must be a positive number of images, 0 or all")
-    return value
 
 
 def evaluation_only(changes: Mapping[str, Any], config: TrainConfig) -> bool:

@@ -25,6 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import free_port
+from tuner.tracking import environment
 
 pytestmark = pytest.mark.integration
 
@@ -66,25 +67,19 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         server = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT,
                                   env={**os.environ, **env}, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        while True:
-            try:
-                fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://{BUCKET}?allow_bucket_creation=true")
-                fs.create_dir(BUCKET)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.5)
-        yield env
+        with environment(**env):
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://{BUCKET}?allow_bucket_creation=true")
+                    fs.create_dir(BUCKET)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise
+                    time.sleep(0.5)
+            yield env
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
 
