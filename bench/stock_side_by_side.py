@@ -206,7 +206,7 @@ def run_tuner(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     (out / "tuner.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise UserError(f"tuner.run failed (exit {done.returncode}); see {out / 'tuner.log'}")
-    best = re.search(r"val_acc ([0-9.]+) at epoch", done.stdout)
+    best = re.search(r"best trial .*?val_acc ([0-9.]+) at epoch", done.stdout)
     epochs = re.search(r"\((\d+) epochs\)", done.stdout)
     checkpoint = re.search(r"checkpoint:\s+(\S+)", done.stdout)
     if not (best and epochs and checkpoint):
