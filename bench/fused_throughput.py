@@ -39,10 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from tuner.config import TrainConfig, parse_stages
 from tuner.data import DataSplits, load_splits, write_synthetic_cifar10
 from tuner.errors import UserError, exit_on_user_error
 from tuner.fused import fit_array
-from tuner.train import TrainConfig, fit, parse_stages
+from tuner.train import fit
 
 MODES = ("separate", "fused")  # one at a time is separate with K = 1, always measured
 WARMUP_BATCHES = 3

@@ -12,8 +12,9 @@ import platform
 
 import torch
 
+from tuner.config import TrainConfig
 from tuner.data import load_splits
-from tuner.train import TrainConfig, fit
+from tuner.train import fit
 
 
 def main() -> None:

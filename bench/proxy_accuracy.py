@@ -25,9 +25,10 @@ from typing import Any
 
 from machine import describe_machine, machine_line  # bench/ is on sys.path: this file runs from it
 
+from tuner.config import TrainConfig
 from tuner.data import load_splits
 from tuner.errors import exit_on_user_error
-from tuner.train import EpochMetrics, TrainConfig, fit
+from tuner.train import EpochMetrics, fit
 
 # The report: Adam 1e-3 + ReduceLROnPlateau, crop + flip + colour jitter + rotation + affine, no TTA; torch's
 # default initialisation and none of our recipe options (pinned, so a change of our defaults never leaks in).

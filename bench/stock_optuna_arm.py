@@ -61,7 +61,8 @@ def train_trial(config: dict[str, Any], data: Any, fixed: dict[str, Any]) -> Non
     """tuner.train.fit on the fixed values + the sampled ones, reporting every epoch (no checkpoints)."""
     from ray import tune
 
-    from tuner.train import TrainConfig, fit
+    from tuner.config import TrainConfig
+    from tuner.train import fit
 
     last_epoch = 0
 

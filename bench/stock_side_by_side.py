@@ -96,8 +96,8 @@ def stock_trainable(config: dict[str, Any], data_dir: str, subset: int, val_size
     from ray import tune
     from torch.utils.data import DataLoader, Dataset
 
+    from tuner.config import TrainConfig
     from tuner.model import build_model
-    from tuner.train import TrainConfig
 
     torch.set_num_threads(1)
 

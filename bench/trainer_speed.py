@@ -39,12 +39,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from tuner.config import TrainConfig, format_stages, parse_stages
 from tuner.data import DataSplits, ImageSet, load_train, write_synthetic_cifar10
 from tuner.device import autocast_dtype, pick_device
 from tuner.errors import UserError, exit_on_user_error
 from tuner.evaluate import CIFAR_MEAN, CIFAR_STD
 from tuner.model import ModifiedResNet
-from tuner.train import TrainConfig, fit, format_stages, parse_stages
+from tuner.train import fit
 
 REPORT_BATCH = 128
 REPORT_AUGMENTATION = dict(color_jitter=0.2, rotation=15.0, translate=0.1)

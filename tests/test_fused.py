@@ -33,10 +33,11 @@ import torch
 
 from tuner import fused as fused_module
 from tuner.checkpoint import model_from_checkpoint
+from tuner.config import TrainConfig
 from tuner.data import DataSplits, ImageSet, load_splits, write_synthetic_cifar10
 from tuner.evaluate import DeviceImages, normalise
 from tuner.fused import MemberResult, TrialArray, fit_array
-from tuner.train import EpochMetrics, FitResult, TrainConfig, fit
+from tuner.train import EpochMetrics, FitResult, fit
 
 FLOAT64_STATE = 1e-12
 FP32_LOSS = 1e-3

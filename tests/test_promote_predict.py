@@ -18,10 +18,11 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from tuner import predict, promote
+from tuner.config import TrainConfig
 from tuner.data import LABEL_NAMES, load_splits, load_test, write_synthetic_cifar10
 from tuner.evaluate import preprocess
 from tuner.tracking import SweepRun, mlflow_globals
-from tuner.train import TrainConfig, fit
+from tuner.train import fit
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import pytest
 from mlflow import MlflowClient
 
 from tuner import report
+from tuner.config import TrainConfig
 from tuner.outcomes import stopped as stopped_outcome
 from tuner.tracking import SweepRun
-from tuner.train import TrainConfig
 
 pytestmark = pytest.mark.integration
 

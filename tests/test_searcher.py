@@ -12,9 +12,9 @@ import pytest
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
+from tuner.config import TrainConfig
 from tuner.searcher import LatinHypercubeStart, RungTPESampler, SpaceSearcher, create_study, warm_start
 from tuner.space import load_space
-from tuner.train import TrainConfig
 
 SPACE = """
 fixed: {blocks: [1, 1]}

@@ -19,9 +19,9 @@ from optuna.trial import TrialState
 
 from tuner import tracking
 from tuner.bookkeeping import BudgetStop, BudgetStopper, OutcomeRecorder
+from tuner.config import TrainConfig
 from tuner.sweep_state import SweepState
 from tuner.tracking import SweepRun
-from tuner.train import TrainConfig
 
 pytestmark = pytest.mark.integration
 

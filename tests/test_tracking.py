@@ -12,10 +12,10 @@ import pytest
 from mlflow import MlflowClient
 
 from tuner import outcomes, tracking
+from tuner.config import TrainConfig
 from tuner.errors import UserError
 from tuner.model import count_macs, count_params
 from tuner.tracking import SweepRun, check_tracking_server
-from tuner.train import TrainConfig
 
 pytestmark = pytest.mark.integration
 

@@ -15,23 +15,19 @@ import torch
 
 from tuner import train as train_module
 from tuner.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from tuner.config import OPTIMIZERS, SCHEDULES, TrainConfig, format_stages, parse_stages
 from tuner.data import DataSplits, load_splits, write_synthetic_cifar10
 from tuner.errors import UserError
 from tuner.evaluate import evaluate_images, preprocess
 from tuner.model import BasicBlock
 from tuner.train import (
     DIVERGENCE_CHECK_EVERY,
-    OPTIMIZERS,
-    SCHEDULES,
     EpochMetrics,
     LrSchedule,
-    TrainConfig,
     TrainingState,
     augment_batch,
     fit,
-    format_stages,
     make_optimizer,
-    parse_stages,
 )
 
 TINY = dict(widths=(8,), blocks=(1,), batch_size=32, epochs=2, warmup_epochs=0.5, lr=0.1)

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from tuner.config import TrainConfig
 from tuner.errors import UserError
 from tuner.model import build_model
-from tuner.train import TrainConfig
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:

@@ -54,6 +54,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tuner import augment
+from tuner.config import TrainConfig
 from tuner.data import DataSplits
 from tuner.device import autocast_dtype, pick_device
 from tuner.evaluate import EVAL_BATCH, DeviceImages, normalise, tta_logits
@@ -64,7 +65,6 @@ from tuner.train import (
     DIVERGENCE_CHECK_EVERY,
     EpochMetrics,
     LrSchedule,
-    TrainConfig,
     augment_batch,
     draw_first_flips,
     make_optimizer,

@@ -27,9 +27,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from tuner.config import TrainConfig
 from tuner.space import SearchSpace
 from tuner.sweep_state import SweepState
-from tuner.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial drowns the sweep's progress
