@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.test_space import write
 from tuner.architecture import count_params
 from tuner.errors import UserError
 from tuner.estimate import estimate_cost, format_duration, sample_configs
@@ -39,12 +40,6 @@ budget: {trials: 5}
 constraints: {max_params: 300000}
 data: {val_size: 1000}
 """
-
-
-def write(tmp_path: Path, text: str, name: str = "space.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
 
 
 def errors_of(path: Path) -> list[str]:
