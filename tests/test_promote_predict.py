@@ -116,6 +116,9 @@ def test_registered_version_carries_lineage_and_predicts_like_the_trained_model(
     assert json.loads(tags["config"])["widths"] == [8, 16, 32]
     assert int(tags["params"]) > 0 and int(tags["macs"]) > 0
     assert tags["checkpoint_uri"].endswith("/checkpoint/checkpoint.pt")
+    # no final fit: the version holds the search checkpoint, of the trial's run (tests/test_final_fit.py: with one)
+    assert tags["checkpoint_kind"] == "search" and "final_run_id" not in tags
+    assert tags["search_trial_id"] == "t_0" and tags["search_run_id"] == tags["run_id"] == version.run_id
 
     uri = f"models:/{registry.name}/{registry.good}"
     with mlflow_globals(registry.uri):

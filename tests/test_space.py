@@ -122,6 +122,19 @@ BAD_FILES = {
                              "int ranges need whole-number low and high"),
     "bound_invalid": (VALID.replace("low: 0.8, high: 0.95", "low: 0.8, high: 1.0"),
                       r"bound 1.0 is invalid \(momentum=1.0 is invalid: must be in \[0, 1\)\)"),
+    "final_unknown_key": (VALID + "final: {epochs: 3, train_on: all, epoch: 2}\n",
+                          r"space.yaml:\d+: unknown key 'epoch' in final \(did you mean 'epochs'\?\); valid keys: "
+                          "epochs, train_on"),
+    "final_epochs_zero": (VALID + "final: {epochs: 0}\n",
+                          r"space.yaml:\d+: final.epochs=0 must be a whole number from 1 to 10,000"),
+    "final_epochs_fraction": (VALID + "final: {epochs: 2.5}\n", "final.epochs=2.5 must be a whole number"),
+    "final_train_on_word": (VALID + "final: {train_on: everything}\n",
+                            "final.train_on='everything' must be one of all, train"),
+    "final_not_a_mapping": (VALID + "final: yes\n", "'final' must be a mapping"),
+    "final_too_few_epochs": (VALID.replace("batch_size: 64", "batch_size: 64\n  ema_epochs: 2")
+                             + "final: {epochs: 1}\n",
+                             r"final.epochs=1 is too few for this space: with 1 epoch, ema_epochs=2.0 is invalid.*"
+                             "raise final.epochs or lower ema_epochs"),
 }
 
 
@@ -133,6 +146,32 @@ def test_bad_space_files_fail_with_one_clear_line(tmp_path: Path, case: str) -> 
         load_space(path)
     message = str(info.value)
     assert "\n" not in message and str(path) in message
+
+
+def test_final_section_is_optional_and_defaults_to_the_search_epochs_on_all_images(tmp_path: Path) -> None:
+    assert load_space(write(tmp_path, VALID)).final is None
+    assert "final fit: none" in describe(load_space(write(tmp_path, VALID)))
+    space = load_space(write(tmp_path, VALID + "final: {}\n"))
+    assert (space.final.train_on, space.final_epochs) == ("all", 9)  # scheduler.max_epochs
+    # train + val images, evaluated on a few of its own (nothing held out); train_on train keeps val held out
+    assert space.final.images(45_000, 5_000) == (50_000, 1_000)
+    held_out = load_space(write(tmp_path, VALID + "final: {epochs: 4, train_on: train}\n"))
+    assert held_out.final_epochs == 4 and held_out.final.images(45_000, 5_000) == (45_000, 5_000)
+    text = describe(space)
+    assert "final fit: the champion's configuration trained again for 9 epochs" in text
+    assert "final fit, after the search: 9 epochs on 50,000 images" in text
+    assert space.summary()["final.train_on"] == "all"
+
+
+@pytest.mark.parametrize("name", ["widths.yaml", "recipe.yaml", "full.yaml"])
+def test_the_gpu_spaces_retrain_their_champion_on_every_training_image(name: str) -> None:
+    space = load_space(name)
+    assert space.final is not None and space.final.train_on == "all"
+    assert space.final_epochs == space.scheduler.max_epochs
+
+
+def test_the_smoke_space_registers_its_search_checkpoint() -> None:
+    assert load_space("smoke.yaml").final is None  # make run stays quick
 
 
 def test_errors_point_at_the_line(tmp_path: Path) -> None:

@@ -12,6 +12,8 @@
    g times it, so GPU-hours do not depend on g (packing trials measured better than that,
    docs/benchmarks.md#gpu-h200, so this errs long). Wall clock with min(max_concurrent, trials, what the
    resources allow) trials at once.
+5. The final fit (a `final:` section): final.epochs epochs of the same mean configuration on its images
+   (training and validation images with train_on all), at one trial's rate, after the search.
 Not counted: starting Ray, loading the data, the first epoch's warm-up and checkpoint I/O
 (docs/benchmarks.md#sweep-overhead).
 """
@@ -146,6 +148,9 @@ class Estimate:
     trial_rate: float  # MAC/s of one trial on its share of the resources
     device_seconds: float  # GPU-seconds (GPU trials) or CPU-core-seconds (CPU trials), whole sweep
     longest_trial_s: float  # one trial that runs every epoch; 0 when the epoch budget stops the sweep first
+    final_images: int = 0  # images the final fit trains on (0: no final fit)
+    final_seconds: float = 0.0  # wall clock of the final fit, at one trial's rate
+    final_device_seconds: float = 0.0  # its GPU-seconds (or CPU-core-seconds), as device_seconds
 
     def wall_seconds(self, slots: int) -> float:
         """With `slots` trials at once: the trial-time spread over the slots, but never less than one trial
@@ -171,11 +176,19 @@ def estimate_cost(space: SearchSpace, samples: int = SAMPLES) -> Estimate:
     full_rate = GPU_MACS_PER_S if res.gpus else CPU_MACS_PER_S_PER_CORE
     epochs = estimate_epochs(space)
     stopped_early = bool(space.budget.epochs) and epochs == space.budget.epochs
+    final_images, final_macs = 0, 0.0
+    if space.final is not None:
+        # The champion is not known before the search: priced as the mean feasible configuration, like a trial
+        final_images, evaluated = space.final.images(train_images, val_images)
+        final_macs = space.final_epochs * sum(
+            macs * (final_images * TRAIN_MACS_PER_FORWARD + evaluated * (2 if x.tta_flip else 1))
+            for x, macs in zip(feasible, per_image)) / max(len(feasible), 1)
     return Estimate(
         samples=len(configs), broken=broken, rejected=len(configs) - len(feasible), epochs=epochs,
         train_images=train_images, val_images=val_images, forward_macs=sum(per_image) / len(per_image),
         epoch_macs=mean_epoch, trial_rate=rate, device_seconds=epochs * mean_epoch / full_rate,
         longest_trial_s=0.0 if stopped_early else space.scheduler.max_epochs * mean_epoch / rate,
+        final_images=final_images, final_seconds=final_macs / rate, final_device_seconds=final_macs / full_rate,
     )
 
 
@@ -255,6 +268,11 @@ def describe_cost(space: SearchSpace, samples: int = SAMPLES) -> list[str]:
         needs = f"needs {slots * res.cpus:g} CPUs"
     lines.append(f"  wall clock: about {_cap(space, est, slots)} with {slots} trial{'s' if slots != 1 else ''} at "
                  f"once (max_concurrent {space.search.max_concurrent}; {needs})")
+    if space.final is not None:
+        spent = (f"{est.final_device_seconds / 3600:.2g} GPU-hours" if res.gpus
+                 else f"{_about(est.final_device_seconds)} of CPU-core time")
+        lines.append(f"  final fit, after the search: {space.final_epochs} epochs on {est.final_images:,} images, "
+                     f"about {_about(est.final_seconds)} more wall clock ({spent}; not capped by the budget)")
     cpus, gpus = local_resources()
     here = trials_that_fit(space, cpus, gpus)
     machine = f"this machine ({cpus} CPU{'s' if cpus != 1 else ''}, {gpus or 'no'} GPU{'s' if gpus > 1 else ''})"

@@ -10,6 +10,11 @@ augmentation. The result is recorded on each version as tags (`eval.test_acc`, `
 on identical data is not evaluated again. The alias moves only if the candidate is strictly better,
 or with --force. Without a test split the command says so and, with --allow-val only, compares the
 validation accuracies recorded at registration (tag `val_acc`).
+
+A version may hold a final fit (tag `checkpoint_kind=final_fit`, tuner/final_fit.py): its checkpoint is the
+final fit's (tag `checkpoint_uri` names the final fit's run), so the test split scores what was registered.
+A final fit on all images has no validation accuracy of its own: its `val_acc` is the search checkpoint's
+(also `search_val_acc`), and --allow-val says so when it compares that figure.
 """
 from __future__ import annotations
 
@@ -172,6 +177,9 @@ def score_on_val(version: ModelVersion, name: str) -> Score:
     if "val_acc" not in version.tags:
         raise UserError(f"version {version.version} of '{name}' has no val_acc tag to compare: "
                         f"add test_batch to the data folder to evaluate it on the test split")
+    if version.tags.get("checkpoint_kind") == "final_fit":
+        print(f"version {version.version} holds a final fit (trained on {version.tags.get('train_images', '?')} "
+              f"images): its val_acc is its search checkpoint's (trial {version.tags.get('search_trial_id', '?')})")
     return Score(version.version, "val_acc", float(version.tags["val_acc"]))
 
 

@@ -3,7 +3,9 @@
 The sweep's story, as `main` tells it: parse the flags; plan the sweep (a new one, or --resume of one
 whose driver died); check the tracking store before anything starts; load the data once; connect to
 Ray (local by default, `--address` for a cluster); build the Tuner (`SpaceSearcher`, Optuna TPE, with
-ASHA) or restore it, and run it; register the best trial's best checkpoint and print the summary.
+ASHA) or restore it, and run it; with a `final:` section, train the best trial's configuration once more
+on the final fit's images (tuner/final_fit.py); register that checkpoint (else the best trial's best
+checkpoint) and print the summary.
 Trials only train and report; this driver writes MLflow and the Optuna study (tuner/bookkeeping.py).
 """
 from __future__ import annotations
@@ -303,7 +305,8 @@ def restored_tuner(plan: SweepPlan, trainable: Any) -> Any:
 
 
 class SweepInterrupted(Exception):
-    """Ctrl-C: Tune stopped the trials and saved its state; --resume continues the sweep."""
+    """Ctrl-C: Tune stopped the trials and saved its state (or the final fit was cancelled); --resume continues
+    the sweep."""
 
 
 @dataclass
@@ -318,10 +321,14 @@ class SweepSummary:
     registered_version: str | None
     model_name: str = ""
     next_commands: tuple[str, ...] = ()
+    checkpoint_kind: str | None = None  # what the registered version holds: final_fit or search
+    final: dict[str, Any] | None = None  # the final fit's record (tuner/final_fit.py), failed ones too
 
     def metrics(self) -> dict[str, float]:
         values = {"trials": self.trials, "rejected_configs": self.rejected, "gpu_hours": self.gpu_seconds / 3600,
                   "epochs_total": self.epochs, "wall_seconds": self.wall_seconds}
+        if self.final and self.final.get("status") == "completed":
+            values["final_fit_seconds"] = float(self.final["seconds"])
         # best_<metric> is on the parent already, one step per finished trial (tracking.TrialRuns.count_finished)
         return values
 
@@ -341,42 +348,89 @@ class SweepSummary:
                       f"  MLflow run:  {b['run_name']}",
                       f"  searched:    {b['searched'] or '(nothing searched)'}",
                       f"  checkpoint:  {b['checkpoint']}"]
+            final = self.final
+            if final and final.get("status") == "completed":
+                images = {"all": "train + validation", "train": "training split"}.get(final["train_on"], "")
+                epochs = int(final["epochs"])
+                lines.append(f"  final fit:   {epochs} epoch{'s' * (epochs != 1)} on {final['train_images']:,} images "
+                             f"({images}) in {format_elapsed(final['seconds']).strip()}, MLflow run "
+                             f"'final fit of {b['label']}'")
+            elif final:
+                lines.append(f"  final fit:   failed ({final['error']}); the search checkpoint was registered instead")
             if self.registered_version:
-                lines.append(f"  registered as model version {self.registered_version} of {self.model_name} "
+                held = {"final_fit": "the final fit's checkpoint", "search": "the search checkpoint"}.get(
+                    self.checkpoint_kind or "search", "the search checkpoint")
+                lines.append(f"  registered as model version {self.registered_version} of {self.model_name}: {held} "
                              f"(not yet @champion: promote it below)")
         if self.next_commands:
             lines += ["next:"] + [f"  {command}" for command in self.next_commands]
         return "\n".join(lines)
 
 
-def registered_version(plan: SweepPlan, trial_id: str, checkpoint: str) -> str | None:
-    """The model version this sweep already registered for this checkpoint (a finished sweep resumed), from
-    its registration record under --storage; None when it has registered none."""
+def registration_of(plan: SweepPlan, trial_id: str, checkpoint: str) -> dict[str, Any] | None:
+    """The registration record of this sweep for this checkpoint (a finished sweep resumed), from --storage;
+    None when it has registered none."""
     record = plan.state.read_json(REGISTRATION)
     if record and record.get("trial_id") == trial_id and record.get("checkpoint") == checkpoint:
-        print(f"sweep {plan.name} already registered trial {trial_id} as model version {record.get('version')}: "
-              "not registering it again", flush=True)
-        return str(record.get("version"))
+        kind = record.get("checkpoint_kind", "search")
+        print(f"sweep {plan.name} already registered trial {trial_id} as model version {record.get('version')} "
+              f"({kind} checkpoint): not fitting or registering it again", flush=True)
+        return record
     return None
 
 
-def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float) -> SweepSummary:
-    """Totals over all trials; the best checkpoint of any trial (by the space's metric) is registered."""
+def register_champion(plan: SweepPlan, sweep: Any, best: dict[str, Any], checkpoint: Any,
+                      data: Any) -> tuple[str, str, dict[str, Any] | None]:
+    """Register the champion: with a `final:` section its final fit (run here, or stored by an earlier driver),
+    else, or when that fit failed, the best trial's search checkpoint. (version, checkpoint kind, final record)."""
+    from tuner import final_fit
     from tuner.checkpoint import load_checkpoint
+    from tuner.tracking import CHECKPOINT_FINAL, CHECKPOINT_SEARCH, FinalLineage
     from tuner.trainable import CHECKPOINT_FILE
 
+    done = registration_of(plan, best["trial_id"], checkpoint.path)
+    if done is not None:
+        kind = done.get("checkpoint_kind", CHECKPOINT_SEARCH)
+        record = final_fit.stored_record(plan.state, best["trial_id"]) if kind == CHECKPOINT_FINAL else None
+        return str(done.get("version")), kind, record
+    outcome = None
+    if plan.space.final is not None:
+        outcome = final_fit.fit_champion(plan.state, sweep, plan.space, data, best)
+    if outcome is not None and not outcome.failed:
+        record = outcome.record
+        lineage = FinalLineage(record["run_id"], int(record["epochs"]), int(record["train_images"]), record["train_on"])
+        version = sweep.register_best(outcome.checkpoint, best["trial_id"], float(best["val_acc"]), final=lineage)
+        kind = CHECKPOINT_FINAL
+    else:
+        with checkpoint.as_directory() as folder:
+            state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+        version = sweep.register_best(state, best["trial_id"], float(best["val_acc"]))
+        kind = CHECKPOINT_SEARCH
+    plan.state.write_json(REGISTRATION, {
+        "trial_id": best["trial_id"], "checkpoint": checkpoint.path, "model": DEFAULT_MODEL_NAME, "version": version,
+        "checkpoint_kind": kind, **({"final_run_id": outcome.record["run_id"]} if kind == CHECKPOINT_FINAL else {})})
+    return version, kind, outcome.record if outcome is not None else None
+
+
+def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float, data: Any) -> SweepSummary:
+    """Totals over all trials; the champion (the best checkpoint of any trial, by the space's metric) is
+    registered, after its final fit when the space has a `final:` section."""
     space = plan.space
     sign = 1 if space.mode == "max" else -1
     candidates = [(ckpt, m, r) for r in results if r.metrics and not r.metrics.get("diverged")
                   for ckpt, m in r.best_checkpoints if space.metric in m]
     totals = [r.metrics or {} for r in results]
-    best, version = None, None
+    best, version, kind, final = None, None, None, None
     if candidates:
         from tuner.config import TrainConfig
         from tuner.console import searched_text
         from tuner.tracking import SpaceOutline, trial_label
 
-        checkpoint, metrics, result = max(candidates, key=lambda c: sign * c[1][space.metric])
+        # Ties go to the earliest trial and epoch: Ray lists the results of a restored sweep in another order,
+        # and a resumed driver must pick the champion its predecessor picked (registration, final fit).
+        checkpoint, metrics, result = max(candidates, key=lambda c: (sign * c[1][space.metric],
+                                                                     -int(c[2].config.get("index", 0)),
+                                                                     -int(c[1].get("epoch", 0))))
         label = trial_label(int(result.config.get("index", 0)))
         searched = searched_text(SpaceOutline.of(space).searched_values(TrainConfig.from_dict(result.config["train"])))
         best = {"trial_id": metrics.get("trial_id", ""), "val_acc": metrics["val_acc"], "epoch": metrics["epoch"],
@@ -384,19 +438,13 @@ def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float) -> Swee
                 "epochs_run": result.metrics["epoch"], "params": int(metrics["params"]),
                 "gpu_seconds": float(result.metrics.get("gpu_seconds", 0.0)),
                 "config": result.config.get("train"), "checkpoint": checkpoint.path}
-        version = registered_version(plan, best["trial_id"], checkpoint.path)
-        if version is None:
-            with checkpoint.as_directory() as folder:
-                state = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
-            version = sweep.register_best(state, best["trial_id"], float(best["val_acc"]))
-            plan.state.write_json(REGISTRATION, {"trial_id": best["trial_id"], "checkpoint": checkpoint.path,
-                                                 "model": DEFAULT_MODEL_NAME, "version": version})
+        version, kind, final = register_champion(plan, sweep, best, checkpoint, data)
     # Each trial's config counts the infeasible samples drawn before it (the searcher's running count).
     rejected = max((int(r.config.get("rejected", 0)) for r in results if r.config), default=0)
     return SweepSummary(plan.name, best, len(results), rejected,
                         sum(float(m.get("gpu_seconds", 0.0)) for m in totals),
                         sum(int(m.get("epoch", 0)) for m in totals), time.monotonic() - started, version,
-                        DEFAULT_MODEL_NAME)
+                        DEFAULT_MODEL_NAME, checkpoint_kind=kind, final=final)
 
 
 def next_commands(name: str, uri: str, mlflow_flag: str | None, storage_flag: str) -> tuple[str, ...]:
@@ -422,7 +470,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from ray import tune
 
-    from tuner import interrupts, tracking
+    from tuner import final_fit, interrupts, tracking
     from tuner.data import load_splits
     from tuner.trainable import TrialSettings, train_trial
 
@@ -456,7 +504,10 @@ def main(argv: list[str] | None = None) -> None:
         plan.state.upload_study(force=True)
         if interrupts.interrupted():
             raise SweepInterrupted
-        summary = summarise(plan, results, sweep, started)
+        try:
+            summary = summarise(plan, results, sweep, started, data)
+        except final_fit.FinalFitInterrupted:
+            raise SweepInterrupted from None
     except SweepInterrupted:
         sweep.end("KILLED")
         print(f"sweep {plan.name} interrupted; continue it with: python -m tuner.run --resume {plan.name}"

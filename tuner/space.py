@@ -6,8 +6,8 @@ names TrainConfig fields. Everything is
 checked before anything starts, and every error of a file is reported in one run, one line each with the
 file, the line and the fix: unknown keys and field names (with "did you mean", known aliases included),
 values of the wrong type, out of range or not finite, empty or inverted ranges, log ranges with low <= 0,
-conditions that name unknown or later parameters or can never hold, and constraints that no configuration
-in the space can meet.
+conditions that name unknown or later parameters or can never hold, constraints that no configuration
+in the space can meet, and a `final:` fit too short for the space's epoch-counted settings.
 
 Every setting of the format is read by one typed reader (`Setting.read`), declared beside its field, and
 the JSON Schema is written from the same declarations, so a rule cannot be checked in one place and
@@ -181,10 +181,14 @@ def declared_settings(cls: type) -> Iterator[tuple[str, str, Setting]]:
 @dataclass(frozen=True)
 class SearchSettings:
     algorithm: str = _setting("tpe", "word", words=("tpe", "random"),
-                              doc="tpe (Optuna's TPE, fitted at an ASHA rung) or random (the baseline)")
+                              doc="tpe (Optuna's TPE) or random (the baseline)")
     seed: int = _setting(0, "int", 0, MAX_SEED, doc="seed of the sampler")
     startup_trials: int = _setting(8, "int", 0, MAX_TRIALS,
                                    doc="trials from a Latin hypercube before TPE starts modelling")
+    first_trial: str = _setting("default", "word", words=("default", "sampled"),
+                                doc="default: with tpe the first trial trains the default recipe (TrainConfig's "
+                                    "defaults moved into the space); sampled: it is drawn like the other start-up "
+                                    "trials")
     max_concurrent: int = _setting(4, "int", 1, MAX_CONCURRENT, doc="trials running at once")
 
 
@@ -249,8 +253,42 @@ class DataSettings:
     split_seed: int = _setting(0, "int", 0, MAX_SEED, doc="seed of the stratified train/validation split")
 
 
+TRAIN_ON = ("all", "train")
+# With train_on all the final fit has no held-out images, but `fit` evaluates every epoch (the plateau schedule
+# steps on that loss): it evaluates on this many of the validation images it also trains on, and the figures
+# are dropped. Few, so the evaluation costs little next to an epoch on 50,000 images.
+FINAL_MONITOR_IMAGES = 1_000
+
+
+@dataclass(frozen=True)
+class FinalFit:
+    """The optional `final:` section: once the search ends, the champion's configuration is trained again and
+    that checkpoint, not the search's, is registered (tuner/final_fit.py)."""
+
+    epochs: int | None = _setting(None, "int", 1, MAX_EPOCHS, optional=True,
+                                  doc="epochs of the final fit; null (the default): scheduler.max_epochs")
+    train_on: str = _setting("all", "word", words=TRAIN_ON,
+                             doc="all: every training image the sweep loaded, the validation split included; "
+                                 "train: the search's training split only (the validation split still scores it)")
+
+    def images(self, train_images: int, val_images: int) -> tuple[int, int]:
+        """(images the final fit trains on, images it evaluates each epoch) for a sweep's split sizes."""
+        if self.train_on == "all":
+            return train_images + val_images, min(val_images, FINAL_MONITOR_IMAGES)
+        return train_images, val_images
+
+    def describe(self, short: bool = False) -> str:
+        """The images, as a person reads them."""
+        if short:
+            return "train + validation" if self.train_on == "all" else "training split"
+        return ("the training and validation images (train_on all)" if self.train_on == "all"
+                else "the search's training split (train_on train)")
+
+
 SECTIONS: dict[str, type] = {"search": SearchSettings, "scheduler": SchedulerSettings, "resources": Resources,
-                             "budget": Budget, "constraints": Constraints, "data": DataSettings}
+                             "budget": Budget, "constraints": Constraints, "data": DataSettings, "final": FinalFit}
+# Sections a space may leave out altogether, with a meaning of their own: without `final:` there is no final fit.
+OPTIONAL_SECTIONS = ("final",)
 TOP_SETTINGS = {
     "name": Setting("name", doc="sweeps are named <name>-<date>-<time>; default: the file name"),
     "metric": Setting("word", words=METRICS, doc="what the search optimises, on the validation split"),
@@ -276,6 +314,7 @@ SPACE_ALIASES = {
     "max_flops": "constraints.max_macs", "flops": "constraints.max_macs", "macs": "constraints.max_macs",
     "max_parameters": "constraints.max_params", "param_budget": "constraints.max_params",
     "validation_size": "data.val_size", "val": "data.val_size", "objective": "metric", "direction": "mode",
+    "final_fit": "final", "refit": "final", "retrain": "final", "final_epochs": "final.epochs",
 }
 PARAM_KEY_ALIASES = {
     "min": "low", "max": "high", "lower": "low", "upper": "high", "values": "choices", "options": "choices",
@@ -356,6 +395,7 @@ class SearchSpace:
     budget: Budget
     constraints: Constraints
     data: DataSettings
+    final: FinalFit | None = None  # None: no `final:` section, the search checkpoint is registered
 
     @property
     def digest(self) -> str:
@@ -363,6 +403,13 @@ class SearchSpace:
 
     def base_config(self) -> dict[str, Any]:
         return {**self.fixed, "epochs": self.scheduler.max_epochs}
+
+    @property
+    def final_epochs(self) -> int | None:
+        """Epochs of the final fit (final.epochs, else scheduler.max_epochs); None without a final fit."""
+        if self.final is None:
+            return None
+        return self.final.epochs or self.scheduler.max_epochs
 
     def sample(self, trial: SuggestingTrial) -> TrainConfig:
         """One configuration: fixed values, then each parameter whose `when` condition holds."""
@@ -393,7 +440,10 @@ class SearchSpace:
         """Settings that describe the search (for the dry run and the MLflow parent run's params)."""
         flat: dict[str, Any] = {"space": self.name, "metric": self.metric, "mode": self.mode}
         for section in SECTIONS:
-            for key, value in dataclasses.asdict(getattr(self, section)).items():
+            settings = getattr(self, section)
+            if settings is None:  # an optional section left out
+                continue
+            for key, value in dataclasses.asdict(settings).items():
                 flat[f"{section}.{key}"] = value
         flat["parameters"] = ",".join(p.name for p in self.parameters)
         return flat
@@ -474,9 +524,11 @@ class _SpaceParser:
                 self.fail(raw, key, f"{key}={excerpt(raw[key])} {err}")
         metric = top["metric"] or "val_acc"
         mode = top["mode"] or ("max" if metric == "val_acc" else "min")
-        sections = {name: self.settings(raw, name, cls) for name, cls in SECTIONS.items()}
+        sections = {name: self.settings(raw, name, cls) for name, cls in SECTIONS.items()
+                    if name not in OPTIONAL_SECTIONS or name in raw}
         fixed = self.fixed(raw, sections["scheduler"])
         parameters = self.parameters(raw, fixed, sections["scheduler"])
+        self.check_final(raw, sections.get("final"), fixed, parameters)
         self.raise_errors()
         space = SearchSpace(name=top["name"] or _default_name(self.path), path=self.path, text=self.text,
                             metric=metric, mode=mode, fixed=fixed, parameters=parameters, **sections)
@@ -755,6 +807,26 @@ class _SpaceParser:
                       "raise the limit or shrink the widths/blocks ranges")
 
 
+    def check_final(self, raw: Mapping, final: FinalFit | None, fixed: Mapping[str, Any],
+                    parameters: tuple[Param, ...]) -> None:
+        """The final fit trains the champion's config with epochs = final.epochs: every fixed value and every
+        value a parameter can take must still be valid then (ema_epochs and final_plain_epochs count epochs)."""
+        if final is None or final.epochs is None:
+            return
+        epochs = final.epochs
+        base = {**fixed, "epochs": epochs}
+        problems = _problems(base, fixed)
+        for param in parameters:
+            for value in param.values():
+                problems += _problems({**base, param.name: value}, {param.name: value})
+        if problems:
+            field_name, message = problems[0]
+            self.fail(self.mapping(raw, "final"), "epochs",
+                      f"final.epochs={epochs} is too few for this space: with {epochs} epoch{'s' * (epochs != 1)}, "
+                      f"{message}; raise "
+                      f"final.epochs or lower {field_name}")
+
+
 def _default_name(path: Path) -> str:
     """The file's stem as a sweep name, with anything a folder name should not hold replaced."""
     name = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem)[:64].lstrip("._-")
@@ -854,6 +926,12 @@ def describe(space: SearchSpace) -> str:
     lines.append(f"resources per trial: {space.resources.cpus:g} CPU, {space.resources.gpus:g} GPU")
     lines.append(f"data: val {space.data.val_size}, subset {space.data.subset or 'all'}, split seed "
                  f"{space.data.split_seed}")
+    if space.final is None:
+        lines.append("final fit: none (no final: section): the best trial's search checkpoint is registered")
+    else:
+        lines.append(f"final fit: the champion's configuration trained again for {space.final_epochs} epochs on "
+                     f"{space.final.describe()}, as one task with the trials' resources; that checkpoint is "
+                     "registered")
     lines += describe_cost(space)
     return "\n".join(lines)
 

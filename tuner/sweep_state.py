@@ -2,8 +2,10 @@
 
 What a new driver on another machine needs to continue a sweep, besides Ray's experiment state in
 `<storage>/<sweep>/`: the Optuna study (`optuna.db`), the budget ledger (`budget.json`), the copy of the
-space file (`space.yaml`), the registration record (`registered.json`) and the digests of Ray's state
-files (`digests.json`). Only the head (the driver) may write this prefix (cluster/README.md, "Who may
+space file (`space.yaml`), the final fit's checkpoint and record (`final_fit.pt`, `final_fit.json`: the task
+returns the checkpoint to the driver, which stores it here), the registration record (`registered.json`:
+which trial, which checkpoint kind, which model version) and the digests of Ray's state files
+(`digests.json`). Only the head (the driver) may write this prefix (cluster/README.md, "Who may
 write what"). Everything goes through `pyarrow.fs` (a local path, `s3://`, `gs://`).
 
 The study is sqlite: the driver works on a local copy in a temp folder and uploads a consistent snapshot
@@ -41,7 +43,9 @@ DRIVER_PREFIX = "_driver"
 SPACE_COPY = "space.yaml"
 STUDY_FILE = "optuna.db"
 BUDGET_LEDGER = "budget.json"
-REGISTRATION = "registered.json"
+REGISTRATION = "registered.json"  # trial_id, checkpoint, checkpoint_kind (final_fit or search), model, version
+FINAL_CHECKPOINT = "final_fit.pt"  # the final fit's checkpoint as the task returned it (read with weights_only)
+FINAL_RECORD = "final_fit.json"  # what the final fit was and measured; written after final_fit.pt
 DIGESTS = "digests.json"
 TUNER_STATE = "tuner.pkl"  # Ray's pickled Tuner, written once when a sweep's Tuner is made
 KEEP_DIGESTS = 8  # versions of one file that may still be on the way to storage when a driver dies

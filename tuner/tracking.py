@@ -1,5 +1,6 @@
 """MLflow tracking for sweeps: a sweep is a parent run, each trial a nested child run, the best
-checkpoint a new version of a registered model. The sweep's driver is the only writer.
+checkpoint a new version of a registered model (after a `final:` fit, that fit's checkpoint, from a child
+run of its own: `SweepRun.final_fit_run`). The sweep's driver is the only writer.
 
 Where the data goes: with no flag, a local sqlite store (`./mlflow.db`) plus artifacts in
 `./mlartifacts`; with `--mlflow-uri http://host:5000` (or MLFLOW_TRACKING_URI) a tracking server. Only
@@ -71,6 +72,12 @@ TAG_GPU_SECONDS = "tuner.gpu_seconds"  # read by the outcome checks; the metric 
 SYSTEM_PREFIX = "system/"           # the trial's sampled CPU/memory/GPU figures, as MLflow's own system metrics
 TAG_PARENT = "mlflow.parentRunId"
 PARENT_TAGS = ("tuner.git_commit", "tuner.space_hash", "tuner.data_fingerprint", "tuner.ray_address")
+# A final fit's child run (tuner/final_fit.py) carries no tuner.trial_id: it is not a trial of the search.
+TAG_FINAL_OF = "tuner.final_of"          # the search trial whose configuration it trains again
+TAG_SEARCH_RUN = "tuner.search_run_id"   # that trial's run
+TAG_FINAL_STATUS = "tuner.final_status"  # completed, or failed (then also tuner.final_error)
+# What a registered version holds (its tag checkpoint_kind): the final fit's checkpoint or the search's.
+CHECKPOINT_FINAL, CHECKPOINT_SEARCH = "final_fit", "search"
 
 
 # One attempt per request, short timeout: the driver never sits in MLflow's retry loop (default: 7
@@ -349,7 +356,7 @@ def sweep_names(client: MlflowClient) -> list[str]:
 
 
 def trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
-    """Every child run of a sweep's parent run, oldest first (all pages)."""
+    """Every trial's child run of a sweep's parent run, oldest first (all pages); not the final fit's run."""
     runs: list[Run] = []
     token = None
     while True:
@@ -357,7 +364,7 @@ def trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
             [parent.info.experiment_id], f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'",
             max_results=1000, order_by=["attributes.start_time ASC"], page_token=token,
         )
-        runs.extend(page)
+        runs.extend(run for run in page if TAG_FINAL_OF not in run.data.tags)
         token = page.token
         if not token:
             return runs
@@ -728,6 +735,16 @@ class TrialRuns:
 # the sweep: the parent run
 
 
+@dataclass(frozen=True)
+class FinalLineage:
+    """What a registered version says of the final fit whose checkpoint it holds."""
+
+    run_id: str  # the final fit's child run
+    epochs: int
+    train_images: int
+    train_on: str  # all or train (a space's final.train_on)
+
+
 class SweepRun:
     """The parent run of a sweep, written by the driver: setup, summary metrics, the registered model.
     Summary metrics are buffered like the trials' (`TrialRuns`)."""
@@ -792,19 +809,72 @@ class SweepRun:
             self._client.set_terminated(self.run_id, self._end_status)
             self._end_status = None
 
-    def register_best(
-        self, checkpoint: dict, trial_id: str, val_acc: float, model_name: str = DEFAULT_MODEL_NAME,
-        timeout_s: float = 300.0,
-    ) -> str:
-        """Log the checkpoint as an MLflow PyTorch model (+ the raw checkpoint file) under the trial's
-        run, register it as a new version of `model_name` with lineage tags; returns the version."""
+    def _reach_store(self, timeout_s: float, what: str) -> None:
+        """Deliver what is buffered first (the direct writes below must not overtake it); a UserError saying
+        how to resume when the store stays away for `timeout_s`."""
         if not self._sender.drain(timeout_s):
             raise UserError(f"tracking store {self.uri} unreachable for {timeout_s:.0f}s "
-                            f"({self._sender.last_error}): best trial {trial_id} not registered; "
-                            f"bring the server back and run the sweep again with the same name to resume")
+                            f"({self._sender.last_error}): {what}; bring the server back and resume the sweep "
+                            f"(python -m tuner.run --resume {self.sweep_name})")
+
+    def _final_run(self, trial_id: str) -> Run | None:
+        runs = self._client.search_runs(
+            [self.experiment_id],
+            f"tags.`{TAG_PARENT}` = '{_quote(self.run_id)}' and tags.`{TAG_FINAL_OF}` = '{_quote(trial_id)}'",
+            order_by=["attributes.start_time ASC"])
+        return runs[0] if runs else None
+
+    def final_fit_run(self, trial_id: str, label: str, config: TrainConfig, params: Mapping[str, str],
+                      timeout_s: float = 300.0) -> str:
+        """The child run of the final fit of trial `trial_id` (`final fit of t007`), tagged with the trial's
+        run; the one an earlier driver made when it was killed during the fit, else a new one. Params: the
+        config's fields it uses, and `params` (the final fit's own: train_on, train_images)."""
+        self._reach_store(timeout_s, f"the final fit of {label} not started")
+        run = self._final_run(trial_id)
+        if run is None:
+            search = find_trial_run(self._client, self.experiment_id, self.run_id, trial_id)
+            tags = {TAG_PARENT: self.run_id, TAG_SWEEP: self.sweep_name, TAG_FINAL_OF: trial_id,
+                    TAG_SEARCH_RUN: search.info.run_id if search else "",
+                    **source_tags()}
+            run = self._client.create_run(self.experiment_id, run_name=f"final fit of {label}", tags=tags)
+        elif run.info.status != "RUNNING":
+            self._client.update_run(run.info.run_id, status="RUNNING")
+        _log_params_once(self._client, run, {**config_params(config, used_fields(config)), **params},
+                         f"final fit of {label}")
+        return run.info.run_id
+
+    def end_final_fit_run(self, run_id: str, history: list[Mapping[str, float]], status: str,
+                          tags: Mapping[str, str] | None = None, timeout_s: float = 300.0) -> None:
+        """The final fit's per-epoch metrics (step = epoch, at the time the worker measured it; not sent
+        again to a run that has them: a resumed driver), its tags, and the end of its run: FINISHED when
+        `status` is completed, else FAILED."""
+        self._reach_store(timeout_s, f"final fit run {run_id} not updated")
+        logged = self._client.get_run(run_id).data.metrics
+        metrics = [Metric(key, float(value), int(1000 * float(row.get("reported_at", time.time()))), int(row["epoch"]))
+                   for row in history for key, value in row.items()
+                   if key not in ("epoch", "reported_at") and key not in logged]
+        for start in range(0, len(metrics), MAX_BATCH_METRICS):
+            self._client.log_batch(run_id, metrics=metrics[start : start + MAX_BATCH_METRICS])
+        values = {**(tags or {}), TAG_FINAL_STATUS: status}
+        self._client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in values.items()])
+        self._client.set_terminated(run_id, "FINISHED" if status == "completed" else "FAILED")
+
+    def register_best(
+        self, checkpoint: dict, trial_id: str, val_acc: float, model_name: str = DEFAULT_MODEL_NAME,
+        timeout_s: float = 300.0, final: FinalLineage | None = None,
+    ) -> str:
+        """Log the checkpoint as an MLflow PyTorch model (+ the raw checkpoint file) under the run that
+        trained it, register it as a new version of `model_name` with lineage tags; returns the version.
+
+        `final` given: `checkpoint` is the final fit of trial `trial_id` (tuner/final_fit.py), logged under
+        the final fit's run; else it is the trial's search checkpoint, logged under the trial's run. Either
+        way `val_acc` is the search checkpoint's validation accuracy: a final fit on all images has none of
+        its own, so that figure stays the one `promote --allow-val` compares (tags val_acc, search_val_acc)."""
+        self._reach_store(timeout_s, f"best trial {trial_id} not registered")
         model, config = model_from_checkpoint(checkpoint)
         child = find_trial_run(self._client, self.experiment_id, self.run_id, trial_id)
-        run_id = child.info.run_id if child else self.run_id
+        search_run_id = child.info.run_id if child else self.run_id
+        run_id = final.run_id if final else search_run_id  # the run whose checkpoint the version holds
         parent_tags = self._client.get_run(self.run_id).data.tags
 
         # The input example: two uint8 images normalised like the training data. Two, not one:
@@ -829,7 +899,23 @@ class SweepRun:
             "config": json.dumps(config.to_dict(), sort_keys=True),
             "checkpoint_uri": f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}",
             **{key.split(".", 1)[1]: parent_tags[key] for key in PARENT_TAGS if key in parent_tags},
+            # lineage of the search and, for a final fit, of the retraining
+            "checkpoint_kind": CHECKPOINT_FINAL if final else CHECKPOINT_SEARCH,
+            "search_run_id": search_run_id,
+            "search_trial_id": trial_id,
+            "search_val_acc": f"{float(val_acc):.6f}",
         }
+        if final:
+            lineage.update({"final_run_id": final.run_id, "final_epochs": str(final.epochs),
+                            "train_images": str(final.train_images), "final_train_on": final.train_on})
+            described = (f"final fit of sweep {self.sweep_name}'s best trial {trial_id}: its configuration trained "
+                         f"again for {final.epochs} epochs on {final.train_images:,} images (train_on "
+                         f"{final.train_on}), run {final.run_id}; the search checkpoint (run {search_run_id}) "
+                         f"scored val acc {float(val_acc):.4f}"
+                         + (", a figure of the search: this model also trained on those validation images"
+                            if final.train_on == "all" else ""))
+        else:
+            described = f"sweep {self.sweep_name}, trial {trial_id}: search checkpoint, val acc {float(val_acc):.4f}"
         with tempfile.TemporaryDirectory() as tmp:
             path = save_checkpoint(checkpoint, Path(tmp) / "checkpoint.pt")
             self._client.log_artifact(run_id, str(path), "checkpoint")
@@ -855,10 +941,11 @@ class SweepRun:
                     raise
             version = self._client.create_model_version(
                 model_name, source=info.model_uri, run_id=run_id, tags=lineage, model_id=info.model_id,
-                description=(f"sweep {self.sweep_name}, trial {trial_id}: val acc {float(val_acc):.4f}, "
-                             f"{count_params(config):,} params; widths {config.widths} blocks {config.blocks}"),
+                description=(f"{described}; {count_params(config):,} params; widths {config.widths} "
+                             f"blocks {config.blocks}"),
             )
         self._client.set_tag(self.run_id, "tuner.registered_version", f"{model_name}/{version.version}")
+        self._client.set_tag(self.run_id, "tuner.registered_checkpoint", lineage["checkpoint_kind"])
         return str(version.version)
 
     def end(self, status: str = "FINISHED", timeout_s: float = 120.0) -> bool:

@@ -150,11 +150,18 @@ def worst_value(metric: str) -> float:
     return 0.0 if metric == "val_acc" else math.inf
 
 
+def use_cpus(cpus: float) -> int:
+    """Torch threads for a task holding `cpus` CPUs (a trial, the final fit); returns the count. Torch would
+    otherwise start a thread per core of the node in every task, however few CPUs the task holds. Set on
+    every task: Ray reuses a worker for the next one."""
+    threads = max(1, math.ceil(cpus))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSettings) -> None:
     """Ray Tune entry point; `data` and `settings` are bound with tune.with_parameters."""
-    # Torch would otherwise start a thread per core of the node in every trial, however few CPUs the trial
-    # holds. Set on every trial: Ray reuses a worker for the next trial.
-    torch.set_num_threads(max(1, math.ceil(settings.cpus)))
+    use_cpus(settings.cpus)
     # Ray logs "Checkpoint successfully created at ..." at INFO for every report: one line per epoch per trial
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     train_config = TrainConfig.from_dict(config["train"], source="trial config")
