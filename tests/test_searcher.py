@@ -1,6 +1,7 @@
 """The searcher's bookkeeping, driven the way Ray Tune drives it: suggest, results, completion."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 import textwrap
@@ -13,7 +14,14 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState, create_trial
 
 from tuner.config import TrainConfig
-from tuner.searcher import LatinHypercubeStart, RungTPESampler, SpaceSearcher, create_study, warm_start
+from tuner.searcher import (
+    LatinHypercubeStart,
+    LatinStartTPESampler,
+    SpaceSearcher,
+    create_study,
+    default_point,
+    warm_start,
+)
 from tuner.space import load_space
 
 SPACE = """
@@ -129,63 +137,81 @@ def test_warm_start_copies_finished_trials_with_their_params_and_curves(space) -
     assert len(infeasible) == searcher.rejected and all(t.state == TrialState.PRUNED for t in infeasible)
 
 
-X = {"x": FloatDistribution(0, 1)}
+def test_a_new_tpe_study_starts_from_the_default_recipe(tmp_path: Path) -> None:
+    """Each searched parameter at TrainConfig's default when the space allows it, clipped into a range, the
+    middle choice when the default is not a choice; the Latin hypercube then covers trials 1.. in full."""
+    path = tmp_path / "start.yaml"
+    path.write_text(textwrap.dedent("""
+        parameters:
+          widths: {choices: [[8, 16, 32], [16, 32, 64], [24, 48, 96]]}
+          lr: {type: float, low: 0.3, high: 1.0, log: true}
+          weight_decay: {type: float, low: 0.00001, high: 0.1, log: true}
+          batch_size: [128, 256, 512]
+          optimizer: [adamw, sgd]
+          momentum: {type: float, low: 0.8, high: 0.97, when: {optimizer: sgd}}
+          label_smoothing: {type: float, low: 0.0, high: 0.2, step: 0.05}
+        search: {startup_trials: 4}
+        scheduler: {max_epochs: 2, grace_period: 1}
+    """))
+    space = load_space(path)
+    study = create_study(space, None, "s")
+    searcher = SpaceSearcher(space, study)
+    first = TrainConfig.from_dict(searcher.suggest("a")["train"])
+    defaults = TrainConfig()
+    assert first.widths == (16, 32, 64)  # (64, 128, 256) is not a choice: the middle one
+    assert first.lr == 0.3  # 0.2 clipped into [0.3, 1.0]
+    assert (first.weight_decay, first.batch_size, first.optimizer) == (
+        defaults.weight_decay, defaults.batch_size, defaults.optimizer)
+    assert first.momentum == defaults.momentum  # a conditional parameter, asked for because optimizer is sgd
+    assert first.label_smoothing == pytest.approx(0.1)
+    assert study.trials[0].user_attrs["initial_design"] == "default recipe"
+    widths = Counter(TrainConfig.from_dict(searcher.suggest(t)["train"]).widths for t in "bcd")
+    assert len(widths) == 3, "the three design rows after the default try every choice once"
 
 
-def _first_trial_ran_unopposed(sampler: optuna.samplers.BaseSampler) -> optuna.Study:
-    """What asynchronous ASHA leaves: the first trial (x=0.05) ran every epoch with nobody to beat; 19 later
-    trials, stopped at the epoch-2 rung, show accuracy rising with x, most of them above the first trial's."""
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, params={"x": 0.05}, distributions=X,
-                                 intermediate_values={e: 0.1 + 0.05 * e for e in range(1, 9)}))
+def _with_search(space, **changes):
+    return dataclasses.replace(space, search=dataclasses.replace(space.search, **changes))
+
+
+def test_first_trial_sampled_and_random_search_do_not_start_from_the_default(space) -> None:
+    for changes in ({"first_trial": "sampled"}, {"algorithm": "random"}):
+        study = create_study(_with_search(space, **changes), None, "s")
+        assert not study.trials and "initial_design" not in study.ask().user_attrs
+
+
+def test_no_default_start_when_it_breaks_the_constraints(space) -> None:
+    """The tiny space caps params at 30,000: the middle widths choice (32, 64) breaks it."""
+    assert default_point(space) is None
+    assert not create_study(space, None, "s").trials
+
+
+def test_tpe_ranks_full_runs_above_asha_stopped_ones() -> None:
+    """Optuna's own split: the trials that ran every epoch are "good" before any ASHA-stopped one, whatever
+    the stopped trials' early scores (stock OptunaSearch ranks them by those scores, as if complete)."""
+    distributions = {"x": FloatDistribution(0, 1)}
+    study = optuna.create_study(direction="maximize", sampler=LatinStartTPESampler(seed=0, n_startup_trials=2))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, params={"x": 0.9}, distributions=distributions,
+                                 intermediate_values={e: 0.05 * e for e in range(1, 11)}))
     for i in range(19):
-        x = (i + 0.5) / 19
-        study.add_trial(create_trial(state=TrialState.PRUNED, params={"x": x}, distributions=X,
-                                     intermediate_values={1: x / 2, 2: 0.1 + 0.4 * x}))
-    return study
+        x = i / 40  # all below 0.5, with early scores above the complete trial's final one
+        study.add_trial(create_trial(state=TrialState.PRUNED, params={"x": x}, distributions=distributions,
+                                     intermediate_values={1: 0.6 + x / 10}))
+    drawn = [study.ask(distributions).params["x"] for _ in range(20)]
+    assert sum(x > 0.5 for x in drawn) / len(drawn) > 0.6
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_rung_tpe_models_good_at_the_epoch_all_trials_reached(seed: int) -> None:
-    def high_x_share(sampler: optuna.samplers.BaseSampler) -> float:
-        study = _first_trial_ran_unopposed(sampler)
-        return sum(study.ask(X).params["x"] > 0.7 for _ in range(20)) / 20
-
-    # Uniform draws put 30% above 0.7; modelled at epoch 2, where x predicts accuracy, TPE goes there.
-    assert high_x_share(RungTPESampler(epochs=[2, 6, 8], min_trials=4, seed=seed)) > 0.6
-
-
-def test_rung_tpe_counts_running_trials_past_the_rung_and_leaves_the_study_alone() -> None:
-    sampler = RungTPESampler(epochs=[2, 6, 8], min_trials=2, seed=0)
-    study = _first_trial_ran_unopposed(sampler)
-    running = study.ask(X)
-    for epoch in range(1, 7):
-        running.report(0.2 + 0.1 * epoch, epoch)
-    view = sampler._at_rung(study)
-    assert view._epoch == 6  # the first trial and the running one reached epoch 6
-    shown = {t.number: t for t in view._get_trials(deepcopy=False)}
-    assert shown[running.number].state == TrialState.COMPLETE and shown[running.number].value == pytest.approx(0.8)
-    assert shown[1].state == TrialState.PRUNED  # stopped at epoch 2, below the rung
-    study.ask(X)
-    assert study.trials[running.number].state == TrialState.RUNNING and study.trials[0].value == 0.5
-
-
-def test_rung_tpe_is_plain_tpe_until_enough_trials_reach_a_rung() -> None:
-    sampler = RungTPESampler(epochs=[2, 6, 8], min_trials=30, seed=0)
-    study = _first_trial_ran_unopposed(sampler)
-    assert sampler._at_rung(study) is study
-
-
-def test_rung_tpe_samples_on_alike_after_pickling() -> None:
+def test_sampler_samples_on_alike_after_pickling() -> None:
     """Ray pickles the searcher, with its study and sampler, for --resume, at any point in a sweep: the restored
-    sampler models at the same rung and draws what the original would have."""
-    sampler = RungTPESampler(epochs=[2, 6, 8], min_trials=4, seed=0)
-    study = _first_trial_ran_unopposed(sampler)
-    study.ask(X)
+    sampler draws what the original would have."""
+    distributions = {"x": FloatDistribution(0, 1)}
+    study = optuna.create_study(direction="maximize", sampler=LatinStartTPESampler(seed=0, n_startup_trials=3))
+    for _ in range(5):
+        trial = study.ask(distributions)
+        study.tell(trial, trial.params["x"])
     restored = pickle.loads(pickle.dumps(study))
-    assert isinstance(restored.sampler, RungTPESampler) and restored.sampler is not sampler
-    assert restored.sampler._at_rung(restored)._epoch == 2
-    assert [restored.ask(X).params["x"] for _ in range(3)] == [study.ask(X).params["x"] for _ in range(3)]
+    assert restored.sampler is not study.sampler
+    assert [restored.ask(distributions).params["x"] for _ in range(3)] == [
+        study.ask(distributions).params["x"] for _ in range(3)]
 
 
 # The search-efficiency bench's space (bench/search_efficiency.py); 1004 is its TPE seed for seed 4.
@@ -195,7 +221,7 @@ BENCH = {"widths": CategoricalDistribution(["8,16,32", "16,32,64", "24,48,96"]),
 
 @pytest.mark.parametrize("seed", [0, 1, 1004])
 def test_startup_trials_try_every_choice_and_every_stretch_of_a_range(seed: int) -> None:
-    sampler = RungTPESampler(epochs=[2, 8], min_trials=9, seed=seed, n_startup_trials=9)
+    sampler = LatinStartTPESampler(seed=seed, n_startup_trials=9)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     drawn = []
     for _ in range(9):

@@ -1,6 +1,8 @@
 """Optuna TPE as a Ray Tune searcher, with constraints at sampling time and honest multi-fidelity bookkeeping.
 
-Two things the stock `OptunaSearch` does not do:
+Three things the stock `OptunaSearch` does not do:
+- A known-good start. The first trial trains the default recipe (`default_point`), then a Latin hypercube
+  covers the space, where independent random draws can leave a choice or a decade untried.
 - Constraints. A sampled configuration whose analytic params/MACs break `constraints` is told to Optuna
   as PRUNED before its first epoch (user attribute `infeasible`) and sampled again, inside `suggest`: it
   never becomes a Ray trial.
@@ -8,26 +10,23 @@ Two things the stock `OptunaSearch` does not do:
   accuracy, so TPE compares a 3-epoch score with 15-epoch scores. Here such a trial is told as PRUNED (its
   per-epoch values are already reported as intermediate values), and only trials that ran every epoch are
   COMPLETE. A diverged trial is FAIL with user attribute `diverged`.
-With that honest bookkeeping, Optuna's TPE would model "good" on the trials that ran every epoch, which under
-asynchronous ASHA are first of all the ones that ran unopposed; RungTPESampler compares trials at one rung.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import pickle
 import zlib
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
-from tuner.config import TrainConfig
+from tuner.config import TrainConfig, format_stages
 from tuner.space import SearchSpace
 from tuner.sweep_state import SweepState
 
@@ -38,66 +37,106 @@ EPOCH = "epoch"
 
 
 def create_study(space: SearchSpace, storage_url: str | None, study_name: str) -> optuna.Study:
-    """The sweep's Optuna study (persisted when storage_url is a database URL)."""
+    """The sweep's Optuna study (persisted when storage_url is a database URL). With TPE, a new study's first
+    trial is the default recipe (`default_point`) unless the space says `first_trial: sampled`."""
+    start = default_point(space) if space.search.first_trial == "default" else None
     if space.search.algorithm == "random":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=space.search.seed)
+        start = None  # the baseline stays random
     else:
-        sampler = RungTPESampler(epochs=[*space.scheduler.rungs(), space.scheduler.max_epochs],
-                                 min_trials=space.search.startup_trials, seed=space.search.seed,
-                                 n_startup_trials=space.search.startup_trials,
-                                 constant_liar=True)  # concurrent trials should not all pick alike
+        sampler = LatinStartTPESampler(seed=space.search.seed, n_startup_trials=space.search.startup_trials,
+                                       design_starts_at=int(start is not None),
+                                       constant_liar=True)  # concurrent trials should not all pick alike
     direction = "maximize" if space.mode == "max" else "minimize"
-    return optuna.create_study(storage=storage_url, study_name=study_name, sampler=sampler, direction=direction,
-                               load_if_exists=True)
+    study = optuna.create_study(storage=storage_url, study_name=study_name, sampler=sampler, direction=direction,
+                                load_if_exists=True)
+    if start is not None and not study.trials:
+        study.enqueue_trial(start, user_attrs={"initial_design": "default recipe"})
+    return study
 
 
-class RungTPESampler(optuna.samplers.TPESampler):
-    """TPE that splits trials into good and bad by their accuracy at one epoch that they all reached (BOHB's
-    rule): the highest of `epochs` (the ASHA rungs and max_epochs) that at least `min_trials` trials reached.
+def default_point(space: SearchSpace) -> dict[str, Any] | None:
+    """The service's default recipe (TrainConfig's defaults, docs/benchmarks.md#trainer-accuracy-cpu-proxy) as
+    this space's Optuna parameters: each searched parameter at its default, or the nearest value its range
+    allows, or the middle choice when the default is not one of its choices. None when that configuration
+    breaks the space's constraints.
 
-    Why: Optuna's split ranks every COMPLETE trial above every PRUNED one, and keeps ceil(10%) of the trials as
-    "good", one trial while there are ten or fewer. Under asynchronous ASHA the first trial passes every rung
-    unopposed, so TPE took whichever trial ran first as its model of good (docs/benchmarks.md, seed 4). Here
-    trials are compared at the same epoch; trials stopped below it rank below, as PRUNED, and a running trial
-    that passed it counts with that epoch's result, which is final. The study itself keeps the true states.
+    Why first: before any result is in, every other proposal is a draw from the whole space, and at small
+    budgets the best of a few draws rarely beats a recipe already measured to be good. It is the initial
+    design of SMAC, which always includes the default configuration; TPE then models around it like around
+    any other trial.
+    """
+    answers = _DefaultAnswers()
+    config = space.sample(answers)
+    return None if space.constraints.violation(config) is not None else answers.params
+
+
+class _DefaultAnswers:
+    """A SuggestingTrial that answers every parameter with TrainConfig's default, moved into the parameter's
+    range or choices; `params` collects the answers under the names `SearchSpace.sample` asked for."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self._defaults = TrainConfig()
+
+    def _default(self, name: str) -> Any:
+        if name in TrainConfig.field_names():
+            return getattr(self._defaults, name)
+        field, _, stage = name.rpartition("_")  # per-stage parameters are asked for as widths_0, widths_1, ...
+        values = getattr(self._defaults, field, None) if stage.isdigit() else None
+        return values[int(stage)] if isinstance(values, tuple) and int(stage) < len(values) else None
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float:
+        return self._answer(name, _in_range(self._default(name), low, high, step, log))
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return self._answer(name, int(round(_in_range(self._default(name), low, high, step, log))))
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        default = self._default(name)
+        wanted = format_stages(default) if isinstance(default, tuple) else default
+        matching = [c for c in choices if c == wanted and type(c) is type(wanted)]
+        return self._answer(name, matching[0] if matching else choices[len(choices) // 2])
+
+    def _answer(self, name: str, value: Any) -> Any:
+        self.params[name] = value
+        return value
+
+
+def _in_range(default: Any, low: float, high: float, step: float | None, log: bool) -> float:
+    """`default` clipped into [low, high] and onto the step grid; the middle of the range (in log space for a
+    log range) when there is no numeric default."""
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return math.sqrt(low * high) if log else (low + high) / 2
+    value = min(high, max(low, float(default)))
+    if step:
+        value = min(high, low + round((value - low) / step) * step)
+    return value
+
+
+class LatinStartTPESampler(optuna.samplers.TPESampler):
+    """Optuna's TPE, its start-up trials drawn as a Latin hypercube (LatinHypercubeStart) rather than at random.
+
+    TPE splits the trials into good and bad Optuna's way: the trials that ran every epoch first, by their
+    final value, then the ASHA-stopped ones, the deepest first. Comparing all trials at a shared early rung
+    instead (BOHB's rule, this sampler until 2026-12) proposed worse configurations than stock OptunaSearch
+    at equal budgets: at an early rung TPE learns what starts fast, not what ends best
+    (docs/benchmarks.md#search-efficiency).
     """
 
-    def __init__(self, epochs: Sequence[int], min_trials: int, **tpe_options: Any) -> None:
-        super().__init__(**tpe_options)
-        # TPE draws its start-up trials from this sampler (Optuna's RandomSampler otherwise)
-        self._random_sampler = LatinHypercubeStart(self._n_startup_trials, tpe_options.get("seed"))
-        self._epochs = sorted(set(epochs), reverse=True)
-        self._min_trials = max(1, min_trials)
-        # (trial number, the epoch its parameters are modelled at); plain values: Ray pickles the sampler
-        self._epoch_for: tuple[int, int | None] | None = None
-
-    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
-                           param_distribution: optuna.distributions.BaseDistribution) -> Any:
-        return super().sample_independent(self._view_for(study, trial), trial, param_name, param_distribution)
-
-    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
-                        search_space: dict[str, optuna.distributions.BaseDistribution]) -> dict[str, Any]:
-        return super().sample_relative(self._view_for(study, trial), trial, search_space)
-
-    def _view_for(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> _StudyAtEpoch | optuna.Study:
-        """One epoch per sampled trial: all its parameters are modelled alike, and the trials are read once
-        for it rather than once per parameter."""
-        if self._epoch_for is None or self._epoch_for[0] != trial.number:
-            self._epoch_for = (trial.number, self._rung_epoch(study))
-        return _at_epoch(study, self._epoch_for[1])
-
-    def _at_rung(self, study: optuna.Study) -> _StudyAtEpoch | optuna.Study:
-        return _at_epoch(study, self._rung_epoch(study))
-
-    def _rung_epoch(self, study: optuna.Study) -> int | None:
-        trials = study._get_trials(deepcopy=False, states=_MEASURED, use_cache=False)
-        for epoch in self._epochs:
-            if sum(_value_at(trial, epoch) is not None for trial in trials) >= self._min_trials:
-                return epoch
-        return None
+    def __init__(self, n_startup_trials: int = 10, design_starts_at: int = 0, **tpe_options: Any) -> None:
+        """`design_starts_at`: the trials before it are given (the default recipe), not drawn."""
+        super().__init__(n_startup_trials=n_startup_trials, **tpe_options)
+        # TPE draws its start-up trials from this sampler (Optuna's RandomSampler otherwise). A private
+        # attribute of TPESampler: test_startup_trials_try_every_choice_and_every_stretch_of_a_range fails if
+        # an Optuna upgrade stops reading it.
+        self._random_sampler = LatinHypercubeStart(n_startup_trials - design_starts_at, tpe_options.get("seed"),
+                                                   design_starts_at)
 
 
-_MEASURED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+# Sweeps started before the rung view was dropped pickled their sampler under this name; --resume unpickles it.
+RungTPESampler = LatinStartTPESampler
 
 
 class LatinHypercubeStart(optuna.samplers.RandomSampler):
@@ -108,17 +147,20 @@ class LatinHypercubeStart(optuna.samplers.RandomSampler):
     the search-efficiency bench: six of eight draws were the smallest network). Later trials draw at random.
     """
 
-    def __init__(self, size: int, seed: int | None = None) -> None:
+    def __init__(self, size: int, seed: int | None = None, first_trial: int = 0) -> None:
+        """Trials first_trial .. first_trial + size - 1 take the design's rows."""
         super().__init__(seed=seed)
         self._size = max(0, size)
+        self._first = first_trial
         # drawn once and kept, so that a pickled sampler (Ray's --resume) rebuilds the same design
         self._design_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        if trial.number >= self._size:
+        row = trial.number - getattr(self, "_first", 0)  # samplers pickled before first_trial start at 0
+        if not 0 <= row < self._size:
             return super().sample_independent(study, trial, param_name, param_distribution)
-        return _value_at_quantile(param_distribution, self._row(param_name, trial.number))
+        return _value_at_quantile(param_distribution, self._row(param_name, row))
 
     def _row(self, param_name: str, row: int) -> float:
         """The quantile in [0, 1) of `param_name` in design row `row`."""
@@ -148,48 +190,11 @@ def _value_at_quantile(distribution: BaseDistribution, q: float) -> Any:
     raise TypeError(f"no Latin hypercube for {type(distribution).__name__}")
 
 
-def _at_epoch(study: optuna.Study, epoch: int | None) -> _StudyAtEpoch | optuna.Study:
-    """The study as TPE should read it: at `epoch`, or as it is when no epoch was reached by enough trials."""
-    return study if epoch is None else _StudyAtEpoch(study, epoch)
-
-
-def _value_at(trial: optuna.trial.FrozenTrial, epoch: int) -> float | None:
-    value = trial.intermediate_values.get(epoch)
-    return None if value is None or math.isnan(value) else value
-
-
-class _StudyAtEpoch:
-    """The study as TPE reads it, with every trial that reported `epoch` shown COMPLETE with that value."""
-
-    def __init__(self, study: optuna.Study, epoch: int) -> None:
-        self._study = study
-        self._epoch = epoch
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None,
-                    use_cache: bool = False) -> list[optuna.trial.FrozenTrial]:
-        shown = [self._as_of_epoch(t) for t in self._study._get_trials(deepcopy=False, use_cache=use_cache)]
-        return [t for t in shown if states is None or t.state in states]
-
-    def _as_of_epoch(self, trial: optuna.trial.FrozenTrial) -> optuna.trial.FrozenTrial:
-        value = _value_at(trial, self._epoch) if trial.state in _MEASURED else None
-        if value is None:
-            return trial
-        shown = copy.copy(trial)
-        shown.state = TrialState.COMPLETE
-        shown.value = value
-        return shown
-
-
-def _sampled_in_suggest(trial: optuna.Trial) -> None:
-    """Placeholder define-by-run function: SpaceSearcher.suggest samples from the SearchSpace itself."""
-
-
-class SpaceSearcher(OptunaSearch):
-    """OptunaSearch driven by a SearchSpace. The trial config is {"train": TrainConfig fields, "index": n,
-    "rejected": r}: n counts every sample drawn, r the infeasible ones among them so far."""
+class SpaceSearcher(Searcher):
+    """Ray Tune's searcher over a SearchSpace and the sweep's Optuna study. The trial config is {"train":
+    TrainConfig fields, "index": n, "rejected": r}: n counts every sample drawn, r the infeasible ones among
+    them so far. A plain `Searcher` rather than Ray's `OptunaSearch`: it asks, tells and saves itself, so
+    no private attribute of OptunaSearch is relied on."""
 
     def __init__(self, space: SearchSpace, study: optuna.Study,
                  on_rejected: Callable[[int, TrainConfig, str], None] | None = None,
@@ -199,7 +204,7 @@ class SpaceSearcher(OptunaSearch):
         pickle (Ray pickles the searcher with the Tuner for --resume). With `state` (the sweep's state under
         --storage, whose working copy holds the study), the searcher pickles without the study: what it
         saves names the sweep, and a resumed driver reopens the study from its own working copy."""
-        super().__init__(space=_sampled_in_suggest, metric=space.metric, mode=space.mode)
+        super().__init__(metric=space.metric, mode=space.mode)
         self._space_spec = space
         self._ot_study: optuna.Study | None = study
         self._state = state
@@ -207,12 +212,13 @@ class SpaceSearcher(OptunaSearch):
         self._ot_sampler = study.sampler
         self._max_epochs = space.scheduler.max_epochs
         self._on_rejected = on_rejected
+        # Ray trial id -> its Optuna trial (its id in the study while pickled); the names are those of the
+        # OptunaSearch this class once extended, so that searchers saved by older sweeps restore
+        self._ot_trials: dict[str, optuna.Trial | int] = {}
+        self._completed_trials: set[str] = set()
         self._configs: dict[str, dict[str, Any]] = {}
         self.suggested = 0
         self.rejected = 0
-
-    def _setup_study(self, mode: Any) -> None:
-        """The study is made by create_study (persisted, with our sampler); nothing to set up here."""
 
     @property
     def study(self) -> optuna.Study:
@@ -248,6 +254,12 @@ class SpaceSearcher(OptunaSearch):
         state = {key: value for key, value in self._portable().items() if key != "_on_rejected"}
         with open(checkpoint_path, "wb") as file:
             pickle.dump(state, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Ray's snapshot (`save`) into this searcher, on --resume. sweep_state.verify_ray_state has checked the
+        file against the driver's own digest before Ray gets here."""
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(pickle.load(file))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         self.study  # noqa: B018 - binds the study (a resumed driver's working copy)
