@@ -1,8 +1,7 @@
 """Search efficiency: tuner's searcher against what a user would run instead, at equal epoch budgets.
 
 Three arms, each its own search per seed, each with another sampler seed (no shared start-up draws):
-- **tuner**: `python -m tuner.run` with its TPE (the default recipe first, then a Latin-hypercube start-up)
-  + ASHA;
+- **tuner**: `python -m tuner.run` with its TPE (Optuna's, with a Latin-hypercube start-up) + ASHA;
 - **random + ASHA**: `python -m tuner.run` with `search.algorithm: random` and the same ASHA;
 - **stock**: Ray Tune's `OptunaSearch` + `ASHAScheduler` as Ray's documentation shows them
   (bench/stock_optuna_arm.py: the same space as a `param_space`, the same trainer, data split, ASHA

@@ -1,7 +1,6 @@
 """The searcher's bookkeeping, driven the way Ray Tune drives it: suggest, results, completion."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import pickle
 import textwrap
@@ -19,7 +18,6 @@ from tuner.searcher import (
     LatinStartTPESampler,
     SpaceSearcher,
     create_study,
-    default_point,
     warm_start,
 )
 from tuner.space import load_space
@@ -135,54 +133,6 @@ def test_warm_start_copies_finished_trials_with_their_params_and_curves(space) -
     assert finished.params == source.params and finished.distributions == source.distributions
     infeasible = [t for t in new.trials if "infeasible" in t.user_attrs]
     assert len(infeasible) == searcher.rejected and all(t.state == TrialState.PRUNED for t in infeasible)
-
-
-def test_a_new_tpe_study_starts_from_the_default_recipe(tmp_path: Path) -> None:
-    """Each searched parameter at TrainConfig's default when the space allows it, clipped into a range, the
-    middle choice when the default is not a choice; the Latin hypercube then covers trials 1.. in full."""
-    path = tmp_path / "start.yaml"
-    path.write_text(textwrap.dedent("""
-        parameters:
-          widths: {choices: [[8, 16, 32], [16, 32, 64], [24, 48, 96]]}
-          lr: {type: float, low: 0.3, high: 1.0, log: true}
-          weight_decay: {type: float, low: 0.00001, high: 0.1, log: true}
-          batch_size: [128, 256, 512]
-          optimizer: [adamw, sgd]
-          momentum: {type: float, low: 0.8, high: 0.97, when: {optimizer: sgd}}
-          label_smoothing: {type: float, low: 0.0, high: 0.2, step: 0.05}
-        search: {startup_trials: 4}
-        scheduler: {max_epochs: 2, grace_period: 1}
-    """))
-    space = load_space(path)
-    study = create_study(space, None, "s")
-    searcher = SpaceSearcher(space, study)
-    first = TrainConfig.from_dict(searcher.suggest("a")["train"])
-    defaults = TrainConfig()
-    assert first.widths == (16, 32, 64)  # (64, 128, 256) is not a choice: the middle one
-    assert first.lr == 0.3  # 0.2 clipped into [0.3, 1.0]
-    assert (first.weight_decay, first.batch_size, first.optimizer) == (
-        defaults.weight_decay, defaults.batch_size, defaults.optimizer)
-    assert first.momentum == defaults.momentum  # a conditional parameter, asked for because optimizer is sgd
-    assert first.label_smoothing == pytest.approx(0.1)
-    assert study.trials[0].user_attrs["initial_design"] == "default recipe"
-    widths = Counter(TrainConfig.from_dict(searcher.suggest(t)["train"]).widths for t in "bcd")
-    assert len(widths) == 3, "the three design rows after the default try every choice once"
-
-
-def _with_search(space, **changes):
-    return dataclasses.replace(space, search=dataclasses.replace(space.search, **changes))
-
-
-def test_first_trial_sampled_and_random_search_do_not_start_from_the_default(space) -> None:
-    for changes in ({"first_trial": "sampled"}, {"algorithm": "random"}):
-        study = create_study(_with_search(space, **changes), None, "s")
-        assert not study.trials and "initial_design" not in study.ask().user_attrs
-
-
-def test_no_default_start_when_it_breaks_the_constraints(space) -> None:
-    """The tiny space caps params at 30,000: the middle widths choice (32, 64) breaks it."""
-    assert default_point(space) is None
-    assert not create_study(space, None, "s").trials
 
 
 def test_tpe_ranks_full_runs_above_asha_stopped_ones() -> None:

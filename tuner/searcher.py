@@ -1,8 +1,8 @@
 """Optuna TPE as a Ray Tune searcher, with constraints at sampling time and honest multi-fidelity bookkeeping.
 
 Three things the stock `OptunaSearch` does not do:
-- A known-good start. The first trial trains the default recipe (`default_point`), then a Latin hypercube
-  covers the space, where independent random draws can leave a choice or a decade untried.
+- An even start. The start-up trials are a Latin hypercube over the space, where independent random draws
+  can leave a choice or a decade untried.
 - Constraints. A sampled configuration whose analytic params/MACs break `constraints` is told to Optuna
   as PRUNED before its first epoch (user attribute `infeasible`) and sampled again, inside `suggest`: it
   never becomes a Ray trial.
@@ -26,7 +26,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from tuner.config import TrainConfig, format_stages
+from tuner.config import TrainConfig
 from tuner.space import SearchSpace
 from tuner.sweep_state import SweepState
 
@@ -37,82 +37,15 @@ EPOCH = "epoch"
 
 
 def create_study(space: SearchSpace, storage_url: str | None, study_name: str) -> optuna.Study:
-    """The sweep's Optuna study (persisted when storage_url is a database URL). With TPE, a new study's first
-    trial is the default recipe (`default_point`) unless the space says `first_trial: sampled`."""
-    start = default_point(space) if space.search.first_trial == "default" else None
+    """The sweep's Optuna study (persisted when storage_url is a database URL)."""
     if space.search.algorithm == "random":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=space.search.seed)
-        start = None  # the baseline stays random
     else:
         sampler = LatinStartTPESampler(seed=space.search.seed, n_startup_trials=space.search.startup_trials,
-                                       design_starts_at=int(start is not None),
                                        constant_liar=True)  # concurrent trials should not all pick alike
     direction = "maximize" if space.mode == "max" else "minimize"
-    study = optuna.create_study(storage=storage_url, study_name=study_name, sampler=sampler, direction=direction,
-                                load_if_exists=True)
-    if start is not None and not study.trials:
-        study.enqueue_trial(start, user_attrs={"initial_design": "default recipe"})
-    return study
-
-
-def default_point(space: SearchSpace) -> dict[str, Any] | None:
-    """The service's default recipe (TrainConfig's defaults, docs/benchmarks.md#trainer-accuracy-cpu-proxy) as
-    this space's Optuna parameters: each searched parameter at its default, or the nearest value its range
-    allows, or the middle choice when the default is not one of its choices. None when that configuration
-    breaks the space's constraints.
-
-    Why first: before any result is in, every other proposal is a draw from the whole space, and at small
-    budgets the best of a few draws rarely beats a recipe already measured to be good. It is the initial
-    design of SMAC, which always includes the default configuration; TPE then models around it like around
-    any other trial.
-    """
-    answers = _DefaultAnswers()
-    config = space.sample(answers)
-    return None if space.constraints.violation(config) is not None else answers.params
-
-
-class _DefaultAnswers:
-    """A SuggestingTrial that answers every parameter with TrainConfig's default, moved into the parameter's
-    range or choices; `params` collects the answers under the names `SearchSpace.sample` asked for."""
-
-    def __init__(self) -> None:
-        self.params: dict[str, Any] = {}
-        self._defaults = TrainConfig()
-
-    def _default(self, name: str) -> Any:
-        if name in TrainConfig.field_names():
-            return getattr(self._defaults, name)
-        field, _, stage = name.rpartition("_")  # per-stage parameters are asked for as widths_0, widths_1, ...
-        values = getattr(self._defaults, field, None) if stage.isdigit() else None
-        return values[int(stage)] if isinstance(values, tuple) and int(stage) < len(values) else None
-
-    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
-                      log: bool = False) -> float:
-        return self._answer(name, _in_range(self._default(name), low, high, step, log))
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        return self._answer(name, int(round(_in_range(self._default(name), low, high, step, log))))
-
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
-        default = self._default(name)
-        wanted = format_stages(default) if isinstance(default, tuple) else default
-        matching = [c for c in choices if c == wanted and type(c) is type(wanted)]
-        return self._answer(name, matching[0] if matching else choices[len(choices) // 2])
-
-    def _answer(self, name: str, value: Any) -> Any:
-        self.params[name] = value
-        return value
-
-
-def _in_range(default: Any, low: float, high: float, step: float | None, log: bool) -> float:
-    """`default` clipped into [low, high] and onto the step grid; the middle of the range (in log space for a
-    log range) when there is no numeric default."""
-    if isinstance(default, bool) or not isinstance(default, int | float):
-        return math.sqrt(low * high) if log else (low + high) / 2
-    value = min(high, max(low, float(default)))
-    if step:
-        value = min(high, low + round((value - low) / step) * step)
-    return value
+    return optuna.create_study(storage=storage_url, study_name=study_name, sampler=sampler, direction=direction,
+                               load_if_exists=True)
 
 
 class LatinStartTPESampler(optuna.samplers.TPESampler):
@@ -125,14 +58,12 @@ class LatinStartTPESampler(optuna.samplers.TPESampler):
     (docs/benchmarks.md#search-efficiency).
     """
 
-    def __init__(self, n_startup_trials: int = 10, design_starts_at: int = 0, **tpe_options: Any) -> None:
-        """`design_starts_at`: the trials before it are given (the default recipe), not drawn."""
+    def __init__(self, n_startup_trials: int = 10, **tpe_options: Any) -> None:
         super().__init__(n_startup_trials=n_startup_trials, **tpe_options)
         # TPE draws its start-up trials from this sampler (Optuna's RandomSampler otherwise). A private
         # attribute of TPESampler: test_startup_trials_try_every_choice_and_every_stretch_of_a_range fails if
         # an Optuna upgrade stops reading it.
-        self._random_sampler = LatinHypercubeStart(n_startup_trials - design_starts_at, tpe_options.get("seed"),
-                                                   design_starts_at)
+        self._random_sampler = LatinHypercubeStart(n_startup_trials, tpe_options.get("seed"))
 
 
 # Sweeps started before the rung view was dropped pickled their sampler under this name; --resume unpickles it.
@@ -147,20 +78,17 @@ class LatinHypercubeStart(optuna.samplers.RandomSampler):
     the search-efficiency bench: six of eight draws were the smallest network). Later trials draw at random.
     """
 
-    def __init__(self, size: int, seed: int | None = None, first_trial: int = 0) -> None:
-        """Trials first_trial .. first_trial + size - 1 take the design's rows."""
+    def __init__(self, size: int, seed: int | None = None) -> None:
         super().__init__(seed=seed)
         self._size = max(0, size)
-        self._first = first_trial
         # drawn once and kept, so that a pickled sampler (Ray's --resume) rebuilds the same design
         self._design_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
 
     def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        row = trial.number - getattr(self, "_first", 0)  # samplers pickled before first_trial start at 0
-        if not 0 <= row < self._size:
+        if trial.number >= self._size:
             return super().sample_independent(study, trial, param_name, param_distribution)
-        return _value_at_quantile(param_distribution, self._row(param_name, row))
+        return _value_at_quantile(param_distribution, self._row(param_name, trial.number))
 
     def _row(self, param_name: str, row: int) -> float:
         """The quantile in [0, 1) of `param_name` in design row `row`."""

@@ -185,10 +185,6 @@ class SearchSettings:
     seed: int = _setting(0, "int", 0, MAX_SEED, doc="seed of the sampler")
     startup_trials: int = _setting(8, "int", 0, MAX_TRIALS,
                                    doc="trials from a Latin hypercube before TPE starts modelling")
-    first_trial: str = _setting("default", "word", words=("default", "sampled"),
-                                doc="default: with tpe the first trial trains the default recipe (TrainConfig's "
-                                    "defaults moved into the space); sampled: it is drawn like the other start-up "
-                                    "trials")
     max_concurrent: int = _setting(4, "int", 1, MAX_CONCURRENT, doc="trials running at once")
 
 
