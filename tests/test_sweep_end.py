@@ -155,3 +155,27 @@ def test_a_resumed_driver_writes_what_the_killed_one_had_not_and_nothing_twice(t
     # y finished under the killed driver, which could not write its outcome: the resumed one does
     assert runs["y"].data.tags["tuner.outcome"] == "stopped_by_asha_at_epoch_2"
     assert runs["y"].data.params["widths"] == "8,16,32"
+
+
+def test_a_trial_that_checkpointed_after_the_killed_drivers_last_snapshot_ends_stopped_not_abandoned(
+        tmp_path: Path) -> None:
+    """g was started and checkpointed by a driver killed before its next snapshot: Ray's restored state does not
+    list it, so no driver can continue it. It ends where its result file says it stopped (two epochs, where
+    the study heard of one), PRUNED, its run FINISHED; c, which never checkpointed, is abandoned."""
+    state = SweepState(str(tmp_path), "end")
+    experiment = Path(state.experiment_path)
+    write_results(experiment, "g", range(1, 3))
+    (experiment / "t001-g" / "checkpoint_000001").mkdir()
+    study_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = make_study(study_url, {"a": [1, 2, 3, 4], "c": [1], "g": [1]}, complete={"a"})
+    sweep = start(tmp_path)
+    recorder = OutcomeRecorder(sweep.trial_runs(), SimpleNamespace(study=study),
+                               BudgetStopper(epochs=100, ledger=state), "val_acc", max_epochs=4, trials=3)
+    recorder.experiment_end([tune_trial("a", 4, "TERMINATED", experiment)])
+    assert sweep.end()
+    client = MlflowClient(sweep.uri)
+    found = outcomes(client, sweep)
+    assert found["g"][:2] == ("stopped_by_driver_kill_at_epoch_2", "FINISHED") and found["c"][0] == "abandoned"
+    study = optuna.load_study(study_name="s", storage=study_url)
+    assert states(study) == {"a": TrialState.COMPLETE, "c": TrialState.FAIL, "g": TrialState.PRUNED}
+    assert study.trials[2].intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2)}

@@ -216,6 +216,7 @@ class OutcomeRecorder:
             print(f"cannot read the trials' result files ({err}); epochs an earlier driver did not write stay "
                   "missing", flush=True)
             return
+        self._stored_last = {trial_id: rows[-1] for trial_id, rows in found}
         for trial_id, rows in found:
             config = rows[0].get("config") or {}
             if "train" in config:
@@ -288,12 +289,10 @@ class OutcomeRecorder:
                                                                     self.max_epochs),
                                  _outcome_tags(result), create=False, keep_outcome=True)
         abandoned = [t for trial_id, t in unfinished.items() if trial_id not in results]
-        if abandoned and self.state is not None:  # a trial with a checkpoint can still be continued: never abandoned
-            kept = [t for t in abandoned if self.state.trial_has_checkpoint(t.user_attrs["ray_trial_id"])]
-            for frozen in kept:
-                print(f"trial {frozen.user_attrs['ray_trial_id']} has checkpoints but Ray's state does not list it: "
-                      "left unfinished in the study (not abandoned)", flush=True)
-            abandoned = [t for t in abandoned if t not in kept]
+        if abandoned and self.state is not None:  # a trial with a checkpoint trained: never abandoned
+            lost = [t for t in abandoned if self.state.trial_has_checkpoint(t.user_attrs["ray_trial_id"])]
+            self._end_lost(study, lost)
+            abandoned = [t for t in abandoned if t not in lost]
         for frozen in abandoned:
             epochs = max(frozen.intermediate_values, default=0)
             print(f"trial {frozen.user_attrs['ray_trial_id']} abandoned: its driver died after {epochs} epochs, "
@@ -326,6 +325,28 @@ class OutcomeRecorder:
                               outcome=outcomes.stopped(0, "budget"))
         tell_stopped(study, stopped, self.metric, self.max_epochs)
         fail_trials(study, not_run, outcomes.NOT_RUN)
+
+
+    def _end_lost(self, study: Any, lost: list[Any]) -> None:
+        """Trials a killed driver started, and that checkpointed, after its last snapshot of Ray's state: Ray
+        does not list them, so no driver can continue them. They end as stopped at their last epoch (outcome
+        `stopped_by_driver_kill_at_epoch_N`, PRUNED in the study, so TPE learns from what they measured and
+        does not hold them as running forever); their checkpoints stay under --storage."""
+        stopped, not_run = [], []
+        for frozen in lost:
+            trial_id = frozen.user_attrs["ray_trial_id"]
+            result = getattr(self, "_stored_last", {}).get(trial_id) or {}  # its result file, read by backfill
+            if "epoch" not in result and frozen.intermediate_values:
+                epoch = max(frozen.intermediate_values)
+                result = {"epoch": epoch, self.metric: frozen.intermediate_values[epoch]}
+            epoch = int(result.get("epoch", 0))
+            print(f"trial {trial_id} was started after its killed driver's last snapshot: Ray cannot continue it; "
+                  f"it ends stopped after {epoch} epochs (its checkpoints stay under --storage)", flush=True)
+            outcome = outcomes.of_result(result, errored=False, max_epochs=self.max_epochs, stopped_by="driver_kill")
+            self.runs.finish(trial_id, outcome, _outcome_tags(result))
+            (stopped if epoch and self.metric in result else not_run).append((frozen, result))
+        tell_stopped(study, stopped, self.metric, self.max_epochs)
+        fail_trials(study, [frozen for frozen, _ in not_run], outcomes.NOT_RUN)
 
 
 def _outcome_tags(result: dict) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """How a trial ended: the outcome names that MLflow tags, the study and the reports share.
 
 `completed` ran every epoch; `stopped_by_asha_at_epoch_N` / `stopped_by_budget_at_epoch_N` were stopped
-by the scheduler or the sweep's budget; `diverged` and `errored_*` failed; `infeasible` broke the
+by the scheduler or the sweep's budget; `stopped_by_driver_kill_at_epoch_N` was started and checkpointed after
+a killed driver's last snapshot, so no driver can continue it; `diverged` and `errored_*` failed; `infeasible` broke the
 space's constraints and never ran; `abandoned` was started by a driver that died before saving it;
 `not_run` was queued when the budget ran out.
 """
