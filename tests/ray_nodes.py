@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -102,6 +103,16 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def started_head(folder: Path, cpus: int = 2) -> Iterator[RayNode]:
+    """A head node for a test module, ended after it: `yield from started_head(...)` in a module fixture."""
+    node = RayNode(folder / "head.log", new_token(), cpus=cpus)
+    try:
+        node.wait_ready()
+        yield node
+    finally:
+        node.stop()
 
 
 def new_token() -> str:

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 
-from tests.ray_nodes import RayNode, new_token, ray_env
+from tests.ray_nodes import RayNode, ray_env, started_head
 from tests.test_sweep import assert_each_epoch_once, child_runs, finish, study_of, wait_for_line
 from tuner.checkpoint import load_checkpoint
 from tuner.data import write_synthetic_cifar10
@@ -60,12 +60,7 @@ SLOW = FAILING.replace('raise RuntimeError("injected failure of the final fit")'
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayNode]:
-    node = RayNode(tmp_path_factory.mktemp("ray") / "head.log", new_token(), cpus=2)
-    try:
-        node.wait_ready()
-        yield node
-    finally:
-        node.stop()
+    yield from started_head(tmp_path_factory.mktemp("ray"))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import MlflowServer, free_port
-from tests.ray_nodes import RayNode, new_token, ray_env
+from tests.ray_nodes import RayNode, ray_env, started_head
 from tuner.data import write_synthetic_cifar10
 from tuner.tracking import DEFAULT_MODEL_NAME, EPOCH_METRICS
 
@@ -71,12 +71,7 @@ def postgres_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mlflow
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayNode]:
-    node = RayNode(tmp_path_factory.mktemp("ray-pg") / "head.log", new_token(), cpus=2)
-    try:
-        node.wait_ready()
-        yield node
-    finally:
-        node.stop()
+    yield from started_head(tmp_path_factory.mktemp("ray-pg"))
 
 
 def test_sweep_tracks_runs_metrics_and_model_in_postgres(tmp_path: Path, postgres_mlflow: MlflowServer,

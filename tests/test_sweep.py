@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.ray_nodes import RayNode, new_token, ray_env, trial_results
+from tests.ray_nodes import RayNode, ray_env, started_head, trial_results
 from tuner.data import write_synthetic_cifar10
 from tuner.tracking import EPOCH_METRICS
 
@@ -42,12 +42,7 @@ MAX_EPOCHS = 4
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayNode]:
-    node = RayNode(tmp_path_factory.mktemp("ray") / "head.log", new_token(), cpus=2)
-    try:
-        node.wait_ready()
-        yield node
-    finally:
-        node.stop()
+    yield from started_head(tmp_path_factory.mktemp("ray"))
 
 
 @pytest.fixture(scope="module")

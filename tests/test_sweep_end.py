@@ -179,3 +179,19 @@ def test_a_trial_that_checkpointed_after_the_killed_drivers_last_snapshot_ends_s
     study = optuna.load_study(study_name="s", storage=study_url)
     assert states(study) == {"a": TrialState.COMPLETE, "c": TrialState.FAIL, "g": TrialState.PRUNED}
     assert study.trials[2].intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2)}
+
+
+def test_such_a_trial_ends_at_the_later_of_its_result_file_and_the_study(tmp_path: Path) -> None:
+    """The killed driver told the study of epoch 3, which the trial's result file never got."""
+    state = SweepState(str(tmp_path), "end")
+    experiment = Path(state.experiment_path)
+    write_results(experiment, "g", range(1, 3))
+    (experiment / "t001-g" / "checkpoint_000001").mkdir()
+    study_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = make_study(study_url, {"a": [1, 2, 3, 4], "g": [1, 2, 3]}, complete={"a"})
+    sweep = start(tmp_path)
+    recorder = OutcomeRecorder(sweep.trial_runs(), SimpleNamespace(study=study),
+                               BudgetStopper(epochs=100, ledger=state), "val_acc", max_epochs=4, trials=2)
+    recorder.experiment_end([tune_trial("a", 4, "TERMINATED", experiment)])
+    assert sweep.end()
+    assert outcomes(MlflowClient(sweep.uri), sweep)["g"][0] == "stopped_by_driver_kill_at_epoch_3"

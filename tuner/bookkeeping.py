@@ -335,10 +335,13 @@ class OutcomeRecorder:
         stopped, not_run = [], []
         for frozen in lost:
             trial_id = frozen.user_attrs["ray_trial_id"]
-            result = getattr(self, "_stored_last", {}).get(trial_id) or {}  # its result file, read by backfill
-            if "epoch" not in result and frozen.intermediate_values:
-                epoch = max(frozen.intermediate_values)
-                result = {"epoch": epoch, self.metric: frozen.intermediate_values[epoch]}
+            # Its last epoch: from its result file (read by the backfill) or from the study, whichever is later
+            # (the killed driver may have told the study of an epoch its result file never got, or not heard of one)
+            result = getattr(self, "_stored_last", {}).get(trial_id) or {}
+            heard = max(frozen.intermediate_values, default=0)
+            if heard > int(result.get("epoch", 0)):
+                result = {"epoch": heard, self.metric: frozen.intermediate_values[heard],
+                          "gpu_seconds": self.budget.spent.get(trial_id, 0.0)}
             epoch = int(result.get("epoch", 0))
             print(f"trial {trial_id} was started after its killed driver's last snapshot: Ray cannot continue it; "
                   f"it ends stopped after {epoch} epochs (its checkpoints stay under --storage)", flush=True)
