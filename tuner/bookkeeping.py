@@ -312,9 +312,7 @@ class OutcomeRecorder:
             if "epoch" not in result and frozen.intermediate_values:
                 # It ran under a driver that was killed before its snapshot held any result; the budget ran
                 # out before the resumed driver started it again. The study has what it reported.
-                epoch = max(frozen.intermediate_values)
-                result = {"epoch": epoch, self.metric: frozen.intermediate_values[epoch],
-                          "gpu_seconds": self.budget.spent.get(trial_id, 0.0)}
+                result = self._heard(frozen, trial_id)
             by_budget = outcomes.of_result(result, errored=False, max_epochs=self.max_epochs, stopped_by="budget")
             if "epoch" in result:
                 stopped.append((frozen, result))
@@ -326,6 +324,13 @@ class OutcomeRecorder:
         tell_stopped(study, stopped, self.metric, self.max_epochs)
         fail_trials(study, not_run, outcomes.NOT_RUN)
 
+    def _heard(self, frozen: Any, trial_id: str) -> dict:
+        """The last result the study holds of a trial (its last intermediate value), as a result; {} if none."""
+        if not frozen.intermediate_values:
+            return {}
+        epoch = max(frozen.intermediate_values)
+        return {"epoch": epoch, self.metric: frozen.intermediate_values[epoch],
+                "gpu_seconds": self.budget.spent.get(trial_id, 0.0)}
 
     def _end_lost(self, study: Any, lost: list[Any]) -> None:
         """Trials a killed driver started, and that checkpointed, after its last snapshot of Ray's state: Ray
@@ -338,10 +343,9 @@ class OutcomeRecorder:
             # Its last epoch: from its result file (read by the backfill) or from the study, whichever is later
             # (the killed driver may have told the study of an epoch its result file never got, or not heard of one)
             result = getattr(self, "_stored_last", {}).get(trial_id) or {}
-            heard = max(frozen.intermediate_values, default=0)
-            if heard > int(result.get("epoch", 0)):
-                result = {"epoch": heard, self.metric: frozen.intermediate_values[heard],
-                          "gpu_seconds": self.budget.spent.get(trial_id, 0.0)}
+            heard = self._heard(frozen, trial_id)
+            if heard.get("epoch", 0) > int(result.get("epoch", 0)):
+                result = heard
             epoch = int(result.get("epoch", 0))
             print(f"trial {trial_id} was started after its killed driver's last snapshot: Ray cannot continue it; "
                   f"it ends stopped after {epoch} epochs (its checkpoints stay under --storage)", flush=True)

@@ -370,10 +370,13 @@ def trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
             return runs
 
 
-def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str) -> Run | None:
+def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str,
+                   tag: str = TAG_TRIAL) -> Run | None:
+    """The oldest child run of `parent_run_id` whose `tag` is `trial_id` (the trial's own run; with
+    tag=TAG_FINAL_OF, the run of its final fit)."""
     runs = client.search_runs(
         [experiment_id],
-        f"tags.`{TAG_PARENT}` = '{_quote(parent_run_id)}' and tags.`{TAG_TRIAL}` = '{_quote(trial_id)}'",
+        f"tags.`{TAG_PARENT}` = '{_quote(parent_run_id)}' and tags.`{tag}` = '{_quote(trial_id)}'",
         order_by=["attributes.start_time ASC"],
     )
     return runs[0] if runs else None
@@ -817,20 +820,13 @@ class SweepRun:
                             f"({self._sender.last_error}): {what}; bring the server back and resume the sweep "
                             f"(python -m tuner.run --resume {self.sweep_name})")
 
-    def _final_run(self, trial_id: str) -> Run | None:
-        runs = self._client.search_runs(
-            [self.experiment_id],
-            f"tags.`{TAG_PARENT}` = '{_quote(self.run_id)}' and tags.`{TAG_FINAL_OF}` = '{_quote(trial_id)}'",
-            order_by=["attributes.start_time ASC"])
-        return runs[0] if runs else None
-
     def final_fit_run(self, trial_id: str, label: str, config: TrainConfig, params: Mapping[str, str],
                       timeout_s: float = 300.0) -> str:
         """The child run of the final fit of trial `trial_id` (`final fit of t007`), tagged with the trial's
         run; the one an earlier driver made when it was killed during the fit, else a new one. Params: the
         config's fields it uses, and `params` (the final fit's own: train_on, train_images)."""
         self._reach_store(timeout_s, f"the final fit of {label} not started")
-        run = self._final_run(trial_id)
+        run = find_trial_run(self._client, self.experiment_id, self.run_id, trial_id, tag=TAG_FINAL_OF)
         if run is None:
             search = find_trial_run(self._client, self.experiment_id, self.run_id, trial_id)
             tags = {TAG_PARENT: self.run_id, TAG_SWEEP: self.sweep_name, TAG_FINAL_OF: trial_id,
