@@ -7,11 +7,13 @@ transforms and a `DataLoader`, fp32, `tune.report(metrics, checkpoint)` each epo
 network, same choices and ranges), the same images, the same trial budget, ASHA settings and number of
 trials at once. Both arms train ModifiedResNet (`tuner.model.build_model`) on the same stratified split.
 
-Reported per arm: wall time (the whole command, start-up included), epochs spent, the best validation
-accuracy, and the held-out accuracy of the best checkpoint on training images neither arm saw (the
-split's training images after `--subset`), so that a faster arm cannot win by training less well.
+Reported per arm and seed: wall time (the whole command, start-up included), epochs spent, the best
+validation accuracy, and the held-out accuracy of the best checkpoint on training images neither arm saw
+(the split's training images after `--subset`), so that a faster arm cannot win by training less well.
+Each seed seeds both searchers; which networks a search picks moves the wall time more than anything else,
+so one seed says little: the summary is the ratio of the arms' total wall times over all seeds.
 
-    python bench/stock_side_by_side.py --data-dir data --out runs/bench/side
+    python bench/stock_side_by_side.py --data-dir data --out runs/bench/side --seeds 0,1,2
     python bench/stock_side_by_side.py --data-dir data --arms stock --trials 2 --max-epochs 1 --subset 500  # smoke
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ BLOCKS = [1, 1, 1]
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def space_yaml(args: argparse.Namespace) -> str:
+def space_yaml(args: argparse.Namespace, seed: int) -> str:
     """The shared space as a tuner space file: stock SGD (momentum 0.9), no extras the stock arm lacks."""
     return f"""name: side
 metric: val_acc
@@ -56,7 +58,7 @@ parameters:
   widths: {{choices: {WIDTHS}}}
   lr: {{type: float, low: {LR_RANGE[0]}, high: {LR_RANGE[1]}, log: true}}
   batch_size: {BATCH_SIZES}
-search: {{algorithm: tpe, seed: {args.seed}, startup_trials: 3, max_concurrent: {args.concurrent}}}
+search: {{algorithm: tpe, seed: {seed}, startup_trials: 3, max_concurrent: {args.concurrent}}}
 scheduler: {{type: asha, max_epochs: {args.max_epochs}, grace_period: 1, reduction_factor: 2}}
 resources: {{cpus: 1, gpus: 0}}
 budget: {{trials: {args.trials}}}
@@ -150,7 +152,7 @@ def stock_trainable(config: dict[str, Any], data_dir: str, subset: int, val_size
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
-def run_stock(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def run_stock(args: argparse.Namespace, out: Path, seed: int) -> dict[str, Any]:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -167,7 +169,7 @@ def run_stock(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(
-                search_alg=OptunaSearch(seed=args.seed), metric="val_acc", mode="max", num_samples=args.trials,
+                search_alg=OptunaSearch(seed=seed), metric="val_acc", mode="max", num_samples=args.trials,
                 scheduler=ASHAScheduler(time_attr="training_iteration", max_t=args.max_epochs, grace_period=1,
                                         reduction_factor=2),
                 max_concurrent_trials=args.concurrent),
@@ -194,9 +196,9 @@ def results_frames(results: Any) -> list[Any]:
 # the tuner arm
 
 
-def run_tuner(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def run_tuner(args: argparse.Namespace, out: Path, seed: int) -> dict[str, Any]:
     space = out / "side.yaml"
-    space.write_text(space_yaml(args))
+    space.write_text(space_yaml(args, seed))
     command = [sys.executable, "-m", "tuner.run", "--space", str(space), "--name", f"side-{int(time.time())}",
                "--data-dir", str(args.data_dir), "--storage", str(out / "tuner"),
                "--mlflow-uri", f"sqlite:///{(out / 'mlflow.db').resolve()}"]
@@ -227,8 +229,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-size", type=int, default=1000)
     parser.add_argument("--held-out", type=int, default=5000, help="held-out images scored (default 5000)")
     parser.add_argument("--concurrent", type=int, default=2, help="trials at once, 1 CPU each (default 2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated searcher seeds, each run by both arms")
     args = parser.parse_args(argv)
+    try:
+        args.seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {args.seeds!r}: give integers, comma-separated (e.g. 0,1,2)") from None
+    if not args.seeds:
+        raise UserError("--seeds is empty: give at least one integer")
     arms = [a for a in args.arms.split(",") if a]
     if not arms or set(arms) - {"stock", "tuner"}:
         raise UserError(f"--arms {args.arms!r}: give stock, tuner or both, comma-separated")
@@ -244,22 +252,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     test = held_out(args)
-    rows: dict[str, dict[str, Any]] = {}
-    for arm in args.arms:
-        rows[arm] = (run_stock if arm == "stock" else run_tuner)(args, args.out)
-        rows[arm]["held_out_acc"] = held_out_accuracy(Path(rows[arm]["checkpoint"]), test)
+    rows: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed in args.seeds:
+        out = args.out / f"seed-{seed}"
+        out.mkdir(parents=True, exist_ok=True)
+        rows[seed] = {}
+        for arm in args.arms:
+            rows[seed][arm] = (run_stock if arm == "stock" else run_tuner)(args, out, seed)
+            rows[seed][arm]["held_out_acc"] = held_out_accuracy(Path(rows[seed][arm]["checkpoint"]), test)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     print(f"{cpu}, {os.cpu_count()} CPUs; {args.trials} trials, ASHA to {args.max_epochs} epochs, "
           f"{args.subset} training images, {len(test)} held-out images")
-    print(f"{'arm':8s} {'wall s':>8s} {'epochs':>7s} {'best val':>9s} {'held-out':>9s}")
-    for arm, row in rows.items():
-        print(f"{arm:8s} {row['wall_s']:8.1f} {row['epochs']:7d} {row['best_val_acc']:9.4f} {row['held_out_acc']:9.4f}")
-    if {"stock", "tuner"} <= rows.keys():
-        print(f"tuner / stock wall time: {rows['tuner']['wall_s'] / rows['stock']['wall_s']:.2f}x; held-out "
-              f"accuracy {100 * (rows['tuner']['held_out_acc'] - rows['stock']['held_out_acc']):+.1f} points")
+    print(f"{'seed':>4s} {'arm':8s} {'wall s':>8s} {'epochs':>7s} {'best val':>9s} {'held-out':>9s}")
+    for seed, arms in rows.items():
+        for arm, row in arms.items():
+            print(f"{seed:4d} {arm:8s} {row['wall_s']:8.1f} {row['epochs']:7d} {row['best_val_acc']:9.4f} "
+                  f"{row['held_out_acc']:9.4f}")
+    if {"stock", "tuner"} <= set(args.arms):
+        def total(arm: str, key: str) -> float:
+            return sum(arms[arm][key] for arms in rows.values())
+
+        ahead = sum(arms["tuner"]["held_out_acc"] > arms["stock"]["held_out_acc"] for arms in rows.values())
+        ratio = total("tuner", "wall_s") / total("stock", "wall_s")
+        per_seed = ", ".join(f"{arms['tuner']['wall_s'] / arms['stock']['wall_s']:.2f}x" for arms in rows.values())
+        lead = 100 * (total("tuner", "held_out_acc") - total("stock", "held_out_acc")) / len(rows)
+        print(f"tuner / stock wall time over {len(rows)} seeds: {ratio:.2f}x (per seed {per_seed}); held-out "
+              f"accuracy {lead:+.1f} points on average, tuner ahead in {ahead} of {len(rows)} seeds")
     (args.out / "side_by_side.json").write_text(json.dumps({"cpu": cpu, "args": {k: str(v) for k, v in
-                                                            vars(args).items()}, "arms": rows}, indent=1))
+                                                            vars(args).items()}, "seeds": rows}, indent=1))
 
 
 if __name__ == "__main__":

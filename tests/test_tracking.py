@@ -2,7 +2,10 @@
 early failure on a dead server, no lost metric across a server outage, and no epoch metric twice."""
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -254,3 +257,20 @@ def test_server_outage_mid_sweep_loses_no_epoch_metric(mlflow_server, tmp_path):
         "t_a": "completed", "t_b": "stopped_by_asha_at_epoch_4"}
     assert steps(client, sweep.run_id, "best_val_acc") == [4]
     assert outage_s > 3
+
+
+@pytest.mark.parametrize("module", ["tuner.tracking", "tuner.promote", "tuner.report"])
+def test_no_usage_telemetry_leaves_the_machine_unless_asked(module):
+    """MLflow 3 phones home from every process that imports it, Ray from a cluster it starts; tuner turns
+    both off unless the user set the variables. The child runs without the CI/pytest variables under
+    which MLflow stays quiet by itself, so this fails if tuner stops setting them."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED", "PYTEST_CURRENT_TEST", "CI",
+                        "GITHUB_ACTIONS", "DO_NOT_TRACK"}}
+    probe = (f"import {module}, os; from mlflow.telemetry import get_telemetry_client; "
+             "print(get_telemetry_client() is None, os.environ['RAY_USAGE_STATS_ENABLED'])")
+    shown = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert shown.stdout.split() == ["True", "0"], shown.stderr[-2000:]
+    opted_in = subprocess.run([sys.executable, "-c", probe], env={**env, "RAY_USAGE_STATS_ENABLED": "1"},
+                              capture_output=True, text=True, timeout=120)
+    assert opted_in.stdout.split()[-1] == "1", opted_in.stderr[-2000:]
