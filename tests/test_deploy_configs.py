@@ -1149,3 +1149,19 @@ def test_the_readme_commands_fill_every_placeholder_in_every_file_it_is_in() -> 
     for token, files in readme_placeholder_table().items():
         missing = sorted(str(path.relative_to(ROOT)) for path in files - filled.get(token, set()))
         assert not missing, f"no `sed -i` in cluster/README.md replaces {token} in {missing}"
+
+
+def test_no_deployed_process_sends_usage_telemetry() -> None:
+    """Ray's head reports usage and MLflow 3 phones home unless told not to; the tuner image (every Ray
+    node) and both MLflow server deployments turn them off (tuner/__init__.py does it for tuner's own
+    processes; test_tracking checks that)."""
+    image_env = {}
+    for instruction, rest in dockerfile_instructions():
+        if instruction == "ENV":
+            image_env.update(re.findall(r"(\w+)=(\S+)", rest))
+    assert image_env.get("RAY_USAGE_STATS_ENABLED") == "0", "docker/Dockerfile: ENV RAY_USAGE_STATS_ENABLED=0"
+    assert image_env.get("MLFLOW_DISABLE_TELEMETRY") == "true", "docker/Dockerfile: ENV MLFLOW_DISABLE_TELEMETRY=true"
+    server = env_of(k8s_object("Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0])
+    assert server.get("MLFLOW_DISABLE_TELEMETRY", {}).get("value") == "true", "cluster/mlflow/mlflow.yaml"
+    compose = load_one(COMPOSE)["services"]["mlflow"]["environment"]
+    assert str(compose.get("MLFLOW_DISABLE_TELEMETRY")).lower() == "true", "docker/docker-compose.yml"
