@@ -256,4 +256,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from tuner.quick_exit import run_then_exit_quickly
+
+    run_then_exit_quickly(main)

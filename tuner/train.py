@@ -21,9 +21,10 @@ from __future__ import annotations
 
 # ruff: noqa: E402 - `python -m tuner.train` hands over to its command before torch is imported (below)
 if __name__ == "__main__":  # the command parses its flags first, so --help and flag errors answer at once
+    from tuner.quick_exit import run_then_exit_quickly
     from tuner.train_command import main
 
-    main()
+    run_then_exit_quickly(main)
     raise SystemExit(0)
 
 import copy
