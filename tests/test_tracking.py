@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -274,3 +276,19 @@ def test_no_usage_telemetry_leaves_the_machine_unless_asked(module):
     opted_in = subprocess.run([sys.executable, "-c", probe], env={**env, "RAY_USAGE_STATS_ENABLED": "1"},
                               capture_output=True, text=True, timeout=120)
     assert opted_in.stdout.split()[-1] == "1", opted_in.stderr[-2000:]
+
+
+def test_store_opened_meanwhile_creates_the_schema_and_is_joined_however_the_body_ends(tmp_path):
+    """The driver opens the store while Ray starts: by the end of the block the database has MLflow's tables
+    and no opener thread is left (a failing start must not abandon a half-done migration); a store that cannot
+    open raises nothing here (the client that needs it reports it)."""
+    database = tmp_path / "mlflow.db"
+    with pytest.raises(RuntimeError, match="ray did not start"):
+        with tracking.store_opened_meanwhile(f"sqlite:///{database}"):
+            raise RuntimeError("ray did not start")
+    assert not [t for t in threading.enumerate() if t.name == "tuner-store-open"]
+    with sqlite3.connect(database) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"experiments", "runs", "registered_models"} <= tables, sorted(tables)
+    with tracking.store_opened_meanwhile(f"sqlite:///{tmp_path / 'missing' / 'folder' / 'mlflow.db'}"):
+        pass

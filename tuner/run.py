@@ -478,8 +478,9 @@ def main(argv: list[str] | None = None) -> None:
     tracking.check_tracking_server(uri)  # before anything launches
     if plan.resume:
         prepare_resume(plan)  # before anything is written anywhere
-    data = load_splits(args.data_dir, space.data.val_size, space.data.subset, space.data.split_seed)
-    address = connect_ray(args.address)
+    with tracking.store_opened_meanwhile(uri):  # its ~2 s overlap Ray's start
+        data = load_splits(args.data_dir, space.data.val_size, space.data.subset, space.data.split_seed)
+        address = connect_ray(args.address)
     check_cluster_resources(space)
     if not plan.resume:
         plan.state.write_bytes(SPACE_COPY, space.text.encode())

@@ -212,6 +212,28 @@ def client_for(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+@contextlib.contextmanager
+def store_opened_meanwhile(uri: str) -> Iterator[None]:
+    """Open the tracking store in a background thread while the body runs (the driver starts Ray meanwhile).
+
+    A database store's first open imports SQLAlchemy and alembic, connects and checks or migrates its schema:
+    about 2 s on machine A, paid again later by the first client unless done here; the engine it leaves
+    behind is shared by every later client of the URI (docs/notes/benchmark-journal.md). Nothing is recorded.
+    An error is dropped: the client that needs the store meets it again and reports it. The thread is
+    joined on the way out, however the body ends, so a failing start never abandons a half-done migration."""
+
+    def open_store() -> None:
+        with contextlib.suppress(Exception):
+            client_for(uri)
+
+    opener = threading.Thread(target=open_store, name="tuner-store-open", daemon=True)
+    opener.start()
+    try:
+        yield
+    finally:
+        opener.join()
+
+
 def trial_label(index: int) -> str:
     """`t007`: the trial's sample number, shared by its run name and its folder under --storage."""
     return f"t{index:03d}"
