@@ -168,6 +168,7 @@ class OutcomeRecorder:
         self.done = 0
         self._ended: set[str] = set()  # trials this driver gave an outcome
         self._backfilled = False
+        self._stored_last: dict[str, dict] = {}  # each trial's last result-file row, as backfill read it
 
     @property
     def state(self) -> SweepState | None:
@@ -337,11 +338,12 @@ class OutcomeRecorder:
         does not list them, so no driver can continue them. They end as stopped at their last epoch (outcome
         `stopped_by_driver_kill_at_epoch_N`, PRUNED in the study, so TPE learns from what they measured and
         does not hold them as running forever); their checkpoints stay under --storage."""
-        stopped, not_run = [], []
+        stopped, not_run = [], []  # (trial, its last result); trials that never finished an epoch
         for frozen in lost:
             trial_id = frozen.user_attrs["ray_trial_id"]
             # Its last epoch: from its result file (read by the backfill) or from the study, whichever is later
             # (the killed driver may have told the study of an epoch its result file never got, or not heard of one)
+            # getattr: a recorder pickled with a sweep before this attribute existed lacks it
             result = getattr(self, "_stored_last", {}).get(trial_id) or {}
             heard = self._heard(frozen, trial_id)
             if heard.get("epoch", 0) > int(result.get("epoch", 0)):
@@ -351,9 +353,12 @@ class OutcomeRecorder:
                   f"it ends stopped after {epoch} epochs (its checkpoints stay under --storage)", flush=True)
             outcome = outcomes.of_result(result, errored=False, max_epochs=self.max_epochs, stopped_by="driver_kill")
             self.runs.finish(trial_id, outcome, _outcome_tags(result))
-            (stopped if epoch and self.metric in result else not_run).append((frozen, result))
+            if epoch and self.metric in result:
+                stopped.append((frozen, result))
+            else:
+                not_run.append(frozen)
         tell_stopped(study, stopped, self.metric, self.max_epochs)
-        fail_trials(study, [frozen for frozen, _ in not_run], outcomes.NOT_RUN)
+        fail_trials(study, not_run, outcomes.NOT_RUN)
 
 
 def _outcome_tags(result: dict) -> dict[str, str]:
