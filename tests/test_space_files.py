@@ -261,10 +261,32 @@ def test_did_you_mean_covers_close_names_and_other_tools_names(tmp_path: Path, t
     ("fixed:\n  lr: 0.1\n  lr: 0.2\n", "repeats the one on line 2"),
     ("", "got an empty file"),
     ("- lr\n", "a space file is a mapping"),
+    (VALID.replace("when: {optimizer: sgd}", "when: 0"), "when must be a mapping"),
+    (VALID.replace("when: {optimizer: sgd}", "when: []"), "when must be a mapping"),
+    ("parameters:\n  lr: {low: 0.01, high: 0.5}\n", "parameter 'lr': needs a type"),
+    ("name: 2026-12-06\n" + VALID, "name=2026-12-06 must be .*YAML reads it as a date: put it in quotes"),
+    ("fixed:\n  weight_decay: 5e4\n", r"fixed weight_decay=50000.0 is invalid: must be between 0 and 10 \(5e-4 is "
+     r"written with its minus sign\)"),
+    (VALID.replace("  lr:", "  weight_decay: {type: float, low: 5e-5, high: 5e4, log: true}\n  lr:"),
+     "weight_decay=50000.0 is invalid: must be between 0 and 10"),
 ])
 def test_mistakes_that_used_to_pass_or_crash_later_are_refused(tmp_path: Path, text: str, pattern: str) -> None:
     errors = errors_of(write(tmp_path, text))
     assert any(re.search(pattern, e) for e in errors), errors
+
+
+TOP_CASES = [(key, value) for key in ("name", "metric", "mode")
+             for value in ("'accuracy'", ".inf", "true", "1e21", "[1]", "{a: 1}", "2026-12-06")
+             if (key, value) != ("name", "'accuracy'")]  # a valid name
+
+
+@pytest.mark.parametrize(("key", "value"), TOP_CASES, ids=[f"{k}={v}" for k, v in TOP_CASES])
+def test_every_top_level_setting_refuses_a_wrong_value_on_its_line_and_goes_on(tmp_path: Path, key: str,
+                                                                              value: str) -> None:
+    path = write(tmp_path, f"{key}: {value}\n" + VALID.replace("budget: {trials: 5}", "budget: {trials: 0}"))
+    errors = errors_of(path)
+    assert errors[0].startswith(f"{path}:1: {key}="), errors
+    assert any("budget.trials=0" in e for e in errors), errors  # the rest of the file was still read
 
 
 # --- hostile files --------------------------------------------------------------------------------
@@ -307,6 +329,13 @@ def test_a_directory_or_a_missing_file_is_one_line(tmp_path: Path) -> None:
         load_space(tmp_path)
     with pytest.raises(UserError, match="not found"):
         load_space(tmp_path / "nope.yaml")
+
+
+def test_a_shipped_space_is_found_by_its_bare_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not the checkout: found in the installed package's folder
+    assert load_space("smoke").path == SPACES_DIR / "smoke.yaml"
+    (tmp_path / "mine.yaml").write_text(VALID)
+    assert load_space("mine").path == Path("mine.yaml")
 
 
 # --- the dry run's estimate -----------------------------------------------------------------------

@@ -141,6 +141,10 @@ def bad_runs(with_test: Path, tmp_path_factory: pytest.TempPathFactory) -> BadRu
         "negative-lr": ["--data-dir", with_test, "--epochs", "2", "--lr=-0.1"],
         "zero-batch": ["--data-dir", with_test, "--epochs", "2", "--batch-size", "0"],
         "zero-width": ["--data-dir", with_test, "--epochs", "2", "--widths", "0,16"],
+        "decay-lost-minus": ["--data-dir", with_test, "--epochs", "2", "--weight-decay", "5e4"],
+        "negative-split-seed": ["--data-dir", with_test, *TINY_FLAGS, "--epochs", "1", "--split-seed", "-1"],
+        # writable by permissions for root, but no file can be made there
+        "out-unwritable": ["--data-dir", with_test, *TINY_FLAGS, "--epochs", "1", "--out", "/proc/tuner/final.pt"],
     }
     running = {name: start_train(*args, cwd=root) for name, args in cases.items()}
     return BadRuns(root, {name: finish(process) for name, process in running.items()})
@@ -161,7 +165,8 @@ def test_yaml_syntax_error_names_the_file_and_line(bad_runs: BadRuns) -> None:
 
 
 @pytest.mark.parametrize(
-    ("case", "field"), [("negative-lr", "lr="), ("zero-batch", "batch_size="), ("zero-width", "widths=")]
+    ("case", "field"), [("negative-lr", "lr="), ("zero-batch", "batch_size="), ("zero-width", "widths="),
+                        ("decay-lost-minus", "weight_decay=50000.0")]
 )
 def test_impossible_flags_are_one_line_errors_and_nothing_is_trained(bad_runs: BadRuns, case: str, field: str) -> None:
     assert_one_line_error(bad_runs.results[case], f"flags: {field}")
@@ -175,6 +180,8 @@ def test_impossible_flags_are_one_line_errors_and_nothing_is_trained(bad_runs: B
     ("config-list", ["list.yaml: expected a mapping of TrainConfig fields"]),
     ("config-aliases", ["bomb.yaml:2: YAML aliases (*name) are not accepted"]),
     ("out-directory", ["is a directory; give a file path"]),
+    ("out-unwritable", ["--out /proc/tuner/final.pt", "choose a writable path"]),
+    ("negative-split-seed", ["--split-seed -1 must be a whole number from 0"]),
 ])
 def test_bad_paths_devices_and_files_are_one_line_errors_before_training(bad_runs: BadRuns, case: str,
                                                                          fragments: list[str]) -> None:

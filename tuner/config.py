@@ -36,6 +36,9 @@ MAX_EPOCHS = 10_000
 MAX_BATCH = 50_000  # the CIFAR-10 training set
 MAX_SEED = 2**32 - 1  # what numpy's generators accept
 MAX_TTA_SHIFT = 8  # a quarter of the image; airbench shifts by one pixel
+# Far beyond any useful decay (0 to 0.1 in practice): 5e4 for 5e-4, a lost minus sign, is the typo it catches.
+# lr has no such limit: with BatchNorm SGD still trains at lr 10, and a huge lr fails fast as `diverged`.
+MAX_WEIGHT_DECAY = 10.0
 
 # Names people write for a field, from other tools and papers: each gets "did you mean" the field.
 FIELD_ALIASES = {
@@ -191,7 +194,8 @@ RULES: tuple[tuple[str, Callable[[TrainConfig], bool], str], ...] = (
      f"must be a positive number of images, at most {MAX_BATCH:,} (the training set)"),
     ("epochs", lambda c: 1 <= c.epochs <= MAX_EPOCHS, f"must be between 1 and {MAX_EPOCHS:,}"),
     ("momentum", lambda c: 0 <= c.momentum < 1, "must be in [0, 1)"),
-    ("weight_decay", lambda c: c.weight_decay >= 0, "must be >= 0"),
+    ("weight_decay", lambda c: 0 <= c.weight_decay <= MAX_WEIGHT_DECAY,
+     f"must be between 0 and {MAX_WEIGHT_DECAY:g} (5e-4 is written with its minus sign)"),
     ("warmup_epochs", lambda c: 0 <= c.warmup_epochs <= MAX_EPOCHS, "must be >= 0 (it is capped at epochs)"),
     ("plateau_patience", lambda c: 0 <= c.plateau_patience <= MAX_EPOCHS, f"must be between 0 and {MAX_EPOCHS:,}"),
     ("plateau_factor", lambda c: 0 < c.plateau_factor < 1, "must be in (0, 1)"),

@@ -8,6 +8,7 @@ turn an error message into megabytes.
 from __future__ import annotations
 
 import argparse
+import datetime
 import difflib
 import functools
 import math
@@ -40,6 +41,8 @@ def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
         text = "true" if value else "false"
     elif value is None:
         text = "null"
+    elif isinstance(value, datetime.date):  # YAML's reading of an unquoted 2026-01-01
+        text = value.isoformat()
     elif isinstance(value, float) and not math.isfinite(value):
         text = ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
     else:

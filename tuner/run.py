@@ -48,7 +48,7 @@ EXAMPLES = """examples:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m tuner.run", description=__doc__.split("\n")[0],
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space", help="space file; a bare name is looked up in search_spaces/")
+    parser.add_argument("--space", help="space file; a bare name (smoke, widths.yaml) is looked up in search_spaces/")
     parser.add_argument("--name", help="sweep name (default: <space>-<date>-<time>)")
     parser.add_argument("--resume", metavar="NAME", help="continue the sweep NAME (finished trials are kept)")
     parser.add_argument("--warm-start", metavar="SWEEP", help="seed the search with the trials of sweep SWEEP")

@@ -21,6 +21,7 @@ This module imports neither torch, Ray, MLflow nor Optuna: `--dry-run` and `--he
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -105,6 +106,8 @@ class Setting:
                 return None
             raise ValueError(f"needs a value: {self.rule()}")
         if self.kind in ("word", "name"):
+            if isinstance(value, datetime.date):  # YAML reads an unquoted 2026-01-01 as a date
+                raise ValueError(f"{self.rule()}; YAML reads it as a date: put it in quotes")
             if not isinstance(value, str):
                 raise ValueError(self.rule())
             if self.kind == "word" and value not in self.words:
@@ -446,11 +449,14 @@ class SearchSpace:
 
 
 def resolve_space_path(name: str | Path) -> Path:
-    """A path as given, else a bare name looked up in ./search_spaces and the repository's folder."""
+    """A path as given, else a bare name looked up in ./search_spaces and the repository's folder; a name
+    without a suffix also as name.yaml (`--space smoke`)."""
     path = Path(name)
-    for candidate in (path, Path("search_spaces") / path, SPACES_DIR / path):
-        if candidate.is_file():
-            return candidate
+    names = [path, path.with_name(path.name + ".yaml")] if path.name and not path.suffix else [path]
+    for folder in (Path(), Path("search_spaces"), SPACES_DIR):
+        for candidate in (folder / n for n in names):
+            if candidate.is_file():
+                return candidate
     if path.is_dir():
         raise UserError(f"space file '{name}' is a directory; give a .yaml file (shipped: "
                         f"{', '.join(_shipped()) or 'none'})")
@@ -512,7 +518,7 @@ class _SpaceParser:
         for key in raw:
             if key not in TOP_KEYS:
                 self.unknown(raw, key, "the space file", TOP_KEYS, SPACE_ALIASES)
-        top = {}
+        top: dict[str, Any] = dict.fromkeys(TOP_SETTINGS)  # a value in error reads as unset: parsing goes on
         for key, spec in TOP_SETTINGS.items():
             try:
                 top[key] = spec.read(raw[key]) if key in raw else None
@@ -616,6 +622,10 @@ class _SpaceParser:
             if key not in PARAM_KEYS:
                 self.unknown(spec, key, f"parameter '{name}'", PARAM_KEYS, PARAM_KEY_ALIASES)
         kind = spec.get("type", "categorical" if "choices" in spec else None)
+        if "type" not in spec and kind is None:
+            bad("needs a type: e.g. {type: float, low: 0.01, high: 0.5}, {type: int, low: 1, high: 4} or "
+                "choices: [...]")
+            return None
         if kind not in PARAM_TYPES:
             hint = suggest(str(kind), PARAM_TYPES, PARAM_TYPE_ALIASES) if isinstance(kind, str) else ""
             bad(f"type {excerpt(kind)} must be one of {', '.join(PARAM_TYPES)}{hint}"
@@ -663,7 +673,9 @@ class _SpaceParser:
         """The `when` mapping, each value in its field's type: the parameter is sampled only when every named
         field has that value. A condition must be able to hold: on a parameter listed above this one (one of
         its choices), or on a fixed or default value it equals."""
-        when = spec.get("when") or {}
+        when = spec.get("when")
+        if when is None:  # `when:` left empty: no condition
+            return {}
         if not isinstance(when, dict):
             bad("when must be a mapping like {optimizer: sgd}")
             return {}

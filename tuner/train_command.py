@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,30 @@ def check_output(path: str | Path) -> Path:
         raise UserError(f"--out {path}: {folder} is a file, so the folder cannot be made; choose another path")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise UserError(f"--out {path}: no permission to write in {folder}; choose a writable path")
+    try:  # permissions are not the whole story (a read-only mount, /proc, a full quota): write a file there
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UserError(f"--out {path}: cannot write in {folder} ({err.strerror or type(err).__name__}); "
+                        "choose a writable path") from None
     return path
+
+
+def check_data_flags(args: argparse.Namespace) -> None:
+    """--val-size, --subset and --split-seed by the rules of a space file's `data:` section, before any data is
+    read (a bad split seed would otherwise fail inside numpy)."""
+    from tuner.space import DataSettings, declared_settings
+
+    problems = []
+    for field_name, key, setting in declared_settings(DataSettings):
+        value = getattr(args, field_name)
+        try:
+            setting.read(value)
+        except ValueError as err:
+            flag = f"--{key.replace('_', '-')}"
+            problems.append(f"{flag} {excerpt(value)} {str(err).replace('or null', f'or leave out {flag}')}")
+    if problems:
+        raise UserError.of(problems)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     flag_values = {k: getattr(args, k) for k in TrainConfig.field_names() if getattr(args, k) is not None}
     if not args.resume:
         config = build_config(file_values, flag_values, args.config)
+    check_data_flags(args)
     out = check_output(args.out)
 
     # Everything the user gave is checked; training needs torch from here on.
