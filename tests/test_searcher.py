@@ -21,6 +21,7 @@ from tuner.searcher import (
     warm_start,
 )
 from tuner.space import load_space
+from tuner.sweep_state import SweepState
 
 SPACE = """
 fixed: {blocks: [1, 1]}
@@ -105,6 +106,24 @@ def test_searcher_state_pickles_for_resume(space, tmp_path: Path) -> None:
     restored.on_trial_complete("a", {"val_acc": 0.5, "epoch": 4})
     assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[-1].state \
         == TrialState.COMPLETE
+
+
+def test_a_suggested_trial_is_in_the_stored_study_before_ray_launches_it(space, tmp_path: Path) -> None:
+    """A driver killed right after a trial starts: the study a resumed driver downloads still names it, so
+    that driver ends it (abandoned, or stopped where it checkpointed) instead of never hearing of it."""
+    state = SweepState(str(tmp_path), "s")
+    study = create_study(space, state.study_url, "s")
+    searcher = SpaceSearcher(space, study, state=state)
+    searcher.suggest("first")
+    state.upload_study()  # what `save`/`complete` did last
+    searcher.suggest("second")  # then the driver dies, before anything else uploads
+
+    resumed = SweepState(str(tmp_path), "s")  # a new driver: another working copy, from storage
+    assert resumed.download_study()
+    stored = optuna.load_study(study_name="s", storage=resumed.study_url)
+    assert [t.user_attrs.get("ray_trial_id") for t in stored.trials if "ray_trial_id" in t.user_attrs] == [
+        "first", "second"]
+    assert all(t.state == TrialState.RUNNING for t in stored.trials if "ray_trial_id" in t.user_attrs)
 
 
 def test_warm_start_copies_finished_trials_with_their_params_and_curves(space) -> None:

@@ -195,3 +195,40 @@ def test_such_a_trial_ends_at_the_later_of_its_result_file_and_the_study(tmp_pat
     recorder.experiment_end([tune_trial("a", 4, "TERMINATED", experiment)])
     assert sweep.end()
     assert outcomes(MlflowClient(sweep.uri), sweep)["g"][0] == "stopped_by_driver_kill_at_epoch_3"
+
+
+def test_such_a_trial_ends_at_its_newest_checkpoint_when_its_result_file_and_the_study_lag(tmp_path: Path) -> None:
+    """The flake this pins (tests/test_sweep.py, 1 run in 4 under load): the killed driver logged epoch 1 of g to
+    MLflow, but died before its result file was synced and before the study was stored again; only g's own
+    checkpoint, which the worker wrote to --storage, says how far it got. Its run ends with epochs_run equal to
+    the epochs it holds, each once, and the study learns both epochs."""
+    from tuner.checkpoint import save_checkpoint
+    from tuner.trainable import CHECKPOINT_FILE
+
+    state = SweepState(str(tmp_path), "end")
+    experiment = Path(state.experiment_path)
+    (experiment / "t001-g").mkdir(parents=True)
+    history = [{"epoch": epoch, "val_acc": 0.1 * epoch, "train_loss": 1.0 / epoch} for epoch in (1, 2)]
+    for epoch in (1, 2):
+        save_checkpoint({"model": {}, "config": CONFIG.to_dict(), "epoch": epoch, "history": history[:epoch]},
+                        experiment / "t001-g" / f"checkpoint_00000{epoch}" / CHECKPOINT_FILE)
+    study_url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = make_study(study_url, {"a": [1, 2, 3, 4], "g": []}, complete={"a"})
+    sweep = start(tmp_path)
+    killed = sweep.trial_runs()  # the killed driver's writes: g's run, and its first epoch
+    killed.start("g", 1, CONFIG)
+    killed.log_epoch("g", {"val_acc": 0.1}, 1, 1_700_000_001_000)
+    assert killed.flush(30)
+    recorder = OutcomeRecorder(sweep.trial_runs(), SimpleNamespace(study=study),
+                               BudgetStopper(epochs=100, ledger=state), "val_acc", max_epochs=4, trials=2)
+    recorder.experiment_end([tune_trial("a", 4, "TERMINATED", experiment)])
+    assert sweep.end()
+    client = MlflowClient(sweep.uri)
+    run = next(r for r in tracking.trial_runs(client, client.get_run(sweep.run_id))
+               if r.data.tags["tuner.trial_id"] == "g")
+    assert (run.data.tags["tuner.outcome"], run.data.tags["tuner.epochs_run"]) == (
+        "stopped_by_driver_kill_at_epoch_2", "2")
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc")) == [1, 2]
+    study = optuna.load_study(study_name="s", storage=study_url)
+    assert states(study)["g"] == TrialState.PRUNED
+    assert study.trials[1].intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2)}

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pyarrow.fs
 from ray import tune
 from ray.tune.experiment import Trial
@@ -275,8 +276,6 @@ class OutcomeRecorder:
                       "not written; --resume writes them from the trials' result files", flush=True)
 
     def _finish_unended(self, trials: list[Trial]) -> None:
-        import optuna
-
         study = self.searcher.study
         # The study knows which trials nobody has finished, across resumes too (Tune's trials do not).
         unfinished = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(
@@ -348,6 +347,14 @@ class OutcomeRecorder:
             heard = self._heard(frozen, trial_id)
             if heard.get("epoch", 0) > int(result.get("epoch", 0)):
                 result = heard
+            # Its newest checkpoint, which the worker wrote to --storage itself: the killed driver may have
+            # logged epochs that neither the result file (synced by the driver) nor the stored study holds.
+            for row in self._checkpointed_epochs(trial_id):
+                self._log_epoch(trial_id, row)  # steps the run already has are not sent again
+                if self.metric in row and row["epoch"] not in frozen.intermediate_values:
+                    optuna.Trial(study, frozen._trial_id).report(row[self.metric], row["epoch"])
+                if row["epoch"] > int(result.get("epoch", 0)):
+                    result = {**result, **row}
             epoch = int(result.get("epoch", 0))
             print(f"trial {trial_id} was started after its killed driver's last snapshot: Ray cannot continue it; "
                   f"it ends stopped after {epoch} epochs (its checkpoints stay under --storage)", flush=True)
@@ -359,6 +366,24 @@ class OutcomeRecorder:
                 not_run.append(frozen)
         tell_stopped(study, stopped, self.metric, self.max_epochs)
         fail_trials(study, not_run, outcomes.NOT_RUN)
+
+    def _checkpointed_epochs(self, trial_id: str) -> list[dict]:
+        """The per-epoch metrics kept in the trial's newest checkpoint under --storage; [] when it has none that
+        can be read (weights_only: nothing in it runs)."""
+        from tuner.checkpoint import checkpoint_from_bytes
+        from tuner.trainable import CHECKPOINT_FILE
+
+        data = self.state.newest_checkpoint_file(trial_id, CHECKPOINT_FILE) if self.state is not None else None
+        if data is None:
+            return []
+        try:
+            history = checkpoint_from_bytes(data, f"of trial {trial_id}").get("history")
+        except UserError as err:
+            print(f"{err}; its last epochs are taken from its result file and the study", flush=True)
+            return []
+        if not isinstance(history, list):
+            return []
+        return [row for row in history if isinstance(row, dict) and isinstance(row.get("epoch"), int)]
 
 
 def _outcome_tags(result: dict) -> dict[str, str]:

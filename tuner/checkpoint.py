@@ -7,6 +7,7 @@ A checkpoint is the dict `tuner.train.TrainingState.checkpoint` builds (and `res
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint {path} is a directory: give the path of a .pt file written by tuner")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist: give the path of a .pt file written by tuner")
+    return _checked(path, f"checkpoint {path}")
+
+
+def checkpoint_from_bytes(data: bytes, where: str) -> dict[str, Any]:
+    """A checkpoint read from storage as bytes (`where` names it in errors); as `load_checkpoint`."""
+    return _checked(io.BytesIO(data), f"checkpoint {where}")
+
+
+def _checked(source: Path | io.BytesIO, name: str) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}): "
-                        "it is corrupt or not a tuner checkpoint") from None
+        raise UserError(f"{name} cannot be read ({type(err).__name__}): it is corrupt or not a tuner checkpoint") \
+            from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"checkpoint {path} is not a tuner checkpoint (no model/config inside)")
+        raise UserError(f"{name} is not a tuner checkpoint (no model/config inside)")
     return state
 
 

@@ -206,6 +206,11 @@ class SpaceSearcher(Searcher):
                 result = {"train": config.to_dict(), "index": self.suggested + self.rejected,
                           "rejected": self.rejected}
                 self._configs[trial_id] = result
+                if self._state is not None:
+                    # Stored before Ray launches the trial: a driver killed before its next upload would leave
+                    # a trial that ran (an MLflow run, result files) unknown to the study a resumed driver reads,
+                    # and no driver would ever end it.
+                    self._state.upload_study()
                 return result
             self.rejected += 1
             ot_trial.set_user_attr("infeasible", reason)

@@ -189,15 +189,31 @@ class SweepState:
     def trial_has_checkpoint(self, trial_id: str) -> bool:
         """Whether trial `trial_id` (folder `t007-<id>` of Ray's experiment folder) has a checkpoint folder."""
         try:
-            folders = self.fs.get_file_info(pyarrow.fs.FileSelector(self.experiment_path, allow_not_found=True))
-            for folder in folders:
-                if folder.type == pyarrow.fs.FileType.Directory and folder.base_name.endswith(trial_id):
-                    inside = self.fs.get_file_info(pyarrow.fs.FileSelector(folder.path))
-                    if any(i.base_name.startswith("checkpoint_") for i in inside):
-                        return True
+            return bool(self._checkpoint_folders(trial_id))
         except OSError:
             return True  # cannot tell: keep the trial rather than abandon it
-        return False
+
+    def newest_checkpoint_file(self, trial_id: str, file_name: str) -> bytes | None:
+        """`file_name` of the trial's newest checkpoint folder (`checkpoint_000007`); None when it has none or
+        the file cannot be read."""
+        try:
+            folders = self._checkpoint_folders(trial_id)
+            if not folders:
+                return None
+            with self.fs.open_input_stream(f"{max(folders)}/{file_name}") as stream:
+                return stream.read()
+        except OSError:
+            return None
+
+    def _checkpoint_folders(self, trial_id: str) -> list[str]:
+        """The paths of the trial's checkpoint folders (their names sort by epoch)."""
+        folders = self.fs.get_file_info(pyarrow.fs.FileSelector(self.experiment_path, allow_not_found=True))
+        for folder in folders:
+            if folder.type == pyarrow.fs.FileType.Directory and folder.base_name.endswith(trial_id):
+                inside = self.fs.get_file_info(pyarrow.fs.FileSelector(folder.path))
+                return [i.path for i in inside
+                        if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+        return []
 
     def known_sweeps(self) -> list[str]:
         """The sweeps with a space copy under `<storage>/_driver/` (for error messages)."""
