@@ -383,3 +383,38 @@ def test_trial_override_is_checked_like_the_file(tmp_path: Path) -> None:
     for bad in (0, 10**9, 1.5, True):
         with pytest.raises(UserError, match="--trials"):
             space.with_trials(bad)
+
+
+# --- any value anywhere ------------------------------------------------------------------------------
+
+WRONG = [None, "abc", -1, 1e30, float("nan"), True, [], {"a": 1}]
+
+
+def _key_paths(node: object, prefix: tuple = ()) -> list[tuple]:
+    """Every key and list index of a parsed YAML document, depth first."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    return [path for key, value in items for path in [(*prefix, key), *_key_paths(value, (*prefix, key))]]
+
+
+@pytest.mark.parametrize("shipped", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_any_value_at_any_key_of_a_shipped_space_loads_or_is_a_user_error(shipped: Path, tmp_path: Path) -> None:
+    """What a mutation search over the shipped spaces found once (a wrong metric crashed the parser with
+    KeyError): every key of every shipped space, deleted or set to each wrong value, parses or gives
+    UserErrors, never another exception."""
+    original = yaml.safe_load(shipped.read_text())
+    path = tmp_path / "mutated.yaml"
+    for key_path in _key_paths(original):
+        for value in [*WRONG, "delete"]:
+            document = yaml.safe_load(shipped.read_text())
+            parent = document
+            for key in key_path[:-1]:
+                parent = parent[key]
+            if value == "delete":
+                parent.pop(key_path[-1])
+            else:
+                parent[key_path[-1]] = value
+            path.write_text(yaml.safe_dump(document, sort_keys=False))
+            try:
+                load_space(path)
+            except UserError as err:
+                assert str(err).strip() and "Traceback" not in str(err), (key_path, value)
