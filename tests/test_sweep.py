@@ -1,6 +1,7 @@
 """End to end: `python -m tuner.run` against a real Ray node and a real mlflow server, on generated data."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -182,9 +183,57 @@ def test_resume_after_driver_sigkill_loses_no_finished_trial(workdir: Path, ray_
         assert run.data.tags.get("tuner.outcome"), f"trial {run.data.tags['tuner.trial_id']} has no outcome"
         epochs = int(run.data.tags["tuner.epochs_run"])
         steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_acc"))
-        assert steps == list(range(1, epochs + 1)), (run.data.tags["tuner.trial_id"], steps)
+        trial_id = run.data.tags["tuner.trial_id"]
+        assert steps == list(range(1, epochs + 1)), (trial_id, run.data.tags["tuner.outcome"], steps,
+                                                     [line for line in out.splitlines() if trial_id in line])
     assert_each_epoch_once(mlflow_server.uri, child_runs(mlflow_server.uri, "killed"))
     assert "best trial" in out
+
+
+RESTARTED_TRIAL = """
+import json, sys
+from pathlib import Path
+import ray
+from ray import tune
+from tuner.checkpoint import save_checkpoint
+from tuner.config import TrainConfig
+from tuner.data import load_splits
+from tuner.train import fit
+from tuner.trainable import CHECKPOINT_FILE, TrialSettings, train_trial
+
+root, address = Path(sys.argv[1]), sys.argv[2]
+experiment = root / "runs" / "restarted"
+config = TrainConfig(widths=(4, 8), blocks=(1, 1), epochs=2, batch_size=50, warmup_epochs=0, tta_flip=False)
+data = load_splits(root / "data", 200)
+finished = fit(config, data).checkpoint  # both epochs, stored before Ray's state could list them
+
+def trainable(trial_config):
+    own = experiment / f"t001-{tune.get_context().get_trial_id()}" / "checkpoint_000001"
+    save_checkpoint(finished, own / CHECKPOINT_FILE)
+    train_trial(trial_config, data, TrialSettings(gpus=0, cpus=1, metric="val_acc", experiment=str(experiment)))
+
+ray.init(address=address)
+results = tune.Tuner(trainable, param_space={"train": config.to_dict(), "index": 1},
+                     run_config=tune.RunConfig(name="restarted", storage_path=str(root / "runs"))).fit()
+frame = results[0].metrics_dataframe
+print(json.dumps({"epochs": frame["epoch"].tolist(), "val_acc": frame["val_acc"].tolist(),
+                  "stored": finished["history"][-1]["val_acc"]}))
+"""
+
+
+def test_a_trial_restarted_after_all_its_epochs_reports_its_last_one_again_and_trains_nothing(
+        workdir: Path, ray_head: RayNode, tmp_path: Path) -> None:
+    """The trial's own folder holds a checkpoint of its last epoch that Ray's state does not list (its driver was
+    killed first): it continues from there, which leaves nothing to train, so it reports that epoch once more
+    and ends."""
+    script = tmp_path / "restarted.py"
+    script.write_text(RESTARTED_TRIAL)
+    env = {**ray_env(ray_head.token), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script), str(workdir), ray_head.address], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    reported = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"epochs"')))
+    assert reported["epochs"] == [2] and reported["val_acc"] == [pytest.approx(reported["stored"])]
 
 
 def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path, ray_head: RayNode,

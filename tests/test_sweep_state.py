@@ -214,3 +214,28 @@ def test_resume_of_an_unknown_sweep_lists_the_known_ones(tmp_path: Path) -> None
     with pytest.raises(SystemExit) as exit_:
         main(["--resume", "other", "--storage", str(tmp_path), "--dry-run"])
     assert exit_.value.code == 2
+
+
+def test_a_restarted_trial_continues_from_its_newest_stored_checkpoint_not_an_older_one_ray_restored(
+        tmp_path: Path, capsys) -> None:
+    """A driver killed between two of Ray's snapshots: Ray restores the trial at checkpoint_000000, but the
+    worker had stored checkpoint_000002 itself. The trial continues from that one (and without any checkpoint
+    Ray knows of, too); other trials' folders and a trial with no folder are left alone."""
+    import pyarrow.fs
+    from ray import tune
+
+    from tuner.trainable import newest_checkpoint
+
+    experiment = tmp_path / "sweep"
+    for trial, epochs in (("abc", 3), ("xyz", 5)):
+        for index in range(epochs):
+            (experiment / f"t001-{trial}" / f"checkpoint_{index:06d}").mkdir(parents=True)
+    local = pyarrow.fs.LocalFileSystem()
+    restored = tune.Checkpoint(str(experiment / "t001-abc" / "checkpoint_000000"), filesystem=local)
+    assert newest_checkpoint(restored, str(experiment), "abc").path.endswith("t001-abc/checkpoint_000002")
+    assert "newer than the checkpoint Ray restored (checkpoint_000000)" in capsys.readouterr().out
+    assert newest_checkpoint(None, str(experiment), "abc").path.endswith("t001-abc/checkpoint_000002")
+    current = tune.Checkpoint(str(experiment / "t001-abc" / "checkpoint_000002"), filesystem=local)
+    assert newest_checkpoint(current, str(experiment), "abc") is current
+    assert newest_checkpoint(None, str(experiment), "new") is None
+    assert newest_checkpoint(restored, "", "abc") is restored  # no storage known: Ray's choice

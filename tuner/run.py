@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"sweep {plan.name}: {len(data.train)} train / {len(data.val)} val images, tracking at {uri}", flush=True)
 
-    settings = TrialSettings(gpus=space.resources.gpus, cpus=space.resources.cpus, metric=space.metric)
+    settings = TrialSettings(gpus=space.resources.gpus, cpus=space.resources.cpus, metric=space.metric,
+                             experiment=plan.experiment)
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings),
                                     {"cpu": space.resources.cpus, "gpu": space.resources.gpus})
     started = time.monotonic()

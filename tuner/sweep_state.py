@@ -86,6 +86,18 @@ def resolve_storage(flag: str) -> tuple[str, pyarrow.fs.FileSystem, str]:
     return storage, fs, root.rstrip("/")
 
 
+def checkpoint_folders(fs: pyarrow.fs.FileSystem, experiment_path: str, trial_id: str) -> list[str]:
+    """The paths of trial `trial_id`'s checkpoint folders in Ray's experiment folder (`t007-<id>/checkpoint_000006`;
+    their names sort by epoch). OSError when the storage cannot be listed."""
+    folders = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path, allow_not_found=True))
+    for folder in folders:
+        if folder.type == pyarrow.fs.FileType.Directory and folder.base_name.endswith(trial_id):
+            inside = fs.get_file_info(pyarrow.fs.FileSelector(folder.path))
+            return [i.path for i in inside
+                    if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+    return []
+
+
 class SweepState:
     """The files of `_driver/<sweep>/` on the storage filesystem, and this driver's working copy of the study."""
 
@@ -206,14 +218,7 @@ class SweepState:
             return None
 
     def _checkpoint_folders(self, trial_id: str) -> list[str]:
-        """The paths of the trial's checkpoint folders (their names sort by epoch)."""
-        folders = self.fs.get_file_info(pyarrow.fs.FileSelector(self.experiment_path, allow_not_found=True))
-        for folder in folders:
-            if folder.type == pyarrow.fs.FileType.Directory and folder.base_name.endswith(trial_id):
-                inside = self.fs.get_file_info(pyarrow.fs.FileSelector(folder.path))
-                return [i.path for i in inside
-                        if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")]
-        return []
+        return checkpoint_folders(self.fs, self.experiment_path, trial_id)
 
     def known_sweeps(self) -> list[str]:
         """The sweeps with a space copy under `<storage>/_driver/` (for error messages)."""

@@ -28,7 +28,7 @@ from tuner.data import DataSplits
 from tuner.device import pick_device
 from tuner.errors import UserError
 from tuner.outcomes import ERRORED_OUT_OF_GPU_MEMORY
-from tuner.train import fit
+from tuner.train import EpochMetrics, fit
 
 CHECKPOINT_FILE = "checkpoint.pt"
 SYSTEM_SAMPLE_S = 10.0  # how often a trial samples its CPU, memory and GPU use (MLflow's own default period)
@@ -137,6 +137,31 @@ def readable_checkpoint(newest: tune.Checkpoint) -> dict[str, Any] | None:
     return None
 
 
+def newest_checkpoint(restored: tune.Checkpoint | None, experiment: str, trial_id: str) -> tune.Checkpoint | None:
+    """The checkpoint a (re)started trial continues from: the newest of its folder under the sweep's storage when
+    that is newer than the one Ray restored. A driver killed between two of Ray's snapshots leaves trials whose
+    later epochs (checkpointed by the worker itself) Ray's state does not list; without this they would train
+    those epochs again, and their MLflow runs would hold epochs their outcome does not count."""
+    from tuner.sweep_state import checkpoint_folders, resolve_storage
+
+    if not experiment:
+        return restored
+    try:
+        _, fs, path = resolve_storage(experiment)
+        folders = checkpoint_folders(fs, path, trial_id)
+    except (UserError, OSError):
+        return restored
+    if not folders:
+        return restored
+    newest = max(folders)
+    restored_name = restored.path.rstrip("/").rpartition("/")[2] if restored is not None else ""
+    if newest.rpartition("/")[2] <= restored_name:
+        return restored
+    print(f"continuing from {newest}, newer than the checkpoint Ray restored ({restored_name or 'none'}): "
+          "its driver was killed before saving it", flush=True)
+    return tune.Checkpoint(newest, filesystem=fs)
+
+
 @dataclass(frozen=True)
 class TrialSettings:
     """What every trial of a sweep shares besides the data (plain values: Ray pickles it)."""
@@ -144,6 +169,7 @@ class TrialSettings:
     gpus: float
     cpus: float
     metric: str
+    experiment: str = ""  # Ray's folder of the sweep (a path or URI): where a trial finds its own checkpoints
 
 
 def worst_value(metric: str) -> float:
@@ -165,7 +191,7 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
     # Ray logs "Checkpoint successfully created at ..." at INFO for every report: one line per epoch per trial
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     train_config = TrainConfig.from_dict(config["train"], source="trial config")
-    checkpoint = tune.get_checkpoint()
+    checkpoint = newest_checkpoint(tune.get_checkpoint(), settings.experiment, tune.get_context().get_trial_id())
     resume = readable_checkpoint(checkpoint) if checkpoint is not None else None
     earlier_seconds = float(resume.get("trial_seconds", 0.0)) if resume else 0.0
     started = time.monotonic()
@@ -194,6 +220,11 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
             values["reported_at"] = time.time()
             tune.report(values, checkpoint=tune.Checkpoint.from_directory(folder))
 
+    if resume is not None and int(resume.get("epoch", 0)) >= train_config.epochs and resume.get("history"):
+        # Every epoch ran before the restart: its last result again, so that Tune ends the trial on it.
+        with SystemSampler() as sampler:
+            on_epoch(EpochMetrics(**resume["history"][-1]), lambda: dict(resume))
+        return
     try:
         with SystemSampler() as sampler:
             result = fit(train_config, data, on_epoch, resume=resume)
