@@ -295,6 +295,7 @@ TOP_SETTINGS = {
 }
 TOP_KEYS = ("name", "metric", "mode", "fixed", "parameters", *SECTIONS)
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices", "per_stage", "when")
+RANGE_KEYS = ("low", "high", "log", "step")
 PER_STAGE = Setting("int", 1, MAX_STAGES, doc="widths/blocks only: sample one value per stage")
 
 # Names from other tools (Ray Tune, Optuna, W&B sweeps) and papers, and where they belong in this format.
@@ -631,6 +632,16 @@ class _SpaceParser:
             bad(f"type {excerpt(kind)} must be one of {', '.join(PARAM_TYPES)}{hint}"
                 + (" (a log range is type: float with log: true)" if kind == "loguniform" else ""))
             return None
+        # a key of the other kind would be ignored without a word: a range's bounds beside choices, or choices
+        # beside type: float
+        ignored = [key for key in (RANGE_KEYS if kind == "categorical" else ("choices",)) if key in spec]
+        if ignored:
+            one = len(ignored) == 1
+            bad(f"{', '.join(ignored)} do{'es' if one else ''} not apply to a "
+                + (f"categorical parameter (choices): remove {'it' if one else 'them'}, or drop choices and give "
+                   "type: float or int" if kind == "categorical"
+                   else f"{kind} range: remove choices, or drop type, low and high"))
+            return None
         errors = len(self.errors)
         per_stage = self.per_stage(name, kind, spec, bad)
         when = self.condition(name, spec, fixed, earlier, list(section), bad)
@@ -683,6 +694,9 @@ class _SpaceParser:
         by_name = {p.name: p for p in earlier}
         coerced: dict[str, Any] = {}
         for key, value in when.items():
+            if key == name:
+                bad(f"a parameter cannot depend on itself: remove '{key}' from its when")
+                continue
             if key not in fields:
                 bad(f"condition on unknown field {excerpt(key)}{suggest(str(key), fields, FIELD_ALIASES)}")
                 continue
