@@ -126,6 +126,16 @@ def test_a_suggested_trial_is_in_the_stored_study_before_ray_launches_it(space, 
     assert all(t.state == TrialState.RUNNING for t in stored.trials if "ray_trial_id" in t.user_attrs)
 
 
+def test_a_restarted_trial_tells_the_study_the_epochs_its_checkpoint_held(space) -> None:
+    study = create_study(space, None, "s")
+    searcher = SpaceSearcher(space, study)
+    searcher.suggest("t")
+    searcher.on_trial_result("t", {"epoch": 1, "val_acc": 0.1})
+    history = [{"epoch": epoch, "val_acc": 0.1 * epoch} for epoch in (1, 2, 3)]
+    searcher.on_trial_result("t", {"epoch": 4, "val_acc": 0.4, "resumed_epochs": history})
+    assert study.trials[-1].intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
+
+
 def test_warm_start_copies_finished_trials_with_their_params_and_curves(space) -> None:
     old = create_study(space, None, "old")
     searcher = SpaceSearcher(space, old)

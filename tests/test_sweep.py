@@ -217,7 +217,8 @@ results = tune.Tuner(trainable, param_space={"train": config.to_dict(), "index":
                      run_config=tune.RunConfig(name="restarted", storage_path=str(root / "runs"))).fit()
 frame = results[0].metrics_dataframe
 print(json.dumps({"epochs": frame["epoch"].tolist(), "val_acc": frame["val_acc"].tolist(),
-                  "stored": finished["history"][-1]["val_acc"]}))
+                  "stored": finished["history"][-1]["val_acc"],
+                  "resumed": [row["epoch"] for row in results[0].metrics.get("resumed_epochs", [])]}))
 """
 
 
@@ -234,6 +235,7 @@ def test_a_trial_restarted_after_all_its_epochs_reports_its_last_one_again_and_t
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     reported = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"epochs"')))
     assert reported["epochs"] == [2] and reported["val_acc"] == [pytest.approx(reported["stored"])]
+    assert reported["resumed"] == [1, 2]  # the checkpoint's epochs, for the driver to fill in (outcomes.RESUMED_EPOCHS)
 
 
 def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path, ray_head: RayNode,

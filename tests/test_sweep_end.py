@@ -232,3 +232,28 @@ def test_such_a_trial_ends_at_its_newest_checkpoint_when_its_result_file_and_the
     study = optuna.load_study(study_name="s", storage=study_url)
     assert states(study)["g"] == TrialState.PRUNED
     assert study.trials[1].intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2)}
+
+
+def test_a_restarted_trials_first_result_brings_the_epochs_its_checkpoint_held(tmp_path: Path) -> None:
+    """The flake this pins: a trial continued from a checkpoint of epoch 3 that its killed driver never heard
+    of; its first result (epoch 4) carries the checkpoint's epochs, and the run ends with 1-4, each once."""
+    study = make_study(f"sqlite:///{tmp_path / 'optuna.db'}", {"r": []}, complete=set())
+    sweep = start(tmp_path)
+    killed = sweep.trial_runs()
+    killed.start("r", 1, CONFIG)
+    for epoch in (1, 2):
+        killed.log_epoch("r", {"val_acc": 0.1 * epoch}, epoch, 1_700_000_000_000 + epoch)
+    assert killed.flush(30)
+    recorder = OutcomeRecorder(sweep.trial_runs(), SimpleNamespace(study=study),
+                               BudgetStopper(epochs=100, ledger=SweepState(str(tmp_path), "end")), "val_acc",
+                               max_epochs=4, trials=1)
+    trial = tune_trial("r", None, "RUNNING")
+    history = [{"epoch": epoch, "val_acc": 0.1 * epoch, "train_loss": 1.0 / epoch} for epoch in (1, 2, 3)]
+    recorder.result(trial, {"epoch": 4, "val_acc": 0.4, "resumed_epochs": history})
+    recorder.complete("r", {"epoch": 4, "val_acc": 0.4}, errored=False)
+    assert sweep.end()
+    client = MlflowClient(sweep.uri)
+    run = tracking.trial_runs(client, client.get_run(sweep.run_id))[0]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+    assert sorted(steps) == [1, 2, 3, 4]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [1, 2, 3]

@@ -234,6 +234,9 @@ class OutcomeRecorder:
         self._log_epoch(trial.trial_id, result)
 
     def _log_epoch(self, trial_id: str, result: dict) -> None:
+        for row in result.get(outcomes.RESUMED_EPOCHS) or []:  # what its checkpoint held (outcomes.py)
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+                self._log_epoch(trial_id, row)
         if "epoch" not in result or result.get("diverged") or result.get("error"):
             return  # a failed epoch has no metrics to keep
         # The worker's report time: the same epoch sent again (a backfill, a retry) is the same metric.

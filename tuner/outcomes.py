@@ -20,6 +20,10 @@ ABANDONED = "abandoned"
 NOT_RUN = "not_run"
 STOPPED_PREFIX = "stopped_by_"
 FAILED = (DIVERGED, ERRORED)  # prefixes: errored_out_of_gpu_memory is a failure too
+# A trial's first result after it continued from a checkpoint carries the checkpoint's per-epoch metrics under
+# this key: epochs a killed driver received from it but never wrote (or never received) reach MLflow and the
+# study from there, each once.
+RESUMED_EPOCHS = "resumed_epochs"
 
 
 def stopped(epoch: int, by: str = "asha") -> str:

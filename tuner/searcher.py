@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from tuner.config import TrainConfig
+from tuner.outcomes import RESUMED_EPOCHS
 from tuner.space import SearchSpace
 from tuner.sweep_state import SweepState
 
@@ -234,8 +235,15 @@ class SpaceSearcher(Searcher):
         stored = self._stored(trial_id)
         if stored.state.is_finished():
             self._completed_trials.add(trial_id)
-        elif int(result[EPOCH]) not in stored.intermediate_values:  # a resumed trial may repeat an epoch
-            self._ot_trials[trial_id].report(result[self.metric], int(result[EPOCH]))
+            return
+        # the epochs of the checkpoint a restarted trial continued from (outcomes.RESUMED_EPOCHS), then this one
+        rows = [r for r in result.get(RESUMED_EPOCHS) or [] if isinstance(r, dict) and self.metric in r]
+        heard = set(stored.intermediate_values)
+        for row in [*rows, result]:
+            epoch = int(row[EPOCH])
+            if epoch not in heard:  # a resumed trial may repeat an epoch
+                self._ot_trials[trial_id].report(row[self.metric], epoch)
+                heard.add(epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.study  # noqa: B018 - binds the study

@@ -27,7 +27,7 @@ from tuner.config import TrainConfig
 from tuner.data import DataSplits
 from tuner.device import pick_device
 from tuner.errors import UserError
-from tuner.outcomes import ERRORED_OUT_OF_GPU_MEMORY
+from tuner.outcomes import ERRORED_OUT_OF_GPU_MEMORY, RESUMED_EPOCHS
 from tuner.train import EpochMetrics, fit
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -204,12 +204,15 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
         return earlier_seconds + time.monotonic() - started
 
     last_epoch = int(resume["epoch"]) if resume else 0
+    resumed_epochs = list(resume.get("history", [])) if resume else []
 
     def on_epoch(metrics: Any, make_checkpoint: Any) -> None:
-        nonlocal last_epoch
+        nonlocal last_epoch, resumed_epochs
         last_epoch = metrics.epoch
         values = {**metrics.as_dict(), **size, "gpu_seconds": settings.gpus * seconds(),
                   "trial_seconds": seconds(), "diverged": False, **sampler.fresh()}
+        if resumed_epochs:  # once, with the first result after the restart
+            values[RESUMED_EPOCHS], resumed_epochs = resumed_epochs, []
         state = make_checkpoint()
         state["trial_seconds"] = seconds()
         with tempfile.TemporaryDirectory() as folder:
