@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pyarrow.fs
 from ray import tune
 from ray.tune.experiment import Trial
@@ -279,6 +278,8 @@ class OutcomeRecorder:
                       "not written; --resume writes them from the trials' result files", flush=True)
 
     def _finish_unended(self, trials: list[Trial]) -> None:
+        import optuna
+
         study = self.searcher.study
         # The study knows which trials nobody has finished, across resumes too (Tune's trials do not).
         unfinished = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(
@@ -351,13 +352,14 @@ class OutcomeRecorder:
             if heard.get("epoch", 0) > int(result.get("epoch", 0)):
                 result = heard
             # Its newest checkpoint, which the worker wrote to --storage itself: the killed driver may have
-            # logged epochs that neither the result file (synced by the driver) nor the stored study holds.
-            for row in self._checkpointed_epochs(trial_id):
-                self._log_epoch(trial_id, row)  # steps the run already has are not sent again
-                if self.metric in row and row["epoch"] not in frozen.intermediate_values:
-                    optuna.Trial(study, frozen._trial_id).report(row[self.metric], row["epoch"])
-                if row["epoch"] > int(result.get("epoch", 0)):
-                    result = {**result, **row}
+            # logged epochs that neither the result file (synced by the driver) nor the stored study holds. They
+            # reach MLflow (here) and the study (tell_stopped) the way a restarted trial's first result brings them.
+            saved = self._checkpointed_epochs(trial_id)
+            if saved:
+                if saved[-1]["epoch"] > int(result.get("epoch", 0)):
+                    result = {**result, **saved[-1]}
+                result = {**result, outcomes.RESUMED_EPOCHS: saved}
+                self._log_epoch(trial_id, result)
             epoch = int(result.get("epoch", 0))
             print(f"trial {trial_id} was started after its killed driver's last snapshot: Ray cannot continue it; "
                   f"it ends stopped after {epoch} epochs (its checkpoints stay under --storage)", flush=True)

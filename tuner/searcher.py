@@ -236,14 +236,7 @@ class SpaceSearcher(Searcher):
         if stored.state.is_finished():
             self._completed_trials.add(trial_id)
             return
-        # the epochs of the checkpoint a restarted trial continued from (outcomes.RESUMED_EPOCHS), then this one
-        rows = [r for r in result.get(RESUMED_EPOCHS) or [] if isinstance(r, dict) and self.metric in r]
-        heard = set(stored.intermediate_values)
-        for row in [*rows, result]:
-            epoch = int(row[EPOCH])
-            if epoch not in heard:  # a resumed trial may repeat an epoch
-                self._ot_trials[trial_id].report(row[self.metric], epoch)
-                heard.add(epoch)
+        report_new_epochs(self._ot_trials[trial_id], stored, result, self.metric)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.study  # noqa: B018 - binds the study
@@ -256,6 +249,19 @@ class SpaceSearcher(Searcher):
         self._completed_trials.add(trial_id)
 
 
+def report_new_epochs(ot_trial: optuna.Trial, stored: optuna.trial.FrozenTrial, result: dict, metric: str) -> None:
+    """Report to the study the epochs of `result` it has not heard (`stored` is the trial as the study holds it):
+    the checkpoint's epochs a restarted trial carries (outcomes.RESUMED_EPOCHS), then the result's own. A resumed
+    trial may repeat an epoch; the first value stays."""
+    rows = [r for r in result.get(RESUMED_EPOCHS) or [] if isinstance(r, dict) and metric in r and EPOCH in r]
+    heard = set(stored.intermediate_values)
+    for row in [*rows, result]:
+        epoch = int(row[EPOCH])
+        if epoch not in heard:
+            ot_trial.report(row[metric], epoch)
+            heard.add(epoch)
+
+
 def tell_finished(study: optuna.Study, ot_trial: optuna.Trial, result: dict | None, metric: str, max_epochs: int,
                   error: bool = False) -> None:
     """Tell the study how a trial ended: COMPLETE only after max_epochs, PRUNED when stopped earlier, FAIL
@@ -263,8 +269,7 @@ def tell_finished(study: optuna.Study, ot_trial: optuna.Trial, result: dict | No
     if result and metric in result and not result.get("diverged") and EPOCH in result:
         # Ray does not always pass a trial's last result (the one ASHA stops it on, say) through
         # on_trial_result first: make sure it is recorded as that epoch's intermediate value.
-        if int(result[EPOCH]) not in study._storage.get_trial(ot_trial._trial_id).intermediate_values:
-            ot_trial.report(result[metric], int(result[EPOCH]))
+        report_new_epochs(ot_trial, study._storage.get_trial(ot_trial._trial_id), result, metric)
     if error:
         study.tell(ot_trial, state=TrialState.FAIL)
     elif result and result.get("diverged"):

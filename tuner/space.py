@@ -623,7 +623,7 @@ class _SpaceParser:
             if key not in PARAM_KEYS:
                 self.unknown(spec, key, f"parameter '{name}'", PARAM_KEYS, PARAM_KEY_ALIASES)
         kind = spec.get("type", "categorical" if "choices" in spec else None)
-        if "type" not in spec and kind is None:
+        if "type" not in spec and "choices" not in spec:
             bad("needs a type: e.g. {type: float, low: 0.01, high: 0.5}, {type: int, low: 1, high: 4} or "
                 "choices: [...]")
             return None

@@ -92,10 +92,14 @@ def checkpoint_folders(fs: pyarrow.fs.FileSystem, experiment_path: str, trial_id
     folders = fs.get_file_info(pyarrow.fs.FileSelector(experiment_path, allow_not_found=True))
     for folder in folders:
         if folder.type == pyarrow.fs.FileType.Directory and folder.base_name.endswith(trial_id):
-            inside = fs.get_file_info(pyarrow.fs.FileSelector(folder.path))
-            return [i.path for i in inside
-                    if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")]
+            return checkpoints_in(fs, folder.path)
     return []
+
+
+def checkpoints_in(fs: pyarrow.fs.FileSystem, trial_folder: str) -> list[str]:
+    """The paths of the `checkpoint_NNNNNN` folders in one trial's folder. OSError when it cannot be listed."""
+    return [i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(trial_folder))
+            if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")]
 
 
 class SweepState:
@@ -201,7 +205,7 @@ class SweepState:
     def trial_has_checkpoint(self, trial_id: str) -> bool:
         """Whether trial `trial_id` (folder `t007-<id>` of Ray's experiment folder) has a checkpoint folder."""
         try:
-            return bool(self._checkpoint_folders(trial_id))
+            return bool(checkpoint_folders(self.fs, self.experiment_path, trial_id))
         except OSError:
             return True  # cannot tell: keep the trial rather than abandon it
 
@@ -209,16 +213,13 @@ class SweepState:
         """`file_name` of the trial's newest checkpoint folder (`checkpoint_000007`); None when it has none or
         the file cannot be read."""
         try:
-            folders = self._checkpoint_folders(trial_id)
+            folders = checkpoint_folders(self.fs, self.experiment_path, trial_id)
             if not folders:
                 return None
             with self.fs.open_input_stream(f"{max(folders)}/{file_name}") as stream:
                 return stream.read()
         except OSError:
             return None
-
-    def _checkpoint_folders(self, trial_id: str) -> list[str]:
-        return checkpoint_folders(self.fs, self.experiment_path, trial_id)
 
     def known_sweeps(self) -> list[str]:
         """The sweeps with a space copy under `<storage>/_driver/` (for error messages)."""

@@ -111,14 +111,13 @@ def _gpu_reader() -> Any:
 def readable_checkpoint(newest: tune.Checkpoint) -> dict[str, Any] | None:
     """The state of the newest readable checkpoint of the trial, from `newest` back through the older
     `checkpoint_NNNNNN` folders beside it; None (start from epoch 0) when none can be read. Says which."""
-    import pyarrow.fs
+    from tuner.sweep_state import checkpoints_in
 
     candidates = [newest]
     try:
         parent, _, name = newest.path.rstrip("/").rpartition("/")
-        siblings = newest.filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
-        older = sorted((info.path for info in siblings if info.type == pyarrow.fs.FileType.Directory
-                        and info.base_name.startswith("checkpoint_") and info.base_name < name), reverse=True)
+        older = sorted((path for path in checkpoints_in(newest.filesystem, parent)
+                        if path.rpartition("/")[2] < name), reverse=True)
         candidates += [tune.Checkpoint(path, filesystem=newest.filesystem) for path in older]
     except OSError:
         pass
