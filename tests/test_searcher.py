@@ -247,3 +247,26 @@ def test_latin_hypercube_design_is_the_same_after_pickling() -> None:
     restored = pickle.loads(pickle.dumps(sampler))
     assert [restored._row("lr", row) for row in range(8)] == before
     assert sorted(int(8 * q) for q in before) == list(range(8))
+
+
+def test_the_optuna_internals_the_searcher_reads_still_exist() -> None:
+    """The two private attributes of Optuna the searcher relies on (tuner.searcher.trial_key and
+    LatinStartTPESampler): if an Optuna upgrade renames either, this fails by name, not a sweep midway."""
+    study = optuna.create_study(direction="maximize")
+    study.ask()  # a trial of another number first, so that a key and a number cannot be confused
+    asked = study.ask()
+    frozen = study.get_trials(deepcopy=False)[asked.number]
+    assert isinstance(asked._trial_id, int) and frozen._trial_id == asked._trial_id
+    again = optuna.Trial(study, frozen._trial_id)  # what trial_key feeds: the same trial, acted on again
+    again.report(0.5, 1)
+    again.set_user_attr("seen", True)
+    study.tell(again, 0.5)
+    told = study.get_trials(deepcopy=False)[asked.number]
+    assert (told.number, told.state, told.intermediate_values, told.user_attrs) == (
+        asked.number, TrialState.COMPLETE, {1: 0.5}, {"seen": True})
+    sampler = LatinStartTPESampler(seed=0, n_startup_trials=4)
+    assert isinstance(sampler._random_sampler, LatinHypercubeStart)
+    # TPE draws its start-up trials through that attribute: the Latin design's first row, not a random draw
+    trial = optuna.create_study(sampler=sampler).ask({"lr": FloatDistribution(0.0, 1.0)})
+    assert trial.params["lr"] == sampler._random_sampler.sample_independent(
+        trial.study, trial, "lr", FloatDistribution(0.0, 1.0))

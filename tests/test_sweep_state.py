@@ -17,6 +17,7 @@ from tuner.sweep_state import (
     DIGESTS,
     STUDY_FILE,
     SweepState,
+    join,
     open_state,
     resolve_storage,
 )
@@ -40,6 +41,17 @@ def ray_folder(tmp_path: Path, name: str = "s") -> Path:
     (folder / "searcher-state-2026-01-01_00-00-00.pkl").write_bytes(pickle.dumps({}))
     SweepState(str(tmp_path), name).record_digests(folder)
     return folder
+
+
+@pytest.mark.parametrize(("base", "joined"), [
+    ("/runs/sweeps", "/runs/sweeps/s/t_1/f.pkl"),
+    ("s3://bucket", "s3://bucket/s/t_1/f.pkl"),
+    ("s3://bucket/sweeps/?region=x", "s3://bucket/sweeps/s/t_1/f.pkl?region=x"),
+    ("s3://bucket/sweeps?endpoint_override=127.0.0.1%3A9000&scheme=http",
+     "s3://bucket/sweeps/s/t_1/f.pkl?endpoint_override=127.0.0.1%3A9000&scheme=http"),
+])
+def test_paths_under_storage_keep_the_uri_query_at_the_end(base: str, joined: str) -> None:
+    assert join(base, "s", "t_1/", "f.pkl") == joined
 
 
 def test_state_files_are_written_whole_and_read_back(tmp_path: Path) -> None:

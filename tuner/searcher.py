@@ -157,7 +157,7 @@ class SpaceSearcher(Searcher):
             self._ot_study = optuna.load_study(study_name=self._ot_study_name, storage=self._state.study_url,
                                                sampler=self._ot_sampler)
         if any(not isinstance(t, optuna.Trial) for t in self._ot_trials.values()):
-            self._ot_trials = {trial_id: optuna.Trial(self._ot_study, t if isinstance(t, int) else t._trial_id)
+            self._ot_trials = {trial_id: optuna.Trial(self._ot_study, t if isinstance(t, int) else trial_key(t))
                                for trial_id, t in self._ot_trials.items()}
         return self._ot_study
 
@@ -166,7 +166,7 @@ class SpaceSearcher(Searcher):
         state = dict(self.__dict__)
         if self._state is not None:
             state["_ot_study"] = None
-            state["_ot_trials"] = {trial_id: t if isinstance(t, int) else t._trial_id
+            state["_ot_trials"] = {trial_id: t if isinstance(t, int) else trial_key(t)
                                    for trial_id, t in self._ot_trials.items()}
         return state
 
@@ -226,7 +226,7 @@ class SpaceSearcher(Searcher):
     def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
         """The trial as the study holds it. After --resume, Ray's older snapshot of this searcher may not
         know what the (synchronously written) study already recorded, so the study is the authority."""
-        return self.study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+        return stored_trial(self.study, self._ot_trials[trial_id].number)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self.study  # noqa: B018 - binds the study
@@ -249,6 +249,24 @@ class SpaceSearcher(Searcher):
         self._completed_trials.add(trial_id)
 
 
+def trial_key(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The trial's id in the study's storage, which `optuna.Trial(study, key)` takes to act on a trial again (after
+    --resume, or for a trial the driver ends). Optuna has no public way from a trial number to an
+    `optuna.Trial`: `_trial_id` is the one private attribute the searcher reads besides TPESampler's
+    `_random_sampler`; tests/test_searcher.py::test_the_optuna_internals_the_searcher_reads_still_exist pins both."""
+    return trial._trial_id
+
+
+def live_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.Trial:
+    """A trial the study holds, as an `optuna.Trial` that can report, set attributes and be told."""
+    return optuna.Trial(study, trial_key(frozen))
+
+
+def stored_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    """Trial `number` as the study holds it now (a study's trials are numbered 0, 1, ... in the order listed)."""
+    return study.get_trials(deepcopy=False)[number]
+
+
 def report_new_epochs(ot_trial: optuna.Trial, stored: optuna.trial.FrozenTrial, result: dict, metric: str) -> None:
     """Report to the study the epochs of `result` it has not heard (`stored` is the trial as the study holds it):
     the checkpoint's epochs a restarted trial carries (outcomes.RESUMED_EPOCHS), then the result's own. A resumed
@@ -269,7 +287,7 @@ def tell_finished(study: optuna.Study, ot_trial: optuna.Trial, result: dict | No
     if result and metric in result and not result.get("diverged") and EPOCH in result:
         # Ray does not always pass a trial's last result (the one ASHA stops it on, say) through
         # on_trial_result first: make sure it is recorded as that epoch's intermediate value.
-        report_new_epochs(ot_trial, study._storage.get_trial(ot_trial._trial_id), result, metric)
+        report_new_epochs(ot_trial, stored_trial(study, ot_trial.number), result, metric)
     if error:
         study.tell(ot_trial, state=TrialState.FAIL)
     elif result and result.get("diverged"):
@@ -288,13 +306,13 @@ def tell_stopped(study: optuna.Study, stopped: list[tuple[optuna.trial.FrozenTri
     """Tell the study how running trials that Ray ended without telling the searcher (the sweep's budget ran
     out) ended, each from its last result."""
     for frozen, result in stopped:
-        tell_finished(study, optuna.Trial(study, frozen._trial_id), result, metric, max_epochs)
+        tell_finished(study, live_trial(study, frozen), result, metric, max_epochs)
 
 
 def fail_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], why: str) -> None:
     """FAIL, with user attribute `why`, for trials no driver will finish: TPE leaves them out."""
     for frozen in trials:
-        study._storage.set_trial_user_attr(frozen._trial_id, why, True)
+        live_trial(study, frozen).set_user_attr(why, True)
         study.tell(frozen.number, state=TrialState.FAIL)
 
 

@@ -32,6 +32,8 @@ import re
 import shutil
 import sqlite3
 import tempfile
+import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +61,9 @@ EXPERIMENT_STATE = re.compile(r"experiment_state-.*\.json")
 def join(base: str, *parts: str) -> str:
     """`base/part/...` for a local path or a URI whose query (`?endpoint_override=...`) stays at the end."""
     if "://" in base:
-        from ray.air._internal.uri_utils import URI
-
-        uri = URI(base)
-        for part in parts:
-            uri = uri / part
-        return str(uri)
+        split = urllib.parse.urlsplit(base)
+        path = "/".join([split.path.rstrip("/"), *(part.strip("/") for part in parts)])
+        return urllib.parse.urlunsplit(split._replace(path=path))
     return str(Path(base, *parts))
 
 
@@ -209,17 +208,20 @@ class SweepState:
         except OSError:
             return True  # cannot tell: keep the trial rather than abandon it
 
-    def newest_checkpoint_file(self, trial_id: str, file_name: str) -> bytes | None:
-        """`file_name` of the trial's newest checkpoint folder (`checkpoint_000007`); None when it has none or
-        the file cannot be read."""
+    def checkpoint_files(self, trial_id: str, file_name: str) -> Iterator[tuple[str, bytes]]:
+        """(folder, content) of `file_name` in each of the trial's checkpoint folders (`checkpoint_000007`),
+        newest first; folders whose file cannot be read are passed over."""
         try:
-            folders = checkpoint_folders(self.fs, self.experiment_path, trial_id)
-            if not folders:
-                return None
-            with self.fs.open_input_stream(f"{max(folders)}/{file_name}") as stream:
-                return stream.read()
+            folders = sorted(checkpoint_folders(self.fs, self.experiment_path, trial_id), reverse=True)
         except OSError:
-            return None
+            return
+        for folder in folders:
+            try:
+                with self.fs.open_input_stream(f"{folder}/{file_name}") as stream:
+                    data = stream.read()
+            except OSError:
+                continue
+            yield folder, data
 
     def known_sweeps(self) -> list[str]:
         """The sweeps with a space copy under `<storage>/_driver/` (for error messages)."""
