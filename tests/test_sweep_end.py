@@ -197,11 +197,14 @@ def test_such_a_trial_ends_at_the_later_of_its_result_file_and_the_study(tmp_pat
     assert outcomes(MlflowClient(sweep.uri), sweep)["g"][0] == "stopped_by_driver_kill_at_epoch_3"
 
 
-def test_such_a_trial_ends_at_its_newest_checkpoint_when_its_result_file_and_the_study_lag(tmp_path: Path) -> None:
+@pytest.mark.parametrize("torn_newest", [False, True])
+def test_such_a_trial_ends_at_its_newest_checkpoint_when_its_result_file_and_the_study_lag(
+        tmp_path: Path, torn_newest: bool, capsys) -> None:
     """The flake this pins (tests/test_sweep.py, 1 run in 4 under load): the killed driver logged epoch 1 of g to
     MLflow, but died before its result file was synced and before the study was stored again; only g's own
     checkpoint, which the worker wrote to --storage, says how far it got. Its run ends with epochs_run equal to
-    the epochs it holds, each once, and the study learns both epochs."""
+    the epochs it holds, each once, and the study learns both epochs. With `torn_newest` the worker died too,
+    while writing epoch 3's checkpoint: the newest whole one (epoch 2) counts."""
     from tuner.checkpoint import save_checkpoint
     from tuner.trainable import CHECKPOINT_FILE
 
@@ -212,6 +215,9 @@ def test_such_a_trial_ends_at_its_newest_checkpoint_when_its_result_file_and_the
     for epoch in (1, 2):
         save_checkpoint({"model": {}, "config": CONFIG.to_dict(), "epoch": epoch, "history": history[:epoch]},
                         experiment / "t001-g" / f"checkpoint_00000{epoch}" / CHECKPOINT_FILE)
+    if torn_newest:
+        (experiment / "t001-g" / "checkpoint_000003").mkdir()
+        (experiment / "t001-g" / "checkpoint_000003" / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04torn")
     study_url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = make_study(study_url, {"a": [1, 2, 3, 4], "g": []}, complete={"a"})
     sweep = start(tmp_path)
@@ -232,6 +238,7 @@ def test_such_a_trial_ends_at_its_newest_checkpoint_when_its_result_file_and_the
     study = optuna.load_study(study_name="s", storage=study_url)
     assert states(study)["g"] == TrialState.PRUNED
     assert study.trials[1].intermediate_values == {1: pytest.approx(0.1), 2: pytest.approx(0.2)}
+    assert ("checkpoint_000003); trying an older checkpoint" in capsys.readouterr().out) is torn_newest
 
 
 def test_a_restarted_trials_first_result_brings_the_epochs_its_checkpoint_held(tmp_path: Path) -> None:

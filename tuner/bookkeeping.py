@@ -373,22 +373,21 @@ class OutcomeRecorder:
         fail_trials(study, not_run, outcomes.NOT_RUN)
 
     def _checkpointed_epochs(self, trial_id: str) -> list[dict]:
-        """The per-epoch metrics kept in the trial's newest checkpoint under --storage; [] when it has none that
-        can be read (weights_only: nothing in it runs)."""
+        """The per-epoch metrics kept in the trial's newest readable checkpoint under --storage (a worker killed
+        while writing its newest leaves an older one whole); [] when none can be read (weights_only: nothing in
+        it runs)."""
         from tuner.checkpoint import checkpoint_from_bytes
         from tuner.trainable import CHECKPOINT_FILE
 
-        data = self.state.newest_checkpoint_file(trial_id, CHECKPOINT_FILE) if self.state is not None else None
-        if data is None:
-            return []
-        try:
-            history = checkpoint_from_bytes(data, f"of trial {trial_id}").get("history")
-        except UserError as err:
-            print(f"{err}; its last epochs are taken from its result file and the study", flush=True)
-            return []
-        if not isinstance(history, list):
-            return []
-        return [row for row in history if isinstance(row, dict) and isinstance(row.get("epoch"), int)]
+        for folder, data in self.state.checkpoint_files(trial_id, CHECKPOINT_FILE) if self.state is not None else ():
+            try:
+                history = checkpoint_from_bytes(data, f"of trial {trial_id}").get("history")
+            except UserError as err:
+                print(f"{err} ({folder}); trying an older checkpoint", flush=True)
+                continue
+            if isinstance(history, list):
+                return [row for row in history if isinstance(row, dict) and isinstance(row.get("epoch"), int)]
+        return []
 
 
 def _outcome_tags(result: dict) -> dict[str, str]:
