@@ -40,6 +40,29 @@ def test_dry_run_imports_no_heavy_package(space: str) -> None:
     assert not modules & HEAVY, sorted(modules & HEAVY)
 
 
+def test_dry_run_says_where_data_and_tracking_are_and_writes_nothing(tmp_path: Path) -> None:
+    result, modules = imported("-m", "tuner.run", "--space", "smoke", "--dry-run", "--data-dir", "nowhere",
+                               cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    missing = tmp_path.resolve() / "nowhere" / "cifar-10-batches-py"
+    assert f"data: no CIFAR-10 in {missing}: the run downloads it" in result.stdout
+    assert f"tracking: sqlite:///{tmp_path.resolve()}/mlflow.db" in result.stdout
+    assert not modules & HEAVY and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("flags", "fragment"), [
+    (["--mlflow-uri", "bogus://x"], "scheme 'bogus' is not one MLflow tracks to"),
+    (["--mlflow-uri", "http://127.0.0.1:9"], "MLflow tracking server http://127.0.0.1:9 is not reachable"),
+    (["--data-dir", "a-file"], "--data-dir a-file: a-file is a file; give the folder that holds"),
+])
+def test_dry_run_refuses_what_the_run_would_fail_on(tmp_path: Path, flags: list[str], fragment: str) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    result, modules = imported("-m", "tuner.run", "--space", "smoke", "--dry-run", *flags, cwd=tmp_path)
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert result.returncode == 2 and len(errors) == 1 and fragment in errors[0], errors
+    assert not modules & HEAVY and [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
 def test_train_flag_mistakes_answer_before_torch_is_imported(tmp_path: Path) -> None:
     for flags, fragment in ((["--device", "banana"], "--device 'banana' is not a device; give cpu, cuda"),
                             (["--optimizer", "lion"], "invalid choice: 'lion'"),

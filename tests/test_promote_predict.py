@@ -175,6 +175,10 @@ def test_bad_promotion_requests_are_one_line_errors(registry, capsys):
     line = user_error(capsys, lambda: promote.main(["--model-name", "no-such-model", "--version", "1",
                                                      "--mlflow-uri", registry.uri]))
     assert "unknown registered model 'no-such-model'" in line
+    for bad_name in ("", " ", "a/b", "a:b"):  # names MLflow refuses are a flag mistake, not its traceback
+        line = user_error(capsys, lambda name=bad_name: promote.main(["--model-name", name, "--version", "1",
+                                                                      "--mlflow-uri", registry.uri]))
+        assert line.startswith(f"error: --model-name {bad_name!r} is not a model name (") and registry.name in line
     line = user_error(capsys, lambda: run_promote(registry, "--sweep", "never-ran"))
     assert "sweep 'never-ran' registered no version" in line
 
@@ -232,6 +236,12 @@ def test_predict_prints_label_and_probability_per_image(registry, tmp_path, caps
     assert bad["path"] == str(text) and "not an image" in bad["error"]
     assert good["label"] in LABEL_NAMES and len(good["top_k"]) == 2
     assert good["top_k"][0]["probability"] >= good["top_k"][1]["probability"]
+
+    with pytest.raises(SystemExit) as exit_info:  # nothing could be classified: bad input, as a bad flag
+        predict.main([str(text), str(tmp_path), "--model-uri", f"models:/{registry.name}@champion",
+                      "--mlflow-uri", registry.uri])
+    assert exit_info.value.code == 2
+    assert len([line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]) == 2
 
     line = user_error(capsys, lambda: predict.main([str(png), "--top-k", "11", "--mlflow-uri", registry.uri]))
     assert "--top-k" in line

@@ -184,7 +184,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_last_readable_one(tmp
 
 @pytest.mark.parametrize("uri", ["foo://bar", "http://", "https://:5000", "http://host:port", "s3://bucket/mlruns"])
 def test_a_tracking_uri_mlflow_cannot_use_is_one_line(uri: str) -> None:
-    from tuner.tracking import check_tracking_server
+    from tuner.mlflow_names import check_tracking_server
 
     with pytest.raises(UserError) as err:
         check_tracking_server(uri)

@@ -19,8 +19,9 @@ from mlflow import MlflowClient
 from tuner import outcomes, tracking
 from tuner.config import TrainConfig
 from tuner.errors import UserError
+from tuner.mlflow_names import check_tracking_server, resolve_tracking_uri
 from tuner.model import count_macs, count_params
-from tuner.tracking import SweepRun, check_tracking_server
+from tuner.tracking import SweepRun
 
 pytestmark = pytest.mark.integration
 
@@ -195,12 +196,12 @@ def test_unreachable_server_is_one_clear_error_within_seconds(dead_tracking_uri)
 def test_local_default_is_sqlite_in_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = tracking.resolve_tracking_uri(None)
+    uri = resolve_tracking_uri(None)
     assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert tracking.resolve_tracking_uri("http://h:5000/") == "http://h:5000"
+    assert resolve_tracking_uri("http://h:5000/") == "http://h:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
-    assert tracking.resolve_tracking_uri(None) == "http://tracking:5000"
-    assert tracking.resolve_tracking_uri("http://flag:1") == "http://flag:1"
+    assert resolve_tracking_uri(None) == "http://tracking:5000"
+    assert resolve_tracking_uri("http://flag:1") == "http://flag:1"
     assert tracking.ui_command("http://tracking:5000") == "open http://tracking:5000"
     assert tracking.ui_command(uri).startswith(f"mlflow ui --backend-store-uri {uri}")
 

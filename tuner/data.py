@@ -108,11 +108,31 @@ def read_batch(path: Path) -> ImageSet:
     return ImageSet(np.ascontiguousarray(images), labels)
 
 
-def locate(data_dir: str | Path, download: bool = True) -> Path:
-    """The `cifar-10-batches-py` folder under data_dir; downloaded (md5-verified) if absent."""
+def batches_folder(data_dir: str | Path) -> tuple[Path, bool]:
+    """(the `cifar-10-batches-py` folder under data_dir, whether its five training batches are there); a
+    data_dir that is a file, or a batches folder that is not a folder, is one line."""
     root = Path(data_dir).expanduser()
     batches = root / BATCH_DIR
-    if all((batches / name).exists() for name in TRAIN_FILES):
+    for path in (root, batches):
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--data-dir {data_dir}: {path} is a file; give the folder that holds (or is to hold) "
+                            f"{BATCH_DIR}/")
+    return batches, all((batches / name).is_file() for name in TRAIN_FILES)
+
+
+def data_status(data_dir: str | Path) -> str:
+    """What a run will find under data_dir, in one line, from the folder listing alone (the dry run)."""
+    batches, present = batches_folder(data_dir)
+    if present:
+        return f"data: {batches.resolve()} (the five training batches; each is checked as it is read)"
+    return f"data: no CIFAR-10 in {batches.resolve()}: the run downloads it there first (about 170 MB)"
+
+
+def locate(data_dir: str | Path, download: bool = True) -> Path:
+    """The `cifar-10-batches-py` folder under data_dir; downloaded (md5-verified) if absent."""
+    batches, present = batches_folder(data_dir)
+    root = batches.parent
+    if present:
         return batches  # present files are trusted but validated when read (no md5: copies get rebuilt)
     where = f"put the python-version CIFAR-10 batches in {batches} (data_batch_1..5, optional test_batch)"
     if not download:

@@ -1,12 +1,16 @@
-"""Names in the MLflow store that the commands share, importable without mlflow.
+"""The MLflow store as the commands name it, importable without mlflow: the registered model and its alias,
+the `--mlflow-uri` flag, where it resolves and whether tracking can work there.
 
-`python -m tuner.predict --help` and `python -m tuner.promote --help` show the default model and the
-tracking flag; importing them from here, not from tuner.tracking (mlflow and torch, seconds to import),
-keeps `--help` instant. tuner.tracking uses the same names.
-"""
+`--help` of predict and promote shows the default model and the tracking flag, and `--dry-run` checks the
+tracking URI; importing them from here, not from tuner.tracking (mlflow and torch, seconds to import), keeps
+those instant. tuner.tracking writes to the store with the same names."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
+
+from tuner.errors import UserError, excerpt
 
 DEFAULT_MODEL_NAME = "modified-resnet-cifar10"
 CHAMPION_ALIAS = "champion"  # the version `tuner.predict` uses unless told otherwise
@@ -17,3 +21,99 @@ TRACKING_HELP = "tracking server or store (default: MLFLOW_TRACKING_URI, else ./
 def add_tracking_argument(parser: Any) -> None:
     """The `--mlflow-uri` flag every CLI that reads the store shares (resolved by tuner.tracking.open_client)."""
     parser.add_argument("--mlflow-uri", help=TRACKING_HELP)
+
+
+LOCAL_DB = "mlflow.db"
+LOCAL_ARTIFACTS = "mlartifacts"
+
+
+def default_tracking_uri(workdir: Path | None = None) -> str:
+    """`sqlite:///<abs workdir>/mlflow.db`: the embedded default, in the working directory."""
+    return f"sqlite:///{(Path(workdir) if workdir else Path.cwd()).resolve() / LOCAL_DB}"
+
+
+def resolve_tracking_uri(flag: str | None) -> str:
+    """--mlflow-uri, else MLFLOW_TRACKING_URI, else the local sqlite store in the working directory."""
+    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    if "://" not in uri and not uri.startswith(("sqlite:", "file:", "databricks")):
+        uri = Path(uri).expanduser().resolve().as_uri()  # a bare folder: a file store there
+    return uri.rstrip("/") if is_server(uri) else uri
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (relative paths resolved against the cwd), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):]).expanduser().resolve()
+
+
+def local_artifact_root(uri: str) -> Path | None:
+    """Where artifacts of a local sqlite store go: `mlartifacts` beside the database file."""
+    path = sqlite_path(uri)
+    return path.parent / LOCAL_ARTIFACTS if path else None
+
+
+TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "postgresql+psycopg2", "mysql",
+                    "mysql+pymysql", "databricks")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """One line for a tracking URI MLflow cannot use: an unknown scheme, or a server URI without a host."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    scheme = "databricks" if uri.startswith("databricks") else parsed.scheme.lower()
+    if scheme not in TRACKING_SCHEMES:
+        raise UserError(f"tracking URI {excerpt(uri)}: scheme '{scheme[:30]}' is not one MLflow tracks to; use "
+                        f"{', '.join(s + '://' for s in TRACKING_SCHEMES[:3])} (or {', '.join(TRACKING_SCHEMES[3:])}); "
+                        "fix --mlflow-uri / MLFLOW_TRACKING_URI")
+    if scheme in ("http", "https", "postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql"):
+        try:
+            host, port = parsed.hostname, parsed.port
+        except ValueError:
+            host, port = None, None
+        if not host or (parsed.netloc.rpartition("@")[2].endswith(":") and port is None):
+            raise UserError(f"tracking URI {excerpt(uri)} names no host (or a bad port): give e.g. "
+                            f"{scheme}://mlflow.internal:5000; fix --mlflow-uri / MLFLOW_TRACKING_URI")
+
+
+def check_tracking_server(uri: str, timeout_s: float = 10.0, create: bool = True) -> None:
+    """Fail early and in one line when tracking cannot work: a bad URI, a server that does not answer; with
+    `create`, make the folders of a local store (the dry run writes nothing)."""
+    check_tracking_uri(uri)
+    if is_server(uri):
+        import requests
+
+        try:
+            response = requests.get(f"{uri}/health", timeout=timeout_s)
+        except requests.RequestException as err:
+            reason = type(err).__name__
+            raise UserError(
+                f"MLflow tracking server {uri} is not reachable ({reason}): start it "
+                f"(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix --mlflow-uri / MLFLOW_TRACKING_URI, "
+                f"or leave both unset to track to ./{LOCAL_DB}"
+            ) from None
+        if response.status_code != 200:
+            raise UserError(
+                f"{uri}/health answered HTTP {response.status_code}: is {uri} an MLflow tracking server? "
+                f"Fix --mlflow-uri / MLFLOW_TRACKING_URI"
+            )
+        return
+    if not create:
+        return
+    path = sqlite_path(uri)
+    try:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            local_artifact_root(uri).mkdir(parents=True, exist_ok=True)
+        elif uri.startswith("file:"):
+            Path(uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):]).mkdir(
+                parents=True, exist_ok=True
+            )
+    except OSError as err:
+        raise UserError(f"cannot create the local tracking store for {uri} ({err.strerror}): "
+                        f"pass --mlflow-uri with a writable place") from None

@@ -6,7 +6,8 @@
 
 Which version a registry alias (`@champion`) resolved to is printed first, to stderr (in the JSON with
 --json), so stdout stays one line per image. A file that cannot be read is reported on stderr, in order,
-and the other files are still classified; the exit code is then 1 (2 is for bad flags and models).
+and the other files are still classified; the exit code is then 1, or 2 when no file could be read (as for
+bad flags and models).
 
 Images of any size and mode are converted to RGB and resized to 32x32 (bicubic), normalised like the
 training data (`tuner.evaluate.preprocess`) and classified with flip test-time augmentation (the logits of
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuner.errors import OneLineParser, UserError, exit_on_user_error
-from tuner.mlflow_names import DEFAULT_MODEL_URI, add_tracking_argument
+from tuner.mlflow_names import DEFAULT_MODEL_URI, add_tracking_argument, resolve_tracking_uri
 
 if TYPE_CHECKING:  # numpy, torch and mlflow load inside the functions that use them: --help stays instant
     import numpy as np
@@ -55,7 +56,7 @@ def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from tuner.tracking import mlflow_globals, open_client, resolve_tracking_uri
+    from tuner.tracking import mlflow_globals, open_client
 
     tracking_uri = resolve_tracking_uri(mlflow_uri)
     if model_uri.startswith(("models:/", "runs:/")):
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{path:{width}s}  " + "  ".join(f"{label:10s}  {p:.4f}" for label, p in results[path]),
                   flush=True)
     if errors:
-        sys.exit(1)  # some files were not classified; the others were
+        sys.exit(1 if results else 2)  # some files were not classified, the others were; or none could be
 
 
 if __name__ == "__main__":

@@ -84,10 +84,13 @@ def require_model(client: MlflowClient, name: str) -> None:
     try:
         client.get_registered_model(name)
     except MlflowException as err:
-        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
         names = registered_model_names(client)
         known = f"registered models: {', '.join(names)}" if names else "no model is registered yet: run a sweep first"
+        if err.error_code == "INVALID_PARAMETER_VALUE":  # a name MLflow refuses ('', 'a/b'): say why in its words
+            raise UserError(f"--model-name {name!r} is not a model name ({err.message.splitlines()[0][:120]}); "
+                            f"{known}") from None
         raise UserError(f"unknown registered model '{name}'{suggest(name, names)}; {known}") from None
 
 
@@ -103,7 +106,7 @@ def find_version(client: MlflowClient, name: str, version: str | None, sweep: st
     if version is not None:
         if not version.isdigit():
             raise UserError(f"--version {version!r} is not a version number; versions of '{name}': "
-                            f"{', '.join(map(str, numbers))}")
+                            f"{', '.join(map(str, numbers)) or 'none'}")
         for v in versions:
             if v.version == version:
                 return v

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuner.data import data_status
 from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
-from tuner.mlflow_names import DEFAULT_MODEL_NAME
+from tuner.mlflow_names import DEFAULT_MODEL_NAME, check_tracking_server, resolve_tracking_uri
 from tuner.space import NAME_PATTERN, SearchSpace, describe, load_space
 from tuner.sweep_state import (
     REGISTRATION,
@@ -463,8 +464,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     plan = plan_sweep(args)
     space = plan.space
+    uri = resolve_tracking_uri(args.mlflow_uri)
+    data_found = data_status(args.data_dir)  # a --data-dir that cannot hold the data fails before anything is written
     if args.dry_run:
+        check_tracking_server(uri, create=False)
         print(describe(space))
+        print(data_found)
+        print(f"tracking: {uri}")
         print(f"dry run: no trial started (sweep would be named {plan.name})")
         return
 
@@ -474,8 +480,7 @@ def main(argv: list[str] | None = None) -> None:
     from tuner.data import load_splits
     from tuner.trainable import TrialSettings, train_trial
 
-    uri = tracking.resolve_tracking_uri(args.mlflow_uri)
-    tracking.check_tracking_server(uri)  # before anything launches
+    check_tracking_server(uri)  # before anything launches
     if plan.resume:
         prepare_resume(plan)  # before anything is written anywhere
     with tracking.store_opened_meanwhile(uri):  # its ~2 s overlap Ray's start
