@@ -153,6 +153,9 @@ def test_promote_scores_the_final_fit_on_the_test_split(final_sweep: tuple[str, 
     # without a test split (--allow-val) the figure compared is the search checkpoint's, and promote says so
     assert score_on_val(version, DEFAULT_MODEL_NAME).accuracy == float(version.tags["search_val_acc"])
     assert "its val_acc is its search checkpoint's" in capsys.readouterr().out
+    # --version N on a database store, whose client gives versions as int (a server's as str)
+    assert promote(DEFAULT_MODEL_NAME, str(version.version), None, workdir / "data", False, False, uri)
+    assert f"version {version.version} already holds the 'champion' alias" in capsys.readouterr().out
 
 
 def test_the_report_lists_trials_not_the_final_fit(final_sweep: tuple[str, str]) -> None:

@@ -108,7 +108,7 @@ def find_version(client: MlflowClient, name: str, version: str | None, sweep: st
             raise UserError(f"--version {version!r} is not a version number; versions of '{name}': "
                             f"{', '.join(map(str, numbers)) or 'none'}")
         for v in versions:
-            if v.version == version:
+            if str(v.version) == version:  # int from a database store, str over REST
                 return v
         raise UserError(f"model '{name}' has no version {version}; its versions are "
                         f"{', '.join(map(str, numbers)) or 'none'}")
@@ -224,7 +224,7 @@ def promote(
         new = score_on_test(client, uri, candidate, name, test, test_fingerprint)
         old = None
         if current is not None:
-            if current.version == candidate.version:
+            if str(current.version) == str(candidate.version):
                 old = new
             else:
                 try:
@@ -234,7 +234,7 @@ def promote(
                         raise UserError(f"cannot evaluate the current champion: {err}; pass --force to "
                                         f"replace it without a comparison") from None
     print(table([("candidate", new), ("champion", old)]))
-    if current is not None and current.version == candidate.version:
+    if current is not None and str(current.version) == str(candidate.version):
         print(f"version {candidate.version} already holds the '{CHAMPION_ALIAS}' alias")
         return True
     better = old is None or new.accuracy > old.accuracy
