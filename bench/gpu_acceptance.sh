@@ -118,13 +118,14 @@ EOF
 # 4. With --with-sweep: a short recipe.yaml sweep whose champion gets its final fit, from the space's own
 #    `final:` section (retrained on all 50,000 training images, then registered); the sweep's log, with the
 #    final fit's lines, is sweep.log in $OUT and its summary joins summary.txt. Needs Ray, Optuna and MLflow,
-#    which the device image lacks; their wheels (Ray's alone is tens of MB) do not fit beside the 51 MB data
+#    which the device image lacks; their pack (bench/device_pack.sh, 29 MB) does not fit beside the 51 MB data
 #    pack in the 64 MiB a call carries, and the time above is spent, so this step is off unless asked for,
-#    and then needs a time split of its own. --cpu-smoke runs recipe.yaml shrunk to the smoke's size (its
+#    and then needs a call of its own on the warm machine (data/ stays there): carry [".gpu_py"], command
+#    `source bench/device_env.sh && bash bench/gpu_acceptance.sh --with-sweep`. --cpu-smoke runs recipe.yaml shrunk to the smoke's size (its
 #    widths and subset, 1 epoch, a 1-epoch final fit, 2 trials on 1 CPU each), final: section and all.
 if [ "$WITH_SWEEP" = 1 ]; then
     if ! "$PY" -c 'import ray, optuna, mlflow' 2>/dev/null; then
-        echo "error: --with-sweep needs Ray, Optuna and MLflow in $PY (carry them as wheels: device README)" >&2
+        echo "error: --with-sweep needs Ray, Optuna and MLflow in $PY (on the device: bash bench/device_pack.sh here, carry .gpu_py, source bench/device_env.sh first)" >&2
         exit 2
     fi
     # the sweep's state stays outside $OUT (at most 8 files come back); its log is the figure
