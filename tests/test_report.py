@@ -121,3 +121,13 @@ def test_asha_rungs_come_from_the_parent_params():
               "scheduler.max_epochs": "9"}
     assert report.asha_rungs(params) == [1, 2, 4, 8]
     assert report.asha_rungs({**params, "scheduler.type": "fifo"}) == []
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/below"])
+def test_an_out_folder_that_cannot_be_written_is_one_line_error(sweep, tmp_path, capsys, where: str):
+    (tmp_path / "a-file").write_text("taken")
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--sweep", sweep.sweep_name, "--mlflow-uri", sweep.uri, "--out", str(tmp_path / where)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith(f"error: --out {tmp_path / where}: cannot write the report there")

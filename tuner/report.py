@@ -48,6 +48,7 @@ if __name__ == "__main__":  # --help and flag errors answer here, before the imp
     _parser().parse_args()
 
 import math
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -508,7 +509,13 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = 
         print(f"note: no Optuna study of '{sweep}' under {storage} (pass the sweep's --storage): parameters "
               "come from MLflow alone")
     out = Path(out) if out else Path("runs") / "reports" / safe_name(sweep)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass  # writable: the tables and plots below go here
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write the report there ({err.strerror}); give a folder you can "
+                        "write to") from None
     written = []
     for name, table in (("trials", trials), ("epochs", epochs)):
         table.to_parquet(out / f"{name}.parquet", engine="pyarrow", index=False)
