@@ -243,6 +243,13 @@ def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     driver = tuner_run(workdir, ray_head, uri, "--space", str(workdir / "tiny.yaml"), "--name", "ctrl-c")
     seen = wait_for_line(driver, "[2/7]")
+    # a second driver of the running sweep is refused before it writes anything: one driver per sweep
+    second = tuner_run(workdir, ray_head, uri, "--resume", "ctrl-c")
+    refused, _ = second.communicate(timeout=120)
+    assert second.returncode == 2 and "Traceback" not in refused, refused[-3000:]
+    assert [line for line in refused.splitlines() if line.startswith("error: ")] == [
+        line for line in refused.splitlines() if line.startswith(f"error: sweep ctrl-c is being driven now by pid "
+                                                                 f"{driver.pid} on host ")], refused[-3000:]
     driver.send_signal(signal.SIGINT)
     out, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, ("".join(seen) + out)[-3000:]

@@ -473,14 +473,25 @@ def main(argv: list[str] | None = None) -> None:
         print(f"tracking: {uri}")
         print(f"dry run: no trial started (sweep would be named {plan.name})")
         return
+    from tuner.driver_lease import DriverLease
 
+    check_tracking_server(uri)  # before anything launches
+    lease = DriverLease(plan.state, plan.name).claim()  # before anything is written under --storage or to MLflow
+    try:
+        drive(args, plan, uri)
+    finally:
+        lease.release()
+
+
+def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
+    """The sweep, from loading the data to the summary, by the driver that holds its lease."""
     from ray import tune
 
     from tuner import final_fit, interrupts, tracking
     from tuner.data import load_splits
     from tuner.trainable import TrialSettings, train_trial
 
-    check_tracking_server(uri)  # before anything launches
+    space = plan.space
     if plan.resume:
         prepare_resume(plan)  # before anything is written anywhere
     with tracking.store_opened_meanwhile(uri):  # its ~2 s overlap Ray's start

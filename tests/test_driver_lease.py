@@ -1,0 +1,87 @@
+"""One driver per sweep (tuner/driver_lease.py): the lease a driver claims under --storage, without Ray."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tuner import driver_lease
+from tuner.driver_lease import LEASE_FILE, DriverLease
+from tuner.errors import UserError
+from tuner.sweep_state import SweepState
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> SweepState:
+    return SweepState(str(tmp_path), "s")
+
+
+def test_a_claimed_lease_is_renewed_and_released(state: SweepState, monkeypatch) -> None:
+    monkeypatch.setattr(driver_lease, "BEAT_S", 0.05)
+    lease = DriverLease(state, "s").claim()
+    first = state.read_json(LEASE_FILE)
+    assert first["token"] == lease.record["token"] and not first["released"]
+    time.sleep(0.5)
+    assert state.read_json(LEASE_FILE)["beat"] > first["beat"], "the running driver renews its lease"
+    with pytest.raises(UserError):  # held by this very process: alive
+        DriverLease(state, "s").claim()
+    lease.release()
+    assert state.read_json(LEASE_FILE)["released"]
+    DriverLease(state, "s").claim().release()  # a released lease is free at once
+
+
+def test_a_live_driver_on_this_host_is_named_and_not_displaced(state: SweepState) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = driver_lease._process_started(other.pid)
+        record = {"token": "theirs", "host": driver_lease.socket.gethostname(), "pid": other.pid,
+                  "pid_started": started, "since": time.time() - 600, "beat": time.time() - 5, "released": False}
+        state.write_json(LEASE_FILE, record)
+        with pytest.raises(UserError) as refused:
+            DriverLease(state, "s").claim()
+        assert str(refused.value).startswith(f"sweep s is being driven now by pid {other.pid} on host ")
+        assert f"kill {other.pid}" in str(refused.value) and "\n" not in str(refused.value)
+        assert state.read_json(LEASE_FILE)["token"] == "theirs"
+        # the same pid number, but another process than the one that claimed: not that driver
+        state.write_json(LEASE_FILE, {**record, "pid_started": started - 3600})
+        DriverLease(state, "s").claim().release()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_killed_driver_on_this_host_is_taken_over_at_once(state: SweepState) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    state.write_json(LEASE_FILE, {"token": "dead", "host": driver_lease.socket.gethostname(), "pid": gone.pid,
+                                  "pid_started": time.time() - 60, "since": time.time() - 60, "beat": time.time(),
+                                  "released": False})
+    lease = DriverLease(state, "s").claim()
+    assert state.read_json(LEASE_FILE)["token"] == lease.record["token"]
+    lease.release()
+
+
+def test_a_driver_on_another_host_holds_until_its_lease_goes_stale(state: SweepState) -> None:
+    record = {"token": "remote", "host": "gpu-head-7", "pid": 4242, "pid_started": 0.0, "since": time.time() - 60,
+              "beat": time.time() - 10, "released": False}
+    state.write_json(LEASE_FILE, record)
+    with pytest.raises(UserError) as refused:
+        DriverLease(state, "s").claim()
+    assert "pid 4242 on host gpu-head-7" in str(refused.value)
+    assert f"resume again in {round(driver_lease.STALE_S - 10)} s" in str(refused.value)
+    state.write_json(LEASE_FILE, {**record, "beat": time.time() - driver_lease.STALE_S - 1})
+    DriverLease(state, "s").claim().release()
+
+
+def test_of_two_drivers_claiming_at_once_one_is_refused(state: SweepState, monkeypatch) -> None:
+    """Both found the lease free; the one whose write is not the last to land sees the other's token."""
+    rival = DriverLease(state, "s")
+    monkeypatch.setattr(driver_lease.time, "sleep", lambda _s: rival._write())  # lands while `first` confirms
+    first = DriverLease(state, "s")
+    with pytest.raises(UserError) as refused:
+        first.claim()
+    assert "is being driven now by" in str(refused.value)
+    assert state.read_json(LEASE_FILE)["token"] == rival.record["token"]
