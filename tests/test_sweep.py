@@ -274,6 +274,27 @@ def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path
     assert_each_epoch_once(uri, child_runs(uri, "ctrl-c"))
 
 
+def test_a_storage_outage_mid_sweep_delays_the_drivers_state_and_stops_nothing(workdir: Path, ray_head: RayNode,
+                                                                               tmp_path: Path) -> None:
+    """tuner's own state under --storage (`_driver/<sweep>/`: study, ledger, digests, lease) cannot be written
+    for a while; the sweep goes on and stores it once it can (Ray's trial folders stay reachable here)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    driver = tuner_run(workdir, ray_head, uri, "--space", str(workdir / "tiny.yaml"), "--name", "outage")
+    seen = wait_for_line(driver, "[1/7]")
+    folder, aside = workdir / "runs" / "_driver" / "outage", workdir / "runs" / "outage-state-aside"
+    folder.rename(aside)
+    folder.write_text("storage away")  # every write under it now fails with a real OSError
+    seen += wait_for_line(driver, "[3/7]")  # the study upload after a trial's end failed
+    time.sleep(1)
+    folder.unlink()
+    aside.rename(folder)
+    out = "".join(seen) + finish(driver)
+    assert out.count("warning: could not store") == 1 and "works again after" in out, out[-3000:]
+    assert "registered as model version" in out and "Traceback" not in out, out[-3000:]
+    launched = [t for t in study_of(workdir, "outage").trials if "ray_trial_id" in t.user_attrs]
+    assert len(launched) == 7 and all(t.state.is_finished() for t in launched)
+
+
 def test_epoch_budget_holds_across_a_resume_and_says_what_it_stopped(workdir: Path, ray_head: RayNode,
                                                                       tmp_path: Path) -> None:
     """FIFO trials of 4 epochs, 10 epochs in all; the driver is killed after the first trial and resumed."""

@@ -78,6 +78,38 @@ def test_the_study_goes_up_and_comes_back_down(tmp_path: Path) -> None:
     assert len(optuna.load_study(study_name="s", storage=other.study_url).trials) == 1
 
 
+def test_storage_that_fails_during_the_sweep_delays_the_study_and_the_ledger_but_stops_nothing(
+        tmp_path: Path, capsys) -> None:
+    """Storage failing a write (here `_driver/s` turned into a file: a real OSError from the real filesystem) is
+    said once; the study and the ledger are stored at their next write once it works again."""
+    import shutil
+
+    from tuner.bookkeeping import BudgetStopper
+
+    state = SweepState(str(tmp_path), "s")
+    study = optuna.create_study(study_name="s", storage=state.study_url)
+    study.enqueue_trial({"x": 1.0})
+    state.upload_study()
+    budget = BudgetStopper(epochs=100, ledger=state)
+    folder = Path(state.prefix)
+    shutil.rmtree(folder)
+    folder.write_text("storage away")
+    study.enqueue_trial({"x": 2.0})
+    state.upload_study()
+    budget.record("t1", {"epoch": 1, "gpu_seconds": 1.0})
+    budget.record("t1", {"epoch": 2, "gpu_seconds": 2.0})
+    out = capsys.readouterr().out
+    assert out.count("warning: could not store") == 1 and "the Optuna study" in out and "goes on" in out
+    folder.unlink()
+    state.upload_study()  # the study has not changed since the failed upload: stored now all the same
+    assert "works again after" in capsys.readouterr().out
+    other = SweepState(str(tmp_path), "s")
+    assert other.download_study()
+    assert len(optuna.load_study(study_name="s", storage=other.study_url).trials) == 2
+    budget.record("t1", {"epoch": 3, "gpu_seconds": 3.0})
+    assert state.read_json(BUDGET_LEDGER)["epochs"] == {"t1": 3}
+
+
 @pytest.mark.parametrize("content", [b"", b"SQLite format 3\x00garbage" * 10, b"not a database at all" * 100])
 def test_a_corrupt_study_is_one_line(tmp_path: Path, content: bytes) -> None:
     state = SweepState(str(tmp_path), "s")

@@ -106,8 +106,9 @@ class BudgetStopper:
 
     def _write(self) -> None:
         if self.ledger is not None:  # written as budget.json.partial, then moved: never half a ledger
-            self.ledger.write_json(BUDGET_LEDGER, {"gpu_seconds": self.spent, "epochs": self.epochs,
-                                                   "wall_seconds": self.wall_s, "spent": self.reason})
+            ledger = {"gpu_seconds": self.spent, "epochs": self.epochs, "wall_seconds": self.wall_s,
+                      "spent": self.reason}
+            self.ledger.best_effort("the budget ledger", lambda: self.ledger.write_json(BUDGET_LEDGER, ledger))
 
 
 def read_ledger(state: SweepState) -> dict | None:
@@ -193,7 +194,10 @@ class OutcomeRecorder:
         """The digests of the state files Ray has just written to this driver's staging folder (before it
         uploads them), so that a later --resume can tell them from planted ones."""
         if self.state is not None:
-            self.state.record_digests(ray_staging_folder(self.state.name))
+            # Not stored during an outage: Ray's own upload of those files fails then too, and the next snapshot
+            # records the folder again; a file uploaded with no digest is refused by --resume, never unpickled.
+            self.state.best_effort("the digests of Ray's state files",
+                                   lambda: self.state.record_digests(ray_staging_folder(self.state.name)))
 
     def count_finished(self) -> None:
         """Start the progress count at the trials already finished (a resumed sweep's earlier drivers)."""

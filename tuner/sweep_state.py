@@ -32,8 +32,9 @@ import re
 import shutil
 import sqlite3
 import tempfile
+import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ class SweepState:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"tuner-{name}-"))
         self._study_stamp: tuple[int, int] | None = None
         self.expected_trials: set[str] | None = None  # what Ray's newest experiment state lists (--resume)
+        self._unreachable_since: float | None = None  # storage failed a write during the sweep (best_effort)
 
     def __reduce__(self) -> tuple[Any, tuple[str, str]]:
         return open_state, (self.storage, self.name)
@@ -143,6 +145,27 @@ class SweepState:
         with self.fs.open_output_stream(partial) as stream:
             stream.write(data)
         self.fs.move(partial, self.where(file))
+
+    def best_effort(self, what: str, write: Callable[[], None]) -> bool:
+        """A write of the sweep's state while trials run. Storage that fails it (OSError: an S3 outage, a full
+        disk) does not stop the sweep: one line when it starts failing and one when it works again. The next
+        write of the same state (the study at the next trial event, the ledger at the next result) stores what
+        this one missed; a driver that dies before then leaves what a killed driver leaves, which --resume
+        handles. False when the write failed."""
+        try:
+            write()
+        except OSError as err:
+            if self._unreachable_since is None:
+                self._unreachable_since = time.monotonic()
+                print(f"warning: could not store {what} under {self.describe()} ({type(err).__name__}: "
+                      f"{excerpt(str(err).splitlines()[0] if str(err) else '')}); the sweep goes on and stores it "
+                      "again at its next change", flush=True)
+            return False
+        if self._unreachable_since is not None:
+            down_s = time.monotonic() - self._unreachable_since
+            print(f"storage under {self.describe()} works again after {down_s:.0f} s", flush=True)
+            self._unreachable_since = None
+        return True
 
     def read_json(self, file: str) -> dict | None:
         data = self.read_bytes(file)
@@ -197,9 +220,10 @@ class SweepState:
             target.close()
         finally:
             source.close()
-        self.write_bytes(STUDY_FILE, snapshot.read_bytes())
+        stored = self.best_effort("the Optuna study", lambda: self.write_bytes(STUDY_FILE, snapshot.read_bytes()))
         snapshot.unlink()
-        self._study_stamp = stamp
+        if stored:
+            self._study_stamp = stamp
 
     def trial_has_checkpoint(self, trial_id: str) -> bool:
         """Whether trial `trial_id` (folder `t007-<id>` of Ray's experiment folder) has a checkpoint folder."""
