@@ -279,9 +279,9 @@ def test_a_storage_outage_mid_sweep_delays_the_drivers_state_and_stops_nothing(w
     """tuner's own state under --storage (`_driver/<sweep>/`: study, ledger, digests, lease) cannot be written
     for a while; the sweep goes on and stores it once it can (Ray's trial folders stay reachable here)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    driver = tuner_run(workdir, ray_head, uri, "--space", str(workdir / "tiny.yaml"), "--name", "outage")
+    driver = tuner_run(workdir, ray_head, uri, "--space", str(workdir / "tiny.yaml"), "--name", "storage-outage")
     seen = wait_for_line(driver, "[1/7]")
-    folder, aside = workdir / "runs" / "_driver" / "outage", workdir / "runs" / "outage-state-aside"
+    folder, aside = workdir / "runs" / "_driver" / "storage-outage", workdir / "runs" / "storage-outage-aside"
     folder.rename(aside)
     folder.write_text("storage away")  # every write under it now fails with a real OSError
     seen += wait_for_line(driver, "[3/7]")  # the study upload after a trial's end failed
@@ -291,7 +291,7 @@ def test_a_storage_outage_mid_sweep_delays_the_drivers_state_and_stops_nothing(w
     out = "".join(seen) + finish(driver)
     assert out.count("warning: could not store") == 1 and "works again after" in out, out[-3000:]
     assert "registered as model version" in out and "Traceback" not in out, out[-3000:]
-    launched = [t for t in study_of(workdir, "outage").trials if "ray_trial_id" in t.user_attrs]
+    launched = [t for t in study_of(workdir, "storage-outage").trials if "ray_trial_id" in t.user_attrs]
     assert len(launched) == 7 and all(t.state.is_finished() for t in launched)
 
 
