@@ -85,3 +85,23 @@ def test_of_two_drivers_claiming_at_once_one_is_refused(state: SweepState, monke
         first.claim()
     assert "is being driven now by" in str(refused.value)
     assert state.read_json(LEASE_FILE)["token"] == rival.record["token"]
+
+
+def test_the_dry_run_of_a_resume_says_whether_a_driver_holds_the_sweep(tmp_path: Path, monkeypatch, capsys) -> None:
+    from tuner.run import main
+    from tuner.space import SPACES_DIR
+    from tuner.sweep_state import SPACE_COPY
+
+    monkeypatch.chdir(tmp_path)
+    state = SweepState(str(tmp_path / "runs"), "s")
+    state.write_bytes(SPACE_COPY, (SPACES_DIR / "smoke.yaml").read_bytes())
+    main(["--resume", "s", "--storage", str(tmp_path / "runs"), "--dry-run"])
+    assert "driver: none holds this sweep now; a --resume takes it over" in capsys.readouterr().out
+    lease = DriverLease(state, "s").claim()
+    try:
+        main(["--resume", "s", "--storage", str(tmp_path / "runs"), "--dry-run"])
+        out = capsys.readouterr().out
+        assert f"driver: sweep s is being driven now by pid {lease.record['pid']} on host " in out
+        assert "dry run: no trial started" in out
+    finally:
+        lease.release()

@@ -101,6 +101,15 @@ class DriverLease:
                 continue  # storage away for a moment: the next renewal tries again
 
 
+def running_driver(state: SweepState, sweep: str) -> str:
+    """One line for the dry run of a --resume: whether a driver holds the sweep now."""
+    held = state.read_json(LEASE_FILE)
+    now = time.time()
+    if held is None or not holder_alive(held, now):
+        return "driver: none holds this sweep now; a --resume takes it over"
+    return f"driver: {refusal(sweep, held, now)}"
+
+
 def describe(lease: dict[str, Any]) -> str:
     return f"pid {lease.get('pid', '?')} on host {lease.get('host', '?')}"
 

@@ -471,6 +471,10 @@ def main(argv: list[str] | None = None) -> None:
         print(describe(space))
         print(data_found)
         print(f"tracking: {uri}")
+        if plan.resume:
+            from tuner.driver_lease import running_driver
+
+            print(running_driver(plan.state, plan.name))
         print(f"dry run: no trial started (sweep would be named {plan.name})")
         return
     from tuner.driver_lease import DriverLease
