@@ -38,7 +38,7 @@ from tuner.checkpoint import load_checkpoint
 from tuner.config import TrainConfig
 from tuner.data import DataSplits, ImageSet
 from tuner.errors import UserError
-from tuner.space import FINAL_MONITOR_IMAGES, SearchSpace
+from tuner.space import FinalFit, SearchSpace
 from tuner.sweep_state import FINAL_CHECKPOINT, FINAL_RECORD, SweepState
 
 HELD_OUT_METRICS = ("val_loss", "val_acc")
@@ -71,7 +71,8 @@ def final_splits(data: DataSplits, train_on: str) -> DataSplits:
         return data
     train = ImageSet(np.concatenate([data.train.images, data.val.images]),
                      np.concatenate([data.train.labels, data.val.labels]))
-    return DataSplits(train, data.val.take(np.arange(min(len(data.val), FINAL_MONITOR_IMAGES))))
+    _, monitored = FinalFit(train_on=train_on).images(len(data.train), len(data.val))  # one home for the rule
+    return DataSplits(train, data.val.take(np.arange(monitored)))
 
 
 def train_final(config: dict[str, Any], data: DataSplits, train_on: str, cpus: float,

@@ -99,21 +99,22 @@ class Setting:
     key: str | None = None  # the name in the file when it differs from the field's
     doc: str = ""  # what the setting does, for the JSON Schema (an editor shows it)
 
-    def read(self, value: Any) -> Any:
-        """`value` in this setting's type; ValueError with the rule it breaks."""
+    def read(self, value: Any, unset: str = "null") -> Any:
+        """`value` in this setting's type; ValueError with the rule it breaks. `unset`: how the reader's source
+        says "no limit" for an optional setting (null in a file, leaving out a flag on a command line)."""
         if value is None:
             if self.optional:
                 return None
-            raise ValueError(f"needs a value: {self.rule()}")
+            raise ValueError(f"needs a value: {self.rule(unset)}")
         if self.kind in ("word", "name"):
             if isinstance(value, datetime.date):  # YAML reads an unquoted 2026-01-01 as a date
-                raise ValueError(f"{self.rule()}; YAML reads it as a date: put it in quotes")
+                raise ValueError(f"{self.rule(unset)}; YAML reads it as a date: put it in quotes")
             if not isinstance(value, str):
-                raise ValueError(self.rule())
+                raise ValueError(self.rule(unset))
             if self.kind == "word" and value not in self.words:
-                raise ValueError(f"{self.rule()}{suggest(value, self.words)}")
+                raise ValueError(f"{self.rule(unset)}{suggest(value, self.words)}")
             if self.kind == "name" and not NAME_PATTERN.fullmatch(value):
-                raise ValueError(self.rule())
+                raise ValueError(self.rule(unset))
             return value
         try:
             if self.kind == "duration" and isinstance(value, str) and DURATION_PATTERN.fullmatch(value):
@@ -122,15 +123,15 @@ class Setting:
             else:
                 number = whole_number(value) if self.kind == "int" else real_number(value)
         except ValueError:
-            raise ValueError(self.rule()) from None
+            raise ValueError(self.rule(unset)) from None
         if (self.low is not None and number < self.low) or (self.above is not None and number <= self.above):
-            raise ValueError(self.rule())
+            raise ValueError(self.rule(unset))
         if self.high is not None and number > self.high:
             shown = format_duration(self.high) if self.kind == "duration" else f"{self.high:,}"
             raise ValueError(f"is above the limit of {shown}")
         return number
 
-    def rule(self) -> str:
+    def rule(self, unset: str = "null") -> str:
         """What the setting accepts, as a sentence ending."""
         if self.kind == "word":
             return f"must be one of {', '.join(self.words)}"
@@ -144,7 +145,7 @@ class Setting:
             bounds = f" above {self.above:g}" + (f" and at most {self.high:,}" if self.high is not None else "")
         else:
             bounds = f" from {self.low:,} to {self.high:,}" if self.high is not None else f" >= {self.low:,}"
-        return f"must be {what}{bounds}" + (" (or null for no limit)" if self.optional else "")
+        return f"must be {what}{bounds}" + (f" (or {unset} for no limit)" if self.optional else "")
 
     def schema(self) -> dict[str, Any]:
         """This setting as JSON Schema."""

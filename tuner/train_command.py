@@ -106,11 +106,11 @@ def check_data_flags(args: argparse.Namespace) -> None:
     problems = []
     for field_name, key, setting in declared_settings(DataSettings):
         value = getattr(args, field_name)
+        flag = f"--{key.replace('_', '-')}"
         try:
-            setting.read(value)
+            setting.read(value, unset=f"leave out {flag}")
         except ValueError as err:
-            flag = f"--{key.replace('_', '-')}"
-            problems.append(f"{flag} {excerpt(value)} {str(err).replace('or null', f'or leave out {flag}')}")
+            problems.append(f"{flag} {excerpt(value)} {err}")
     if problems:
         raise UserError.of(problems)
 
