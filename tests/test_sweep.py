@@ -392,22 +392,22 @@ def test_driver_chaos_sigkill_at_random_moments_then_resume_accounts_for_every_t
     chaos = random.Random(20261129)
     driver = tuner_run(workdir, ray_head, mlflow_server.uri, "--space", str(workdir / "tiny.yaml"),
                        "--name", "chaos", start_new_session=True)
-    kills = 0
+    kills, printed = 0, []
     for _ in range(3):
         deadline = time.monotonic() + 120
         while not (workdir / "runs" / "chaos" / "tuner.pkl").exists() and time.monotonic() < deadline:
             time.sleep(0.5)  # a kill before the sweep has any state would leave nothing to resume
         try:
-            driver.communicate(timeout=chaos.uniform(4, 25))  # reads its output meanwhile: no full pipe
+            printed.append(driver.communicate(timeout=chaos.uniform(4, 25))[0])  # reads output: no full pipe
         except subprocess.TimeoutExpired:
             os.killpg(driver.pid, signal.SIGKILL)
-            driver.communicate()
+            printed.append(driver.communicate()[0])
             kills += 1
             driver = tuner_run(workdir, ray_head, mlflow_server.uri, "--resume", "chaos", start_new_session=True)
         else:
             break  # it finished before this kill: nothing left to interrupt
     if driver.returncode is None:
-        finish(driver)  # the last resume runs to the end
+        printed.append(finish(driver))  # the last resume runs to the end
     assert driver.returncode == 0
     assert kills >= 1, "no kill landed: the sweep is too short for this test"
 
@@ -417,7 +417,10 @@ def test_driver_chaos_sigkill_at_random_moments_then_resume_accounts_for_every_t
     assert len(ids) == len(set(ids)), "a Ray trial has two trials in the study"
     assert all(t.state.is_finished() for t in launched), "a trial was left unfinished in the study"
     abandoned = {t.user_attrs["ray_trial_id"] for t in launched if t.user_attrs.get("abandoned")}
-    assert len(set(ids) - abandoned) == 7, "the budget of 7 trials was not met exactly"
+    # started and checkpointed after a killed driver's last snapshot: Ray does not know them, so its budget
+    # samples others in their place (as in the single-kill test above); they end stopped where they got
+    lost = set(re.findall(r"trial (\S+) was started after its killed driver's last snapshot", "".join(printed)))
+    assert len(set(ids) - abandoned - lost) == 7, "the budget of 7 trials was not met exactly"
     runs = [r for r in child_runs(mlflow_server.uri, "chaos") if r.data.tags.get("tuner.outcome") != "infeasible"]
     run_ids = [r.data.tags["tuner.trial_id"] for r in runs]
     assert len(run_ids) == len(set(run_ids)), "a trial has two MLflow runs"
