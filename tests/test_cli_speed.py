@@ -54,6 +54,13 @@ def test_dry_run_says_where_data_and_tracking_are_and_writes_nothing(tmp_path: P
     (["--mlflow-uri", "bogus://x"], "scheme 'bogus' is not one MLflow tracks to"),
     (["--mlflow-uri", "http://127.0.0.1:9"], "MLflow tracking server http://127.0.0.1:9 is not reachable"),
     (["--data-dir", "a-file"], "--data-dir a-file: a-file is a file; give the folder that holds"),
+    (["--mlflow-uri", "http://[::1"], "tracking URI 'http://[::1' cannot be parsed"),
+    (["--mlflow-uri", "some-folder"], "is MLflow's file store, which MLflow 3 refuses to open"),
+    (["--mlflow-uri", "a-file"], "a-file is not an SQLite database"),
+    (["--mlflow-uri", "sqlite:///."], "is a folder, not an SQLite database"),
+    (["--storage", "a-file/runs"], "lies under"),
+    (["--address", "bogus"], "--address 'bogus' is not a Ray address"),
+    (["--resume", "s", "--trials", "3"], "leave out --space, --trials"),
 ])
 def test_dry_run_refuses_what_the_run_would_fail_on(tmp_path: Path, flags: list[str], fragment: str) -> None:
     (tmp_path / "a-file").write_text("not a folder")
@@ -121,3 +128,15 @@ def test_commands_leave_with_a_frozen_heap_and_their_own_exit_code(body: str, co
     for command in ("tuner.run", "tuner.promote", "tuner.report", "tuner.predict", "tuner.train"):
         module = ROOT / "tuner" / (command.split(".")[1] + ".py")
         assert "run_then_exit_quickly(main)" in module.read_text(), f"{command}'s __main__ does not use it"
+
+
+def test_ctrl_c_outside_a_commands_own_handler_is_one_line_and_the_shells_code(capsys) -> None:
+    from tuner.errors import exit_on_user_error
+
+    @exit_on_user_error
+    def command() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        command()
+    assert exit_.value.code == 130 and capsys.readouterr().err == "interrupted\n"

@@ -126,6 +126,41 @@ def test_subset_must_be_positive(data_dir: Path) -> None:
         load_splits(data_dir, val_size=50, subset=0, download=False)
 
 
+@pytest.mark.parametrize("val_size", [1, 9])
+def test_val_size_below_one_image_per_class_is_refused_with_the_bound_the_flags_use(val_size: int) -> None:
+    images = indexed_images(np.arange(300) % 10)
+    with pytest.raises(UserError, match=rf"val_size={val_size} must be between 10 \(one per class\) and 299"):
+        split_train_val(images, val_size)
+
+
+def test_subset_above_the_training_split_is_refused_not_trained_on_fewer(data_dir: Path) -> None:
+    left = N_TRAIN - 50
+    assert len(load_splits(data_dir, val_size=50, subset=left, download=False).train) == left  # all of them: fine
+    with pytest.raises(UserError) as caught:
+        load_splits(data_dir, val_size=50, subset=left + 1, download=False)
+    message = str(caught.value)
+    assert f"subset={left + 1} asks for more training images than the {left} left" in message
+    assert str(data_dir / BATCH_DIR) in message and f"give at most {left}" in message
+
+
+def test_val_size_a_class_cannot_give_is_refused_not_a_smaller_split() -> None:
+    labels = np.arange(300) % 10
+    labels[labels == 3] = 4
+    labels[:5] = 3  # class 3: 5 images, but 100 validation images ask 10 of each class
+    with pytest.raises(UserError, match="val_size=100 needs 10 validation images of class 3, which has 5"):
+        split_train_val(indexed_images(labels), 100)
+
+
+def test_split_errors_spell_the_settings_as_the_caller_names_them(data_dir: Path) -> None:
+    def as_flag(name: str, value: object) -> str:
+        return f"--{name.replace('_', '-')} {value}"
+
+    with pytest.raises(UserError, match=r"^--val-size 5000 must be between 10"):
+        load_splits(data_dir, val_size=5000, download=False, named=as_flag)
+    with pytest.raises(UserError, match=r"^--subset 1000 asks for more .* after --val-size 50;"):
+        load_splits(data_dir, val_size=50, subset=1000, download=False, named=as_flag)
+
+
 def test_test_split_is_none_without_test_batch(tmp_path: Path) -> None:
     write_synthetic_cifar10(tmp_path, n_train=20, n_test=0)
     assert load_test(tmp_path) is None

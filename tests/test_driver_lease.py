@@ -88,13 +88,20 @@ def test_of_two_drivers_claiming_at_once_one_is_refused(state: SweepState, monke
 
 
 def test_the_dry_run_of_a_resume_says_whether_a_driver_holds_the_sweep(tmp_path: Path, monkeypatch, capsys) -> None:
+    import optuna
+
     from tuner.run import main
     from tuner.space import SPACES_DIR
-    from tuner.sweep_state import SPACE_COPY
+    from tuner.sweep_state import SPACE_COPY, STUDY_FILE
 
     monkeypatch.chdir(tmp_path)
     state = SweepState(str(tmp_path / "runs"), "s")
     state.write_bytes(SPACE_COPY, (SPACES_DIR / "smoke.yaml").read_bytes())
+    # what the dry run of a --resume checks besides the lease: a study, and Ray's state that this sweep wrote
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'runs' / '_driver' / 's' / STUDY_FILE}", study_name="s")
+    (tmp_path / "runs" / "s").mkdir()
+    (tmp_path / "runs" / "s" / "experiment_state-2026-12-06_12-00-00.json").write_text('{"trial_data": []}')
+    state.record_ray_file("experiment_state-2026-12-06_12-00-00.json")
     main(["--resume", "s", "--storage", str(tmp_path / "runs"), "--dry-run"])
     assert "driver: none holds this sweep now; a --resume takes it over" in capsys.readouterr().out
     lease = DriverLease(state, "s").claim()

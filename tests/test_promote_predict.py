@@ -280,3 +280,219 @@ def test_classify_matches_argmax_of_the_network():
         expected = torch.softmax(model(preprocess(images)), 1)
     assert (indices == expected.argmax(1).numpy()).all()
     assert np.allclose(probabilities, expected.max(1).values.numpy(), atol=1e-6)
+
+
+# --- robustness: damaged checkpoints, models, tags and data are one-line errors; a failed promote changes nothing
+
+
+def tiny_checkpoint(widths: tuple[int, int, int] = (8, 16, 32)) -> dict:
+    """A checkpoint as `fit` writes it, of an untrained tiny network: every key resuming restores."""
+    from tuner.model import build_model
+
+    config = TrainConfig(widths=widths, blocks=(1, 1, 1), batch_size=50, warmup_epochs=0.0, epochs=1)
+    model = build_model(config)
+    return {"format": 1, "config": config.to_dict(), "epoch": 1, "model": model.state_dict(),
+            "optimizer": torch.optim.SGD(model.parameters(), lr=0.1).state_dict(),
+            "schedule": {"scale": 1.0, "best": 0.0, "bad": 0},
+            "rng": {"generator": torch.Generator().get_state(), "torch": torch.get_rng_state()}, "history": []}
+
+
+def test_checkpoint_contents_that_do_not_fit_are_one_error_naming_it(tmp_path):
+    from tuner.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+    from tuner.errors import UserError
+
+    whole = tiny_checkpoint()
+    model_from_checkpoint(whole)
+    load_checkpoint(save_checkpoint(whole, tmp_path / "whole.pt"), resumable=True)
+    cut = {**whole, "model": dict(list(whole["model"].items())[:-3])}
+    widened = {**whole, "config": {**whole["config"], "widths": [16, 16, 16]}}
+    for label, state in (("cut", cut), ("emptied", {**whole, "model": {}}), ("widened", widened),
+                         ("not a dict", {**whole, "model": [1, 2]})):
+        with pytest.raises(UserError) as error:
+            model_from_checkpoint(state, f"checkpoint {label}.pt")
+        message = str(error.value)
+        assert len(message.splitlines()) == 1 and message.startswith(f"checkpoint {label}.pt: its 'model' weights"), \
+            message
+        assert "do not fit" in message and "give a checkpoint written by tuner" in message
+        with pytest.raises(UserError, match=f"checkpoint {label}.pt"):  # resuming checks the same
+            load_checkpoint(save_checkpoint(state, tmp_path / f"{label}.pt"), f"checkpoint {label}.pt",
+                            resumable=True)
+    for key in ("optimizer", "schedule", "rng", "history", "epoch"):
+        path = save_checkpoint({k: v for k, v in whole.items() if k != key}, tmp_path / f"no-{key}.pt")
+        load_checkpoint(path)  # readable: its weights still predict
+        with pytest.raises(UserError, match=f"no-{key}.pt cannot be resumed: it has no '{key}'.*without --resume"):
+            load_checkpoint(path, resumable=True)
+    other_optimizer = {**whole, "optimizer": {"state": {}, "param_groups": [{"params": [0, 1]}]}}
+    with pytest.raises(UserError, match="'optimizer' state does not match"):
+        load_checkpoint(save_checkpoint(other_optimizer, tmp_path / "opt.pt"), resumable=True)
+
+
+def test_evaluating_on_no_images_is_a_user_error():
+    from tuner.data import ImageSet
+    from tuner.errors import UserError
+    from tuner.evaluate import evaluate_images
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    empty = ImageSet(np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64))
+    with pytest.raises(UserError, match="0 images"):
+        evaluate_images(model, empty, device="cpu")
+
+
+def register_checkpoint(registry: Registry, content: bytes, tmp_path: Path) -> str:
+    """A new version of the registry's model whose run holds `content` as its training checkpoint."""
+    client = registry.client
+    run = client.create_run(client.get_experiment_by_name("tuner").experiment_id, run_name="hand-made")
+    folder = tmp_path / uuid.uuid4().hex
+    folder.mkdir()
+    (folder / "checkpoint.pt").write_bytes(content)
+    client.log_artifact(run.info.run_id, str(folder / "checkpoint.pt"), "checkpoint")
+    client.set_terminated(run.info.run_id)
+    return client.create_model_version(registry.name, source=f"runs:/{run.info.run_id}/model",
+                                       run_id=run.info.run_id).version
+
+
+def good_checkpoint(registry: Registry, tmp_path: Path) -> dict:
+    uri = registry.client.get_model_version(registry.name, registry.good).tags["checkpoint_uri"]
+    path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path), tracking_uri=registry.uri)
+    return torch.load(path, weights_only=True)
+
+
+def saved(state: dict, tmp_path: Path) -> bytes:
+    path = tmp_path / f"{uuid.uuid4().hex}.pt"
+    torch.save(state, path)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def broken_versions(registry, tmp_path_factory) -> dict[str, str]:
+    """Versions of the registry's model whose checkpoints are damaged, by kind of damage."""
+    tmp = tmp_path_factory.mktemp("broken")
+    whole = good_checkpoint(registry, tmp)
+    whole_bytes = saved(whole, tmp)
+    contents = {
+        "truncated": whole_bytes[: len(whole_bytes) // 2],
+        "zero-byte": b"",
+        "cut": saved({**whole, "model": dict(list(whole["model"].items())[:-4])}, tmp),
+        "widened": saved({**whole, "config": {**whole["config"], "widths": [16, 16, 32]}}, tmp),
+    }
+    return {kind: register_checkpoint(registry, content, tmp) for kind, content in contents.items()}
+
+
+def test_a_damaged_candidate_checkpoint_is_one_line_naming_its_version(registry, broken_versions, capsys):
+    reset_champion(registry)
+    for kind, version in broken_versions.items():
+        line = user_error(capsys, lambda v=version: run_promote(registry, "--version", v))
+        assert f"version {version} of '{registry.name}'" in line and "runs:/" in line, (kind, line)
+        assert "/tmp" not in line and "--version" in line, (kind, line)
+        assert "loading state_dict" not in line and "KeyError" not in line, (kind, line)
+        assert not any(key.startswith("eval.") for key in
+                       registry.client.get_model_version(registry.name, version).tags), kind
+    assert champion(registry) is None
+
+
+def test_a_failed_promote_changes_nothing_and_force_keeps_the_lineage(registry, broken_versions, capsys):
+    client, broken = registry.client, broken_versions["truncated"]
+    client.set_registered_model_alias(registry.name, "champion", broken)
+    for key in list(client.get_model_version(registry.name, registry.good).tags):
+        if key.startswith(("eval.", "promoted.")):
+            client.delete_model_version_tag(registry.name, registry.good, key)
+    before = client.get_model_version(registry.name, registry.good).tags
+    line = user_error(capsys, lambda: run_promote(registry, "--version", registry.good))
+    assert f"cannot evaluate the current champion (version {broken})" in line and "--force" in line
+    assert client.get_model_version(registry.name, registry.good).tags == before  # no eval.* written
+    assert champion(registry) == broken
+
+    run_promote(registry, "--version", registry.good, "--force")
+    out, err = capsys.readouterr()
+    assert champion(registry) == registry.good
+    assert f"replaced version {broken}, which could not be evaluated" in out and "no champion before" not in out
+    tags = client.get_model_version(registry.name, registry.good).tags
+    assert tags["promoted.over"] == str(broken) and "eval.test_acc" in tags
+    assert "Downloading artifacts" not in err and "%|" not in err  # MLflow's progress bars are off
+
+
+def test_a_val_acc_tag_that_is_not_a_number_is_one_line(registry, capsys):
+    reset_champion(registry)
+    client = registry.client
+    original = client.get_model_version(registry.name, registry.good).tags["val_acc"]
+    try:
+        for bad in ("abc", "nan", "7"):
+            client.set_model_version_tag(registry.name, registry.good, "val_acc", bad)
+            line = user_error(capsys, lambda: run_promote(registry, "--version", registry.good, "--allow-val",
+                                                          data_dir=registry.no_test_dir))
+            assert f"version {registry.good} of '{registry.name}' has tag val_acc='{bad}'" in line
+        # the same tag on the champion: refused without --force, replaced (and recorded) with it
+        client.set_registered_model_alias(registry.name, "champion", registry.good)
+        line = user_error(capsys, lambda: run_promote(registry, "--version", registry.bad, "--allow-val",
+                                                      data_dir=registry.no_test_dir))
+        assert "cannot evaluate the current champion" in line and "val_acc='7'" in line
+        assert champion(registry) == registry.good
+    finally:
+        client.set_model_version_tag(registry.name, registry.good, "val_acc", original)
+
+
+def test_bad_test_data_is_one_line(registry, tmp_path, capsys):
+    import pickle
+
+    empty = tmp_path / "empty" / "cifar-10-batches-py"
+    empty.mkdir(parents=True)
+    with open(empty / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, f)
+    line = user_error(capsys, lambda: run_promote(registry, "--version", registry.good, data_dir=empty.parent))
+    assert "holds 0 images" in line and "test_batch" in line
+
+    garbage = tmp_path / "garbage" / "cifar-10-batches-py"
+    garbage.mkdir(parents=True)
+    (garbage / "test_batch").write_bytes(b"\x00not a pickle")
+    line = user_error(capsys, lambda: run_promote(registry, "--version", registry.good, data_dir=garbage.parent))
+    assert "test_batch" in line and "run again to download" not in line  # promote never downloads
+
+    a_file = tmp_path / "smoke.yaml"
+    a_file.write_text("parameters: {}\n")
+    line = user_error(capsys, lambda: run_promote(registry, "--version", registry.good, data_dir=a_file))
+    assert f"--data-dir {a_file} is a file, not a folder" in line
+    line = user_error(capsys, lambda: run_promote(registry, "--version", registry.good,
+                                                  data_dir=tmp_path / "nowhere"))
+    assert f"--data-dir {tmp_path / 'nowhere'} does not exist" in line and "--allow-val" in line
+
+
+def test_predict_says_what_is_wrong_with_a_model_or_image_path(registry, tmp_path, capsys, monkeypatch):
+    png = tmp_path / "a.png"
+    Image.fromarray(load_test(registry.data_dir).images[0]).save(png)
+    with mlflow_globals(registry.uri):  # models:/ resolves through the registry URI
+        model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{registry.name}/{registry.good}",
+                                                             dst_path=str(tmp_path / "model")))
+    weights = next((model_dir / "data").glob("model.*"))
+
+    def predict_line(model_uri: str | Path, *images: Path) -> str:
+        return user_error(capsys, lambda: predict.main([*(str(i) for i in images or (png,)), "--model-uri",
+                                                        str(model_uri), "--mlflow-uri", registry.uri]))
+
+    # the model's files cannot be loaded: one line naming the URI, whatever the loader raised
+    weights.write_bytes(weights.read_bytes()[:1000])
+    line = predict_line(model_dir)
+    assert f"cannot load model {model_dir}: its files are damaged" in line and "promote another version" in line
+    (model_dir / "MLmodel").write_text("flavors: [unclosed\n  : -\n")
+    line = predict_line(model_dir)
+    assert f"cannot load model {model_dir}: its files are damaged" in line and "Error" in line
+
+    # not an MLflow model at all: say so, and what --model-uri takes
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save(tiny_checkpoint(), checkpoint)
+    state_dict = tmp_path / "weights.pt"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), state_dict)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for not_a_model in (checkpoint, state_dict, folder):
+        line = predict_line(not_a_model)
+        assert f"--model-uri {not_a_model} is a" in line and "not an MLflow model folder" in line
+        assert "models:/" in line and "MLmodel" in line
+    line = predict_line(f"runs:/{registry.client.get_model_version(registry.name, registry.good).run_id}/checkpoint")
+    assert "not an MLflow model (no MLmodel file there)" in line
+
+    # image paths: a folder, and an image too large to decode safely
+    line = predict_line(model_dir, tmp_path)
+    assert f"{tmp_path}: is a folder" in line
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32 x 32 = 1024 pixels > twice the limit
+    line = predict_line(model_dir, png)
+    assert "the image is too large (1,024 pixels" in line and "PNG or JPEG" not in line

@@ -1,7 +1,10 @@
 """tuner.report: a sweep's trials to Parquet/CSV and PNG plots, logged back to the sweep's parent run."""
 from __future__ import annotations
 
+import hashlib
+import random
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -48,11 +51,10 @@ def sweep(mlflow_server, tmp_path_factory) -> SweepRun:
 
 def test_report_writes_tables_and_plots_and_logs_them_to_the_sweep(sweep, tmp_path, capsys):
     out = tmp_path / "report"
-    report.main(["--sweep", sweep.sweep_name, "--out", str(out), "--mlflow-uri", sweep.uri,
-                 "--storage", str(tmp_path / "no-runs")])
+    report.main(["--sweep", sweep.sweep_name, "--out", str(out), "--mlflow-uri", sweep.uri, "--mlflow-only"])
     printed = capsys.readouterr().out
     assert "5 trials" in printed and "t002 w32-64-128" in printed  # the best trial
-    assert "no Optuna study" in printed and "importances from 5 trials (under 20)" in printed
+    assert "from MLflow alone" in printed and "importances from 5 trials (under 20)" in printed
 
     trials = pd.read_parquet(out / "trials.parquet")
     assert len(trials) == 5 and len(pd.read_csv(out / "trials.csv")) == 5
@@ -131,3 +133,137 @@ def test_an_out_folder_that_cannot_be_written_is_one_line_error(sweep, tmp_path,
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip()
     assert "\n" not in error and error.startswith(f"error: --out {tmp_path / where}: cannot write the report there")
+    assert f"{tmp_path / 'a-file'} is a file, not a folder" in error
+
+
+# ---------------------------------------------------------------------------------------------
+# what report reads and writes: damaged input is one line, and nothing recorded is changed
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith("error: "), error
+    return error
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _logged_report(sweep: SweepRun) -> set[tuple[str, int | None]]:
+    return {(a.path, a.file_size) for a in MlflowClient(sweep.uri).list_artifacts(sweep.run_id, "report")}
+
+
+@pytest.fixture(scope="module")
+def study_bytes(sweep, tmp_path_factory) -> dict[str, bytes]:
+    """Optuna study files: "sweep" holds the sweep's study (its five trials, lr sampled on a log scale);
+    "others" holds two studies of other names."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    folder = tmp_path_factory.mktemp("studies")
+    made = {}
+    for kind, names in (("sweep", [sweep.sweep_name]), ("others", ["other-a", "other-b"])):
+        url = f"sqlite:///{folder / kind}.db"
+        for name in names:
+            study = optuna.create_study(storage=url, study_name=name, direction="maximize")
+            for index in range(5):
+                study.add_trial(optuna.trial.create_trial(
+                    params={"lr": 0.02 * (index + 1)}, distributions={"lr": FloatDistribution(0.01, 0.4, log=True)},
+                    value=0.5, user_attrs={"ray_trial_id": f"t_{index}"}))
+        made[kind] = (folder / f"{kind}.db").read_bytes()
+    return made
+
+
+def _storage_with_study(tmp_path: Path, sweep: SweepRun, data: bytes) -> tuple[Path, Path]:
+    storage = tmp_path / "storage"
+    study = storage / "_driver" / sweep.sweep_name / "optuna.db"
+    study.parent.mkdir(parents=True)
+    study.write_bytes(data)
+    return storage, study
+
+
+def test_report_reads_the_sweeps_study_without_writing_it(sweep, study_bytes, tmp_path, capsys):
+    storage, study = _storage_with_study(tmp_path, sweep, study_bytes["sweep"])
+    before = _digest(study)
+    report.main(["--sweep", sweep.sweep_name, "--out", str(tmp_path / "out"), "--mlflow-uri", sweep.uri,
+                 "--storage", str(storage)])
+    printed = capsys.readouterr().out
+    assert f"optuna-dashboard sqlite:///{study.resolve()}" in printed and "no Optuna study" not in printed
+    assert _digest(study) == before and sorted(p.name for p in study.parent.iterdir()) == ["optuna.db"]
+
+
+@pytest.mark.parametrize("damage", ["empty", "random", "truncated", "other-studies", "not-optuna", "folder"])
+def test_a_damaged_study_is_one_line_error_and_is_left_as_it_was(sweep, study_bytes, tmp_path, capsys,
+                                                                    damage: str):
+    import sqlite3
+
+    whole = study_bytes["sweep"]
+    data = {"empty": b"", "random": random.Random(0).randbytes(8192), "truncated": whole[:len(whole) // 4],
+            "other-studies": study_bytes["others"], "not-optuna": b"", "folder": b""}[damage]
+    storage, study = _storage_with_study(tmp_path, sweep, data)
+    if damage == "not-optuna":
+        with sqlite3.connect(study) as db:
+            db.execute("create table notes (text)")
+    elif damage == "folder":
+        study.unlink()
+        study.mkdir()
+    before = None if damage == "folder" else _digest(study)
+    logged = _logged_report(sweep)
+    error = _one_line_error(capsys, ["--sweep", sweep.sweep_name, "--out", str(tmp_path / "out"),
+                                     "--mlflow-uri", sweep.uri, "--storage", str(storage)])
+    assert f"Optuna study {study}" in error and "restore it from a backup" in error, error
+    assert "--mlflow-only" in error
+    if before is not None:
+        assert _digest(study) == before  # reading never writes the sweep's record (Optuna's schema into it)
+    assert sorted(p.name for p in study.parent.iterdir()) == ["optuna.db"]
+    assert not (tmp_path / "out").exists() and _logged_report(sweep) == logged
+
+
+@pytest.mark.parametrize("where", ["missing", "a-file", "another-storage"])
+def test_a_storage_that_does_not_hold_the_sweep_is_one_line_error_and_logs_nothing(sweep, tmp_path, capsys,
+                                                                                   where: str):
+    """A wrong --storage would report without the study and replace the report logged to the sweep's run."""
+    storage = tmp_path / where
+    if where == "a-file":
+        storage.write_text("not a folder")
+    elif where == "another-storage":
+        (storage / "_driver" / "some-other-sweep").mkdir(parents=True)
+    logged = _logged_report(sweep)
+    error = _one_line_error(capsys, ["--sweep", sweep.sweep_name, "--out", str(tmp_path / "out"),
+                                     "--mlflow-uri", sweep.uri, "--storage", str(storage)])
+    assert str(storage) in error and "--storage" in error, error
+    if where == "another-storage":
+        assert f"holds no sweep '{sweep.sweep_name}'" in error and "some-other-sweep" in error
+    if where != "a-file":
+        assert "--mlflow-only" in error
+    assert not (tmp_path / "out").exists() and _logged_report(sweep) == logged
+
+
+def test_a_report_that_cannot_be_finished_leaves_the_earlier_one_as_it_was(sweep, study_bytes, tmp_path, capsys):
+    out = tmp_path / "out"
+    storage, _ = _storage_with_study(tmp_path, sweep, study_bytes["sweep"])
+    argv = ["--sweep", sweep.sweep_name, "--out", str(out), "--mlflow-uri", sweep.uri, "--storage", str(storage)]
+    report.main(argv)
+    (out / "trials.csv").unlink()
+    (out / "trials.csv").mkdir()  # in the way of the new trials.csv
+    earlier = {path.name: _digest(path) for path in out.iterdir() if path.is_file()}
+    capsys.readouterr()
+    logged = _logged_report(sweep)
+    error = _one_line_error(capsys, argv)
+    assert f"{out / 'trials.csv'}" in error and "folder" in error, error
+    assert {path.name: _digest(path) for path in out.iterdir() if path.is_file()} == earlier
+    assert sorted(path.name for path in out.iterdir() if path.is_dir()) == ["trials.csv"]  # no staging left
+    assert _logged_report(sweep) == logged
+
+
+def test_an_empty_out_is_one_line_error_and_writes_nothing(sweep, study_bytes, tmp_path, capsys, monkeypatch):
+    storage, _ = _storage_with_study(tmp_path / "elsewhere", sweep, study_bytes["sweep"])
+    monkeypatch.chdir(tmp_path)
+    error = _one_line_error(capsys, ["--sweep", sweep.sweep_name, "--out", "", "--mlflow-uri", sweep.uri,
+                                     "--storage", str(storage)])
+    assert "--out" in error and "empty" in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["elsewhere"]

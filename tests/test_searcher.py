@@ -136,6 +136,33 @@ def test_a_restarted_trial_tells_the_study_the_epochs_its_checkpoint_held(space)
     assert study.trials[-1].intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
 
 
+def test_warm_start_takes_trials_into_a_changed_space_in_its_terms(space, tmp_path: Path) -> None:
+    """lr searched as a log range before, as choices now; widths narrowed; a new parameter. The copied trials
+    carry the new space's distributions (Optuna's storage refuses two kinds for one name), and a trial with a
+    value the new space cannot take is skipped, not modelled."""
+    old = create_study(space, None, "old")
+    searcher = SpaceSearcher(space, old)
+    for index in range(6):
+        searcher.suggest(f"t{index}")
+        searcher.on_trial_complete(f"t{index}", {"val_acc": 0.1 * index, "epoch": 4})
+    finished = [t for t in old.trials if t.state == TrialState.COMPLETE]
+    kept_lr = finished[0].params["lr"]
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(textwrap.dedent(SPACE).replace(
+        "lr: {type: float, low: 0.01, high: 0.3, log: true}",
+        f"lr: {{choices: [{kept_lr!r}, 0.5]}}\n  momentum: {{type: float, low: 0.8, high: 0.95}}"))
+    new_space = load_space(changed)
+    new = create_study(new_space, None, "new")
+    copied, skipped = warm_start(new, old, new_space)
+    assert copied >= 1 and copied + skipped == len([t for t in old.trials if t.state != TrialState.RUNNING
+                                                    and t.state != TrialState.FAIL])
+    assert all(t.params["lr"] == kept_lr for t in new.trials)
+    assert all(isinstance(t.distributions["lr"], CategoricalDistribution) for t in new.trials)
+    # the new study samples on: the copied trials do not clash with the new space's distributions
+    next_searcher = SpaceSearcher(new_space, new)
+    assert next_searcher.suggest("next") is not None
+
+
 def test_warm_start_copies_finished_trials_with_their_params_and_curves(space) -> None:
     old = create_study(space, None, "old")
     searcher = SpaceSearcher(space, old)
@@ -150,7 +177,7 @@ def test_warm_start_copies_finished_trials_with_their_params_and_curves(space) -
     assert searcher.rejected > 0  # infeasible samples are PRUNED too: they teach the new sweep's TPE as well
 
     new = create_study(space, None, "new")
-    assert warm_start(new, old) == 2 + searcher.rejected  # not the FAIL or RUNNING ones
+    assert warm_start(new, old, space) == (2 + searcher.rejected, 0)  # not the FAIL or RUNNING ones
     assert all(t.user_attrs["warm_start_from"] == "old" for t in new.trials)
     by_id = {t.user_attrs["ray_trial_id"]: t for t in new.trials if "ray_trial_id" in t.user_attrs}
     assert set(by_id) == {"stopped", "finished"}

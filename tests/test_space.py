@@ -135,6 +135,26 @@ BAD_FILES = {
                              + "final: {epochs: 1}\n",
                              r"final.epochs=1 is too few for this space: with 1 epoch, ema_epochs=2.0 is invalid.*"
                              "raise final.epochs or lower ema_epochs"),
+    # values Ray or Optuna would take another way than written, or refuse only after launch
+    "cpus_finer_than_ray_counts": (VALID + "resources: {cpus: 0.000001}\n",
+                                   r"resources.cpus=1e-06 has more decimals than Ray counts resources in.*"
+                                   "round it to 0.0001"),
+    "gpus_finer_than_ray_counts": (VALID + "resources: {gpus: 0.33333}\n", "round it to 0.3333"),
+    "step_not_dividing_the_range": (VALID.replace("high: 0.95,", "high: 0.95, step: 0.1,"),
+                                    r"step 0.1 does not divide the range 0.8 to 0.95 \(Optuna would end it at 0.9\); "
+                                    "set high to 0.9 or 1"),
+    "int_step_not_dividing_the_range": (VALID.replace("low: 8, high: 64, step: 8", "low: 8, high: 60, step: 8"),
+                                        "step 8 does not divide the range 8 to 60.*set high to 56 or 64"),
+    "step_too_fine_to_be_a_grid": (VALID.replace("high: 0.95,", "high: 0.95, step: 1e-30,"),
+                                   "step 1e-30 makes more than 1,000,000,000 values"),
+    "choices_the_same_once_read": (VALID.replace("[sgd, adamw]", "[sgd, adamw]\n  flip: [true, 'true']"),
+                                   "choices true and 'true' are the same flip once read"),
+    "condition_on_epochs_never_holds": (VALID.replace("when: {optimizer: sgd}", "when: {epochs: 99}"),
+                                        "condition epochs=99 never holds: every trial has scheduler.max_epochs = 9"),
+    "mode_against_the_metric": (VALID + "metric: val_loss\nmode: max\n",
+                                "mode: max with metric: val_loss would search for the worst loss; use mode: min"),
+    "name_starting_with_a_dot": (VALID.replace("name: t", "name: .hidden"), "starting with a letter or digit"),
+    "control_character": (VALID.replace("name: t", "name: a\x00b"), "YAML syntax error.*unacceptable character"),
 }
 
 
@@ -191,3 +211,12 @@ def test_constraint_violation_is_computed_analytically(tmp_path: Path) -> None:
     small, large = space.corner_configs()
     assert space.constraints.violation(small) is None
     assert count_params(large) > 300_000 and "max_params" in space.constraints.violation(large)
+
+
+def test_a_space_path_that_is_not_a_regular_file_is_named_as_such(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "space.yaml"
+    os.mkfifo(fifo)  # reading it would block until a writer comes
+    with pytest.raises(UserError, match="is not a regular file, so it is not read as a space file"):
+        load_space(fifo)

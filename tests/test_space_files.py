@@ -257,7 +257,7 @@ def test_did_you_mean_covers_close_names_and_other_tools_names(tmp_path: Path, t
     (VALID.replace("  lr:", "  ema_epochs: {type: float, low: 0, high: 20}\n  lr:"), "bound 20.0 is invalid"),
     (VALID.replace("[sgd, adamw]", "[sgd, sgd]"), "listed twice"),
     (VALID.replace("low: 0.01, high: 0.5, log: true", "low: 0.01, high: 0.5, step: 1.0"), "wider than the range"),
-    ("name: ../../etc\n" + VALID, "name='../../etc' must be letters"),
+    ("name: ../../etc\n" + VALID, "name='../../etc' must be 1-64 letters"),
     ("fixed:\n  lr: 0.1\n  lr: 0.2\n", "repeats the one on line 2"),
     ("", "got an empty file"),
     ("- lr\n", "a space file is a mapping"),

@@ -283,3 +283,54 @@ def test_a_restarted_trial_continues_from_its_newest_stored_checkpoint_not_an_ol
     assert newest_checkpoint(current, str(experiment), "abc") is current
     assert newest_checkpoint(None, str(experiment), "new") is None
     assert newest_checkpoint(restored, "", "abc") is restored  # no storage known: Ray's choice
+
+
+def test_a_resumed_sweep_keeps_the_trial_budget_its_first_driver_was_given(tmp_path: Path) -> None:
+    """--trials is stored beside the space copy (SPACE_OVERRIDES): a --resume runs the budget the sweep started
+    with, not the file's; a damaged record is one line naming it."""
+    from tuner.run import stored_space
+    from tuner.space import SPACES_DIR
+    from tuner.sweep_state import SPACE_OVERRIDES
+
+    state = SweepState(str(tmp_path), "s")
+    copy = (SPACES_DIR / "smoke.yaml").read_bytes()
+    assert stored_space(state, copy).budget.trials == 6  # the file's budget
+    state.write_bytes(SPACE_OVERRIDES, json.dumps({"trials": 2}).encode())
+    assert stored_space(state, copy).budget.trials == 2
+    state.write_bytes(SPACE_OVERRIDES, b"{not json")
+    with pytest.raises(UserError, match=f"{SPACE_OVERRIDES} is damaged"):
+        stored_space(state, copy)
+
+
+def test_a_damaged_stored_space_copy_is_named_where_it_is_stored(tmp_path: Path) -> None:
+    from tuner.run import stored_space
+
+    state = SweepState(str(tmp_path), "s")
+    with pytest.raises(UserError) as refused:
+        stored_space(state, b"parameters:\n  lr: {type: float, low: 0.1\n")
+    assert str(tmp_path / "_driver" / "s" / "space.yaml") in str(refused.value)
+    assert str(state.workdir) not in str(refused.value) and "stored copy" in str(refused.value)
+
+
+def test_warm_start_from_a_sweep_of_another_metric_is_refused_before_anything_is_written(tmp_path: Path,
+                                                                                        capsys) -> None:
+    from tuner.run import main
+    from tuner.space import SPACES_DIR
+
+    earlier = SweepState(str(tmp_path / "runs"), "acc")
+    earlier.write_bytes("space.yaml", (SPACES_DIR / "smoke.yaml").read_bytes())
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'runs' / '_driver' / 'acc' / 'optuna.db'}", study_name="acc")
+    loss = tmp_path / "loss.yaml"
+    loss.write_text((SPACES_DIR / "smoke.yaml").read_text().replace("metric: val_acc", "metric: val_loss")
+                    .replace("mode: max", "mode: min"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--space", str(loss), "--warm-start", "acc", "--storage", str(tmp_path / "runs"), "--dry-run"])
+    assert exit_.value.code == 2
+    assert "that sweep optimised val_acc (max), this space optimises val_loss (min)" in capsys.readouterr().err
+
+
+def test_a_default_sweep_name_fits_the_names_resume_accepts() -> None:
+    from tuner.run import check_sweep_name, default_sweep_name
+
+    name = default_sweep_name("a" * 64)
+    assert len(name) <= 64 and check_sweep_name("--resume", name) == name

@@ -293,3 +293,14 @@ def test_store_opened_meanwhile_creates_the_schema_and_is_joined_however_the_bod
     assert {"experiments", "runs", "registered_models"} <= tables, sorted(tables)
     with tracking.store_opened_meanwhile(f"sqlite:///{tmp_path / 'missing' / 'folder' / 'mlflow.db'}"):
         pass
+
+
+def test_a_reader_of_an_empty_store_file_is_refused_and_the_file_left_empty(tmp_path):
+    from tuner.errors import UserError
+    from tuner.tracking import open_client
+
+    empty = tmp_path / "mlflow.db"
+    empty.touch()
+    with pytest.raises(UserError, match="is empty: no sweep has logged there"):
+        open_client(f"sqlite:///{empty}")
+    assert empty.stat().st_size == 0  # MLflow would have written its tables into it

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from tuner.checkpoint import load_checkpoint
-from tuner.data import BATCH_DIR, write_synthetic_cifar10
+from tuner.data import BATCH_DIR, TEST_FILE, write_synthetic_cifar10
+from tuner.errors import UserError
+from tuner.train_command import ValueSources, build_config, check_batch_size
 
 TIMEOUT_S = 120
 TINY_FLAGS = ["--widths", "8,16", "--blocks", "1,1", "--batch-size", "32", "--warmup-epochs", "0.5",
@@ -118,6 +121,9 @@ class BadRuns:
 def bad_runs(with_test: Path, tmp_path_factory: pytest.TempPathFactory) -> BadRuns:
     """All bad invocations, started together: each only imports torch and stops, so they overlap well."""
     root = tmp_path_factory.mktemp("bad-runs")
+    truncated_test = root / "truncated-test"
+    test_batch = write_synthetic_cifar10(truncated_test, n_train=200, n_test=50) / TEST_FILE
+    test_batch.write_bytes(test_batch.read_bytes()[:5000])
     blocker = root / "not-a-folder"  # a data dir under a plain file: the download fails at once, offline or not
     blocker.write_text("")
     (root / "typo.yaml").write_text("lrr: 0.1\n")
@@ -145,6 +151,14 @@ def bad_runs(with_test: Path, tmp_path_factory: pytest.TempPathFactory) -> BadRu
         "negative-split-seed": ["--data-dir", with_test, *TINY_FLAGS, "--epochs", "1", "--split-seed", "-1"],
         # writable by permissions for root, but no file can be made there
         "out-unwritable": ["--data-dir", with_test, *TINY_FLAGS, "--epochs", "1", "--out", "/proc/tuner/final.pt"],
+        "widths-without-blocks": ["--data-dir", with_test, "--widths", "8,8"],
+        "val-size-above-images": ["--data-dir", with_test, *TINY_FLAGS, "--val-size", "5000", "--epochs", "1"],
+        "subset-above-images": ["--data-dir", with_test, *TINY_FLAGS, "--subset", "1000", "--epochs", "1"],
+        "batch-above-images": ["--data-dir", with_test, *TINY_FLAGS, "--batch-size", "5000", "--epochs", "1"],
+        "flag-without-effect": ["--data-dir", with_test, *TINY_FLAGS, "--epochs", "1", "--no-flip",
+                                "--alternate-flip"],
+        "truncated-test-batch": ["--data-dir", truncated_test, *TINY_FLAGS, "--epochs", "1",
+                                 "--out", root / "truncated-run" / "final.pt"],
     }
     running = {name: start_train(*args, cwd=root) for name, args in cases.items()}
     return BadRuns(root, {name: finish(process) for name, process in running.items()})
@@ -182,12 +196,24 @@ def test_impossible_flags_are_one_line_errors_and_nothing_is_trained(bad_runs: B
     ("out-directory", ["is a directory; give a file path"]),
     ("out-unwritable", ["--out /proc/tuner/final.pt", "choose a writable path"]),
     ("negative-split-seed", ["--split-seed -1 must be a whole number from 0"]),
+    # a rule between two values blames the one the user gave, and names the other
+    ("widths-without-blocks", ["flags: widths=[8, 8] does not fit the default blocks=[2, 2, 2]",
+                               "widths has 2 stages and blocks 3: give blocks with 2 values"]),
+    # the flag's name, and the lower bound the flag check has (10: one image per class)
+    ("val-size-above-images", ["--val-size 5000 must be between 10 (one per class) and 199 (the 200 training"]),
+    ("subset-above-images", ["--subset 1000 asks for more training images than the 160 left", "give at most 160"]),
+    ("batch-above-images", ["--batch-size 5000 is more than the 160 training images", "--batch-size 160 or less"]),
+    ("flag-without-effect", ["--alternate-flip has no effect with flip=false (flags)", "drop --alternate-flip"]),
+    # found before training, not after a finished run was saved
+    ("truncated-test-batch", [f"{TEST_FILE} is not a readable CIFAR-10 batch"]),
 ])
 def test_bad_paths_devices_and_files_are_one_line_errors_before_training(bad_runs: BadRuns, case: str,
                                                                          fragments: list[str]) -> None:
     result = bad_runs.results[case]
-    assert_one_line_error(result, *fragments)
+    line = assert_one_line_error(result, *fragments)
     assert not epoch_lines(result.stdout)  # refused before any training
+    assert "is invalid" not in line  # no value the user never gave is called invalid
+    assert "saved" not in result.stdout
 
 
 def test_every_problem_of_a_config_file_is_reported_with_its_line(bad_runs: BadRuns) -> None:
@@ -215,3 +241,115 @@ def test_resume_continues_the_checkpoints_config_and_refuses_contradicting_flags
     clash = run_train("--data-dir", with_test, "--val-size", "40", "--device", "cpu", "--resume", first,
                       "--widths", "16,32", cwd=tmp_path)
     assert_one_line_error(clash, "flags: widths=[16, 32] contradicts the checkpoint", "widths=[8, 16]")
+
+
+# --- flags that cannot act as typed (each pair: the flag and the setting that makes it do nothing) -------------
+
+
+@pytest.mark.parametrize(("flags", "fragments"), [
+    ({"optimizer": "adam", "momentum": "0.5"}, ["--momentum 0.5 has no effect with optimizer=adam (flags)",
+                                                "drop --momentum 0.5 or change --optimizer"]),
+    ({"optimizer": "adamw", "nesterov": True}, ["--nesterov has no effect with optimizer=adamw (flags)"]),
+    ({"momentum": "0", "nesterov": True}, ["--nesterov has no effect with momentum=0.0 (flags)"]),
+    ({"plateau_patience": "9"}, ["--plateau-patience 9 has no effect with schedule=onecycle (the default)",
+                                 "change --schedule"]),
+    ({"schedule": "cosine", "plateau_factor": "0.3"}, ["--plateau-factor 0.3 has no effect with schedule=cosine"]),
+    ({"flip": False, "alternate_flip": True}, ["--alternate-flip has no effect with flip=false (flags)"]),
+    ({"weight_decay": "0", "bn_bias_decay": True}, ["--bn-bias-decay has no effect with weight_decay=0.0 (flags)"]),
+    ({"epochs": "2", "final_plain_epochs": "2", "color_jitter": "0.2"},
+     ["--color-jitter 0.2 has no effect with final_plain_epochs=2 (flags), epochs=2 (flags)"]),
+    ({"epochs": "1", "final_plain_epochs": "1", "crop_padding": "4"}, ["--crop-padding 4 has no effect"]),
+    ({"warmup_epochs": "5", "epochs": "1"},
+     ["flags: --warmup-epochs 5.0 is longer than the run, epochs=1 (flags)", "give --warmup-epochs 1 or less"]),
+])
+def test_a_flag_that_cannot_act_under_the_other_settings_is_refused_naming_both(flags: dict,
+                                                                                fragments: list[str]) -> None:
+    with pytest.raises(UserError) as caught:
+        build_config({}, flags, None)
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1, message
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize("flags", [
+    {"optimizer": "adam", "nesterov": False},  # switching off what the optimizer lacks is no contradiction
+    {"flip": False, "alternate_flip": False},
+    {"epochs": "2", "final_plain_epochs": "2", "flip": False, "crop_padding": "0"},
+    {"optimizer": "sgd", "momentum": "0.5", "nesterov": True, "schedule": "plateau", "plateau_patience": "3"},
+    {"warmup_epochs": "1", "epochs": "1"},
+])
+def test_flags_that_act_or_switch_off_are_accepted(flags: dict) -> None:
+    build_config({}, flags, None)
+
+
+def test_values_from_a_config_file_may_be_unused_as_in_a_space(tmp_path: Path) -> None:
+    # A config exported from a sweep where momentum was fixed and the optimizer searched: legal, as in the space.
+    config = build_config({"optimizer": "adam", "momentum": 0.9, "plateau_patience": 9}, {}, "best.yaml")
+    assert config.optimizer == "adam" and config.momentum == 0.9
+    # ... but a flag typed against the file's optimizer does nothing, and says which line decides it
+    with pytest.raises(UserError, match=r"--momentum 0.5 has no effect with optimizer=adam \(best.yaml\)"):
+        build_config({"optimizer": "adam"}, {"momentum": "0.5"}, "best.yaml")
+
+
+def test_a_batch_size_not_typed_that_exceeds_the_images_is_stated(capsys: pytest.CaptureFixture[str]) -> None:
+    check_batch_size(build_config({}, {}, None), 100, ValueSources({}, {}))
+    assert "note: batch_size=256 (the default) is more than the 100 training images" in capsys.readouterr().out
+
+
+# --- resuming: the checkpoint's epochs and data split ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_epoch(with_test: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint after one epoch of TINY_FLAGS (--val-size 40 of the 200 images)."""
+    out = tmp_path_factory.mktemp("one-epoch") / "first.pt"
+    result = run_train("--data-dir", with_test, *TINY_FLAGS, "--epochs", "1", "--out", out, cwd=out.parent)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_resume_refuses_epochs_that_leave_nothing_to_train_and_saves_nothing(one_epoch: Path, with_test: Path,
+                                                                             tmp_path: Path) -> None:
+    out = tmp_path / "again.pt"
+    common = ["--data-dir", with_test, "--device", "cpu", "--resume", one_epoch, "--out", out]
+    lower, unchanged = start_train(*common, "--epochs", "1", cwd=tmp_path), start_train(*common, cwd=tmp_path)
+    assert_one_line_error(finish(lower), "flags: --epochs 1 is not above the 1 epoch", "give --epochs 2 or more")
+    assert_one_line_error(finish(unchanged), f"checkpoint {one_epoch} has trained all 1 epoch",
+                          "give --epochs 2 or more")
+    assert not out.exists()
+
+
+def test_resume_keeps_the_checkpoints_split_and_refuses_another(one_epoch: Path, with_test: Path,
+                                                                tmp_path: Path) -> None:
+    assert load_checkpoint(one_epoch)["split"] == {"val_size": 40, "split_seed": 0, "subset": None,
+                                                   "fingerprint": load_checkpoint(one_epoch)["split"]["fingerprint"]}
+    other_data = tmp_path / "other-data"
+    write_synthetic_cifar10(other_data, n_train=200, seed=7)
+    common = ["--device", "cpu", "--resume", one_epoch, "--epochs", "2", "--out", tmp_path / "refused.pt"]
+    other_split = start_train("--data-dir", with_test, *common, "--val-size", "60", "--split-seed", "5", cwd=tmp_path)
+    other_images = start_train("--data-dir", other_data, *common, cwd=tmp_path)
+    out = tmp_path / "second.pt"
+    same = run_train("--data-dir", with_test, "--device", "cpu", "--resume", one_epoch, "--epochs", "2",
+                     "--out", out, cwd=tmp_path)  # no split flags: the checkpoint's split
+    assert same.returncode == 0, same.stderr
+    assert "train 160 / val 40 images" in same.stdout
+    assert load_checkpoint(out)["split"] == load_checkpoint(one_epoch)["split"]
+    assert_one_line_error(finish(other_split), "flags: --val-size 60 --split-seed 5 differ from the split",
+                          "(val_size=40, split_seed=0)", "leave --val-size --split-seed out")
+    assert_one_line_error(finish(other_images), f"--data-dir {other_data} holds other images than checkpoint")
+    assert not (tmp_path / "refused.pt").exists()
+
+
+def test_resuming_a_checkpoint_without_a_split_record_says_so_and_records_it(one_epoch: Path, with_test: Path,
+                                                                            tmp_path: Path) -> None:
+    state = load_checkpoint(one_epoch)
+    recorded = state.pop("split")
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    out = tmp_path / "second.pt"
+    result = run_train("--data-dir", with_test, "--device", "cpu", "--val-size", "40", "--resume", old,
+                       "--epochs", "2", "--out", out, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"note: checkpoint {old} records no data split" in result.stdout
+    assert load_checkpoint(out)["split"] == recorded

@@ -4,6 +4,11 @@ A checkpoint is the dict `tuner.train.TrainingState.checkpoint` builds (and `res
 `format`, `config` (TrainConfig as a dict), `epoch`, `model` (the evaluated weights), `optimizer`,
 `schedule`, `rng`, `history`, and with a weight average `trained` + `averaged_steps`. Reading uses
 `torch.load(weights_only=True)`, so a planted file cannot run code.
+
+Reading checks only that `model` and `config` are there (bookkeeping reads just the history of checkpoints
+it finds). What a use needs beyond that is checked where it is used, each as one UserError naming the
+checkpoint: `load_weights` (weights that fit the config's network, for every use that builds one) and
+`require_resumable` (everything `fit(resume=...)` restores).
 """
 from __future__ import annotations
 
@@ -16,8 +21,12 @@ import torch
 from torch import nn
 
 from tuner.config import TrainConfig
-from tuner.errors import UserError
+from tuner.errors import UserError, excerpt
 from tuner.model import build_model
+
+# What to do about a checkpoint that is damaged, for callers that hold a checkpoint file the user named.
+CHECKPOINT_FIX = "give a checkpoint written by tuner (python -m tuner.train --out, or a trial's checkpoint.pt)"
+MAX_NAMES = 3  # parameter names an error lists before counting the rest
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
@@ -30,35 +39,133 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; tensors and plain values only (weights_only)."""
+def load_checkpoint(path: str | Path, name: str | None = None, fix: str = CHECKPOINT_FIX,
+                    resumable: bool = False) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`; tensors and plain values only (weights_only).
+
+    `name` is what errors call it (default `checkpoint PATH`: give a name when the path is a temporary copy
+    the user never saw), `fix` what they tell the user to do; `resumable` also checks `require_resumable`.
+    """
     path = Path(path)
+    name = name or f"checkpoint {path}"
     if path.is_dir():
-        raise UserError(f"checkpoint {path} is a directory: give the path of a .pt file written by tuner")
+        raise UserError(f"{name} is a directory, not a file: give the path of a .pt file written by tuner")
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist: give the path of a .pt file written by tuner")
-    return _checked(path, f"checkpoint {path}")
-
-
-def checkpoint_from_bytes(data: bytes, where: str) -> dict[str, Any]:
-    """A checkpoint read from storage as bytes (`where` names it in errors); as `load_checkpoint`."""
-    return _checked(io.BytesIO(data), f"checkpoint {where}")
-
-
-def _checked(source: Path | io.BytesIO, name: str) -> dict[str, Any]:
-    try:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise UserError(f"{name} cannot be read ({type(err).__name__}): it is corrupt or not a tuner checkpoint") \
-            from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"{name} is not a tuner checkpoint (no model/config inside)")
+        raise UserError(f"{name} does not exist: give the path of a .pt file written by tuner")
+    state = _checked(path, name, fix)
+    if resumable:
+        require_resumable(state, name, fix)
     return state
 
 
-def model_from_checkpoint(state: Mapping[str, Any]) -> tuple[nn.Module, TrainConfig]:
-    """The trained network (eval mode, CPU) and its config from a checkpoint dict."""
-    config = TrainConfig.from_dict(state["config"], source="checkpoint config")
+def checkpoint_from_bytes(data: bytes, where: str, fix: str = CHECKPOINT_FIX) -> dict[str, Any]:
+    """A checkpoint read from storage as bytes (`where` names it in errors); as `load_checkpoint`."""
+    return _checked(io.BytesIO(data), f"checkpoint {where}", fix)
+
+
+def _checked(source: Path | io.BytesIO, name: str, fix: str) -> dict[str, Any]:
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise UserError(f"{name} cannot be read ({type(err).__name__}): it is corrupt, truncated or not a tuner "
+                        f"checkpoint; {fix}") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"{name} is not a tuner checkpoint (no model/config inside); {fix}")
+    return state
+
+
+def checkpoint_config(state: Mapping[str, Any], name: str = "checkpoint", fix: str = CHECKPOINT_FIX) -> TrainConfig:
+    """The TrainConfig a checkpoint embeds; a bad one is ONE error line naming the checkpoint (the config's
+    own check lists every problem, one a line)."""
+    values = state.get("config")
+    if not isinstance(values, Mapping):
+        raise UserError(f"{name} holds no config (found {type(values).__name__}); {fix}")
+    try:
+        return TrainConfig.from_dict(values, source=f"{name} config")
+    except UserError as err:
+        problems = str(err).splitlines()
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}; the checkpoint is damaged or was edited: {fix}") from None
+
+
+def weight_problems(network: nn.Module, weights: object) -> list[str]:
+    """What keeps `weights` from loading into `network` exactly (strict): not a mapping of tensors, missing or
+    unexpected names, shapes that differ. [] when they fit."""
+    if not isinstance(weights, Mapping):
+        return [f"the weights are a {type(weights).__name__}, not a state dict"]
+    expected = network.state_dict()
+    missing = [key for key in expected if key not in weights]
+    unexpected = [excerpt(key, 40) for key in weights if key not in expected]  # names from the file: cut short
+    not_tensors = [key for key in expected if key in weights and not isinstance(weights[key], torch.Tensor)]
+    resized = [f"{key} is {list(weights[key].shape)}, the network's {list(value.shape)}"
+               for key, value in expected.items()
+               if key in weights and key not in not_tensors and weights[key].shape != value.shape]
+
+    def listed(what: str, names: list[str], shown: int = MAX_NAMES) -> list[str]:
+        if not names:
+            return []
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        return [f"{len(names)} {what} ({', '.join(names[:shown])}{more})"]
+
+    return [*listed("missing", missing), *listed("unexpected", unexpected), *listed("not tensors", not_tensors),
+            *listed("of another shape", resized, shown=1)]
+
+
+def require_weights_fit(network: nn.Module, weights: object, name: str = "checkpoint", fix: str = CHECKPOINT_FIX,
+                        part: str = "model") -> None:
+    """Weights (the checkpoint's `part`) that do not fit `network` exactly (cut, emptied, or from another
+    config) are one UserError naming the checkpoint, never torch's RuntimeError from load_state_dict."""
+    problems = weight_problems(network, weights)
+    if problems:
+        raise UserError(f"{name}: its '{part}' weights do not fit the network of its config "
+                        f"({'; '.join(problems)}): it is damaged or its config was edited; {fix}")
+
+
+def load_weights(network: nn.Module, weights: object, name: str = "checkpoint", fix: str = CHECKPOINT_FIX,
+                 part: str = "model") -> None:
+    """Load a checkpoint's weights into `network`, strictly, after `require_weights_fit`: the one checked way
+    weights reach a network."""
+    require_weights_fit(network, weights, name, fix, part)
+    network.load_state_dict(weights)  # type: ignore[arg-type]  # checked above: a mapping that fits
+
+
+def model_from_checkpoint(state: Mapping[str, Any], name: str = "checkpoint",
+                          fix: str = CHECKPOINT_FIX) -> tuple[nn.Module, TrainConfig]:
+    """The trained network (eval mode, CPU) and its config from a checkpoint dict; `name` and `fix` word the
+    error when the config or weights are bad."""
+    config = checkpoint_config(state, name, fix)
     model = build_model(config)
-    model.load_state_dict(state["model"])
+    load_weights(model, state.get("model"), name, fix)
     return model.eval(), config
+
+
+# What `fit(resume=...)` restores besides the weights, and the type each must have.
+_RESUMED: dict[str, type | tuple[type, ...]] = {
+    "epoch": int, "optimizer": Mapping, "schedule": Mapping, "rng": Mapping, "history": list,
+}
+
+
+def require_resumable(state: Mapping[str, Any], name: str = "checkpoint", fix: str = CHECKPOINT_FIX) -> None:
+    """Everything `fit(resume=state)` restores is there and fits the config's network, else one UserError
+    naming the checkpoint (not a KeyError or RuntimeError from the middle of restoring it)."""
+    config = checkpoint_config(state, name, fix)
+    for key, kind in _RESUMED.items():
+        if key not in state:
+            raise UserError(f"{name} cannot be resumed: it has no '{key}' (training state); {fix}, "
+                            f"or train from the start without --resume")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise UserError(f"{name} cannot be resumed: its '{key}' is a {type(state[key]).__name__}; {fix}")
+    rng = state["rng"]
+    if not all(isinstance(rng.get(key), torch.Tensor) for key in ("generator", "torch")):
+        raise UserError(f"{name} cannot be resumed: its 'rng' lacks the generator/torch states; {fix}")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation, no random numbers drawn
+        network = build_model(config)
+    for part in ("model", "trained"):
+        if part in state:
+            require_weights_fit(network, state[part], name, fix, part)
+    groups = state["optimizer"].get("param_groups")
+    params = [p for group in groups if isinstance(group, Mapping) for p in group.get("params", ())] \
+        if isinstance(groups, list) else None
+    if params is None or "state" not in state["optimizer"] or len(params) != len(list(network.parameters())):
+        raise UserError(f"{name} cannot be resumed: its 'optimizer' state does not match the network of its "
+                        f"config; {fix}")

@@ -151,8 +151,16 @@ class TrainConfig:
         # A value that did not convert keeps its default, whose range is not the user's problem; a rule that
         # compares two fields (blocks with widths) is left out when the other one is wrong already.
         wrong = {key for key, _ in problems} | {key for key, _ in found}
-        problems += [(key, message) for key, message in found
-                     if (key in coerced or key not in values) and _RELATED.get(key) not in wrong]
+        for key, message in found:
+            related = _RELATED.get(key)
+            if not (key in coerced or key not in values) or related in wrong:
+                continue
+            if key not in values and related in coerced:
+                # The user gave the other field and this one is the default: the problem is theirs, and the
+                # message says so instead of calling a value they never wrote invalid.
+                key, message = related, (f"{related}={excerpt(_shown(getattr(config, related)))} does not fit the "
+                                         f"default {message.replace(' is invalid: ', ': ', 1)}")
+            problems.append((key, message))
         return (None, problems) if problems else (config, [])
 
     @classmethod
@@ -172,20 +180,31 @@ class TrainConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         """[(field, 'name=value is invalid: rule'), ...] for every value out of its range (RULES)."""
-        return [(name, f"{name}={excerpt(_shown(getattr(self, name)))} is invalid: {rule}")
+        return [(name, f"{name}={excerpt(_shown(getattr(self, name)))} is invalid: "
+                       f"{rule(self) if callable(rule) else rule}")
                 for name, holds, rule in RULES if not holds(self)]
 
 
 # rules that read another field
 _RELATED = {"blocks": "widths", "ema_epochs": "epochs", "final_plain_epochs": "epochs"}
 
-# (field, whether a config's value is valid, the rule as an error states it); a table, so that checking
-# the thousands of configurations the dry run samples builds no message until one fails.
-RULES: tuple[tuple[str, Callable[[TrainConfig], bool], str], ...] = (
+
+def _blocks_rule(config: TrainConfig) -> str:
+    if len(config.blocks) != len(config.widths):  # name both counts: either list may be the one to change
+        return (f"widths has {len(config.widths)} stage{'s' * (len(config.widths) != 1)} and blocks "
+                f"{len(config.blocks)}: give blocks with {len(config.widths)} value{'s' * (len(config.widths) != 1)}, "
+                f"one block count (1 to {MAX_BLOCKS}) per stage")
+    return f"give one block count (1 to {MAX_BLOCKS}) per stage, as many as widths has"
+
+
+# (field, whether a config's value is valid, the rule as an error states it, or a function of the config that
+# states it when it names another field's value); a table, so that checking the thousands of configurations
+# the dry run samples builds no message until one fails.
+RULES: tuple[tuple[str, Callable[[TrainConfig], bool], str | Callable[[TrainConfig], str]], ...] = (
     ("widths", lambda c: 1 <= len(c.widths) <= MAX_STAGES and all(1 <= w <= MAX_WIDTH for w in c.widths),
      f"give one channel count per stage (1 to {MAX_STAGES} stages), each 1 to {MAX_WIDTH}, e.g. [64, 128, 256]"),
     ("blocks", lambda c: len(c.blocks) == len(c.widths) and all(1 <= b <= MAX_BLOCKS for b in c.blocks),
-     f"give one block count (1 to {MAX_BLOCKS}) per stage, as many as widths has"),
+     _blocks_rule),
     ("optimizer", lambda c: c.optimizer in OPTIMIZERS, f"choose one of {', '.join(OPTIMIZERS)}"),
     ("schedule", lambda c: c.schedule in SCHEDULES, f"choose one of {', '.join(SCHEDULES)}"),
     ("precision", lambda c: c.precision in PRECISIONS, f"choose one of {', '.join(PRECISIONS)}"),
@@ -204,10 +223,12 @@ RULES: tuple[tuple[str, Callable[[TrainConfig], bool], str], ...] = (
     ("color_jitter", lambda c: 0 <= c.color_jitter <= 1, "must be in [0, 1]"),
     ("rotation", lambda c: 0 <= c.rotation <= 180, "must be between 0 and 180 degrees"),
     ("translate", lambda c: 0 <= c.translate <= 0.5, "must be a fraction of the image in [0, 0.5]"),
-    ("final_plain_epochs", lambda c: 0 <= c.final_plain_epochs <= c.epochs, "must be between 0 (off) and epochs"),
+    ("final_plain_epochs", lambda c: 0 <= c.final_plain_epochs <= c.epochs,
+     lambda c: f"must be between 0 (off) and epochs ({c.epochs})"),
     ("tta_translate", lambda c: 0 <= c.tta_translate <= MAX_TTA_SHIFT,
      f"must be between 0 (off) and {MAX_TTA_SHIFT} pixels"),
-    ("ema_epochs", lambda c: 0 <= c.ema_epochs <= c.epochs, "must be between 0 (off) and epochs"),
+    ("ema_epochs", lambda c: 0 <= c.ema_epochs <= c.epochs,
+     lambda c: f"must be between 0 (off) and epochs ({c.epochs})"),
     ("seed", lambda c: 0 <= c.seed <= MAX_SEED, f"must be between 0 and {MAX_SEED:,}"),
 )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,17 @@ TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 PIXELS = 32 * 32 * 3
+# The split is stratified: fewer validation images than classes leaves a class out of validation entirely.
+MIN_VAL_SIZE = len(LABEL_NAMES)
+
+
+def as_field(name: str, value: object) -> str:
+    """How a setting is named in an error by default: `val_size=5000`, as a space file's `data:` section has it."""
+    return f"{name}={value}"
+
+
+# names a split setting in an error: (field name, value) -> e.g. `val_size=5000` or `--val-size 5000`
+SettingName = Callable[[str, object], str]
 
 
 @dataclass(frozen=True)
@@ -77,9 +89,13 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def read_batch(path: Path) -> ImageSet:
-    """One `data_batch_*`/`test_batch` file as an ImageSet; a malformed file is a UserError naming it."""
-    fix = f"replace {path} with an intact copy (e.g. delete it and run again to download)"
+REDOWNLOAD = "e.g. delete it and run again to download"
+
+
+def read_batch(path: Path, source: str = REDOWNLOAD) -> ImageSet:
+    """One `data_batch_*`/`test_batch` file as an ImageSet; a malformed file is a UserError naming it and
+    where an intact copy comes from (`source`: a command that never downloads says another place)."""
+    fix = f"replace {path} with an intact copy ({source})"
     try:
         with open(path, "rb") as f:
             batch = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
@@ -154,19 +170,38 @@ def load_train(data_dir: str | Path, download: bool = True) -> ImageSet:
     return ImageSet(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
 
 
-def load_test(data_dir: str | Path) -> ImageSet | None:
+def load_test(data_dir: str | Path, source: str = REDOWNLOAD) -> ImageSet | None:
     """The official test batch when present, else None: the test split is optional everywhere."""
     path = Path(data_dir).expanduser() / BATCH_DIR / TEST_FILE
-    return read_batch(path) if path.exists() else None
+    return read_batch(path, source) if path.exists() else None
 
 
-def split_train_val(images: ImageSet, val_size: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+def check_split_sizes(images: int, val_size: int, subset: int | None = None, named: SettingName = as_field,
+                      where: str = "") -> None:
+    """A UserError unless `val_size` leaves training images and `subset` is a positive count.
+
+    `images`: how many training images there are (`where` says where they are, for the message); `named`
+    spells a setting as the caller's user wrote it (a field, or a flag). Whether `subset` asks for more
+    images than the split leaves is `load_splits`' question, once the split is made.
+    """
+    found = f"{images:,} training images{f' in {where}' if where else ''}"
+    if images <= MIN_VAL_SIZE:
+        raise UserError(f"{named('val_size', val_size)}: only {found}, too few to set {MIN_VAL_SIZE} (one per class) "
+                        f"aside for validation and train on the rest; give a data folder with more images")
+    if not MIN_VAL_SIZE <= val_size < images:
+        raise UserError(f"{named('val_size', val_size)} must be between {MIN_VAL_SIZE} (one per class) and "
+                        f"{images - 1:,} (the {found} less one to train on); give a value in that range")
+    if subset is not None and subset <= 0:
+        raise UserError(f"{named('subset', subset)} must be a positive number of training images")
+
+
+def split_train_val(images: ImageSet, val_size: int, seed: int = 0,
+                    named: SettingName = as_field) -> tuple[ImageSet, ImageSet]:
     """Stratified, seeded split: each class gives val_size/10 (+-1) images to validation.
 
     Both parts keep the original order of the images, so `subset` takes "the first N" of them.
     """
-    if not 0 < val_size < len(images):
-        raise UserError(f"val_size={val_size} must be between 1 and {len(images) - 1} (the training images)")
+    check_split_sizes(len(images), val_size, named=named)
     rng = np.random.default_rng(seed)
     classes = np.unique(images.labels)
     per_class = np.full(len(classes), val_size // len(classes))
@@ -174,7 +209,11 @@ def split_train_val(images: ImageSet, val_size: int, seed: int = 0) -> tuple[Ima
     val_index = []
     for label, count in zip(classes, per_class):
         members = np.flatnonzero(images.labels == label)
-        val_index.append(rng.choice(members, size=min(count, len(members)), replace=False))
+        if count >= len(members):  # a quietly smaller split, or a class with nothing left to train on
+            raise UserError(f"{named('val_size', val_size)} needs {count:,} validation images of class {label}, "
+                            f"which has {len(members):,} of the {len(images):,} training images; give a smaller "
+                            "value or more images")
+        val_index.append(rng.choice(members, size=count, replace=False))
     is_val = np.zeros(len(images), dtype=bool)
     is_val[np.concatenate(val_index)] = True
     return images.take(np.flatnonzero(~is_val)), images.take(np.flatnonzero(is_val))
@@ -186,13 +225,22 @@ def load_splits(
     subset: int | None = None,
     seed: int = 0,
     download: bool = True,
+    named: SettingName = as_field,
 ) -> DataSplits:
-    """Train/validation splits of the training images; `subset` keeps the first N training images."""
-    train, val = split_train_val(load_train(data_dir, download), val_size, seed)
+    """Train/validation splits of the training images; `subset` keeps the first N training images.
+
+    A val_size or subset the images cannot give is a UserError (`named` spells the setting), never a
+    quietly smaller split."""
+    images = load_train(data_dir, download)
+    where = str(Path(data_dir).expanduser() / BATCH_DIR)
+    check_split_sizes(len(images), val_size, subset, named, where)
+    train, val = split_train_val(images, val_size, seed, named)
     if subset is not None:
-        if subset <= 0:
-            raise UserError(f"subset={subset} must be a positive number of training images")
-        train = train.take(np.arange(min(subset, len(train))))
+        if subset > len(train):
+            raise UserError(f"{named('subset', subset)} asks for more training images than the {len(train):,} "
+                            f"left of the {len(images):,} in {where} after {named('val_size', val_size)}; "
+                            f"give at most {len(train):,}, or leave it out to train on all of them")
+        train = train.take(np.arange(subset))
     return DataSplits(train, val)
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
 EXCERPT_CHARS = 80  # the most of a user's value an error message repeats
 MAX_LINES = 20  # errors printed by one run; the rest are counted
 
@@ -92,6 +93,9 @@ def exit_on_user_error(main: F) -> F:
             for line in str(err).splitlines() or [type(err).__name__]:
                 print(f"error: {line}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:  # Ctrl-C where the command has no handler of its own: no traceback
+            print("interrupted", file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper  # type: ignore[return-value]
 

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from tuner.data import ImageSet
 from tuner.device import autocast_dtype, pick_device
+from tuner.errors import UserError
 
 # Per-channel statistics of the CIFAR-10 training images, the usual normalisation.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -88,7 +89,10 @@ def evaluate(
     model: nn.Module, split: DeviceImages, tta_flip: bool, autocast: torch.dtype | None, channels_last: bool,
     tta_translate: int = 0,
 ) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a resident split."""
+    """(mean cross-entropy, accuracy) on a resident split; an empty split is a UserError (no mean exists)."""
+    if len(split) == 0:
+        raise UserError("the evaluation split holds 0 images, so no loss or accuracy can be measured: "
+                        "give a data folder whose split has images")
     model.eval()
     loss_sum, correct = 0.0, 0
     device = split.images.device

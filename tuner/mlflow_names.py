@@ -6,7 +6,9 @@ tracking URI; importing them from here, not from tuner.tracking (mlflow and torc
 those instant. tuner.tracking writes to the store with the same names."""
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +20,30 @@ DEFAULT_MODEL_URI = f"models:/{DEFAULT_MODEL_NAME}@{CHAMPION_ALIAS}"
 TRACKING_HELP = "tracking server or store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)"
 
 
+PROGRESS_BAR_VARIABLE = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextlib.contextmanager
+def quiet_downloads() -> Iterator[None]:
+    """No MLflow download progress bars on stderr (unless the environment asks for them), as before afterwards:
+    the CLIs that download a model or checkpoint (predict, promote) print one line of their own."""
+    before = os.environ.get(PROGRESS_BAR_VARIABLE)
+    os.environ.setdefault(PROGRESS_BAR_VARIABLE, "false")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_BAR_VARIABLE, None)
+
+
 def add_tracking_argument(parser: Any) -> None:
     """The `--mlflow-uri` flag every CLI that reads the store shares (resolved by tuner.tracking.open_client)."""
     parser.add_argument("--mlflow-uri", help=TRACKING_HELP)
 
 
 LOCAL_DB = "mlflow.db"
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 LOCAL_ARTIFACTS = "mlartifacts"
 
 
@@ -36,7 +56,10 @@ def resolve_tracking_uri(flag: str | None) -> str:
     """--mlflow-uri, else MLFLOW_TRACKING_URI, else the local sqlite store in the working directory."""
     uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if "://" not in uri and not uri.startswith(("sqlite:", "file:", "databricks")):
-        uri = Path(uri).expanduser().resolve().as_uri()  # a bare folder: a file store there
+        path = Path(uri).expanduser().resolve()
+        # a database file (mlflow.db): the sqlite store in it; any other bare path is MLflow's file store there
+        is_database = path.suffix in SQLITE_SUFFIXES or path.is_file()
+        uri = f"sqlite:///{path}" if is_database else path.as_uri()
     return uri.rstrip("/") if is_server(uri) else uri
 
 
@@ -65,7 +88,11 @@ def check_tracking_uri(uri: str) -> None:
     """One line for a tracking URI MLflow cannot use: an unknown scheme, or a server URI without a host."""
     from urllib.parse import urlparse
 
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+    except ValueError as err:  # e.g. an unclosed IPv6 bracket
+        raise UserError(f"tracking URI {excerpt(uri)} cannot be parsed ({err}); fix --mlflow-uri / "
+                        "MLFLOW_TRACKING_URI") from None
     scheme = "databricks" if uri.startswith("databricks") else parsed.scheme.lower()
     if scheme not in TRACKING_SCHEMES:
         raise UserError(f"tracking URI {excerpt(uri)}: scheme '{scheme[:30]}' is not one MLflow tracks to; use "
@@ -79,6 +106,30 @@ def check_tracking_uri(uri: str) -> None:
         if not host or (parsed.netloc.rpartition("@")[2].endswith(":") and port is None):
             raise UserError(f"tracking URI {excerpt(uri)} names no host (or a bad port): give e.g. "
                             f"{scheme}://mlflow.internal:5000; fix --mlflow-uri / MLFLOW_TRACKING_URI")
+    if scheme == "file" and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("true", "1"):
+        raise UserError(f"tracking URI {excerpt(uri)} is MLflow's file store, which MLflow 3 refuses to open; "
+                        f"use a database file, e.g. --mlflow-uri sqlite:///{LOCAL_DB}, or a server http://host:port")
+    check_sqlite_file(uri)
+
+
+def check_sqlite_file(uri: str) -> None:
+    """A sqlite:/// store's path must be a database file, or not exist yet (MLflow creates it): a folder or
+    another kind of file would fail deep inside SQLAlchemy, after minutes of MLflow's retries."""
+    path = sqlite_path(uri)
+    if path is None or not path.exists():
+        return
+    if not path.is_file():
+        raise UserError(f"tracking store {path} is a {'folder' if path.is_dir() else 'special file'}, not an SQLite "
+                        f"database; give a file path, e.g. --mlflow-uri sqlite:///{path / LOCAL_DB}")
+    try:
+        with path.open("rb") as stream:
+            header = stream.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise UserError(f"tracking store {path} cannot be read ({err.strerror}); fix its permissions or pass "
+                        "another --mlflow-uri") from None
+    if header and header != SQLITE_HEADER:
+        raise UserError(f"tracking store {path} is not an SQLite database (it starts with {excerpt(header[:8])}); "
+                        "pass the MLflow database file, or a new path for a new store")
 
 
 def check_tracking_server(uri: str, timeout_s: float = 10.0, create: bool = True) -> None:

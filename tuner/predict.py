@@ -17,19 +17,31 @@ fetched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import re
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tuner.errors import OneLineParser, UserError, exit_on_user_error
-from tuner.mlflow_names import DEFAULT_MODEL_URI, add_tracking_argument, resolve_tracking_uri
+from tuner.mlflow_names import DEFAULT_MODEL_URI, add_tracking_argument, quiet_downloads, resolve_tracking_uri
 
 if TYPE_CHECKING:  # numpy, torch and mlflow load inside the functions that use them: --help stays instant
     import numpy as np
     import torch
 
 IMAGE_SIZE = 32
+# MLflow draws a progress bar per artifact download on stderr: noise around the CLIs' one-line answers.
+# What --model-uri takes, for errors about something else given there.
+MODEL_URI_FORMS = (f"give a registered model ({DEFAULT_MODEL_URI} or models:/NAME/VERSION), runs:/RUN_ID/model, "
+                   f"or a folder holding an MLmodel file")
+# What to do about a model whose files cannot be loaded.
+MODEL_REPAIR = ("promote another version (python -m tuner.promote --version N --force) or register the model "
+                "again with a tuner sweep")
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -38,15 +50,28 @@ def read_image(path: str | Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not an image file; give the paths of PNG or JPEG images "
+                        f"(e.g. {path}/*.png)")
     if not path.is_file():
         raise UserError(f"{path}: no such file; give paths of PNG or JPEG images")
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-                image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
-            return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        with warnings.catch_warnings():
+            # between its pixel limit and twice it PIL decodes but warns on stderr: noise beside the one-line
+            # answers; beyond twice it refuses (DecompressionBombError, below)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+                    image = image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+                return np.asarray(image, dtype=np.uint8)
+    except Image.DecompressionBombError as err:
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(pixels.group(1)):,} pixels, " if pixels else ""
+        raise UserError(f"{path}: the image is too large ({size}more than the {2 * (Image.MAX_IMAGE_PIXELS or 0):,} "
+                        f"read safely); shrink it first (it is classified at {IMAGE_SIZE}x{IMAGE_SIZE} anyway)"
+                        ) from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         reason = "not an image PIL can read" if isinstance(err, UnidentifiedImageError) else f"unreadable ({err})"
         raise UserError(f"{path}: {reason}; give PNG or JPEG images") from None
 
@@ -58,19 +83,59 @@ def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
 
     from tuner.tracking import mlflow_globals, open_client
 
+    require_model_folder(model_uri)
     tracking_uri = resolve_tracking_uri(mlflow_uri)
     if model_uri.startswith(("models:/", "runs:/")):
         _, tracking_uri = open_client(mlflow_uri)
     try:
-        with mlflow_globals(tracking_uri):
+        with mlflow_globals(tracking_uri), _quiet_logger("torch.export"):
             return mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except MlflowException as err:
-        detail = str(err).splitlines()[0][:200]
+        detail = " ".join(str(err).split())[:200]
+        if "MLmodel" in detail:  # the URI names something, but not a logged model
+            raise UserError(f"cannot load model {model_uri}: it is not an MLflow model (no MLmodel file there); "
+                            f"{MODEL_URI_FORMS}") from None
         hint = (f"check the name and alias/version (e.g. {DEFAULT_MODEL_URI}, promote one with "
                 f"`python -m tuner.promote`)" if model_uri.startswith("models:/") else "check the URI")
         raise UserError(f"cannot load model {model_uri}: {detail}; {hint}") from None
     except OSError as err:
-        raise UserError(f"cannot load model {model_uri}: {err}; check the URI") from None
+        if not isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):  # not the model's files
+            raise UserError(f"cannot load model {model_uri}: {err}; check the URI") from None
+        raise UserError(f"cannot load model {model_uri}: a file of it is missing ({err}); {MODEL_REPAIR}") from None
+    except Exception as err:  # noqa: BLE001 - damaged files make yaml, zipfile, torch and pickle raise anything
+        detail = " ".join(str(err).split())[:160]
+        raise UserError(f"cannot load model {model_uri}: its files are damaged or incomplete ({type(err).__name__}: "
+                        f"{detail}); {MODEL_REPAIR}") from None
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    # torch.export logs a damaged program's traceback as a warning before raising; the error below says it
+    # in one line, so that traceback is only noise on stderr
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def require_model_folder(model_uri: str) -> None:
+    """A --model-uri without a scheme is a local folder: refuse a file (a checkpoint, an image) or a folder
+    without MLmodel here, with what to pass instead, before MLflow says `No such artifact: 'MLmodel'`."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", model_uri):  # models:/, runs:/, file:/, s3:/ ...: MLflow's to read
+        return
+    path = Path(model_uri).expanduser()
+    if path.is_file():
+        raise UserError(f"--model-uri {model_uri} is a file, not an MLflow model folder (a tuner checkpoint .pt is "
+                        f"registered by its sweep, not read here); {MODEL_URI_FORMS}")
+    if path.is_dir() and not (path / "MLmodel").is_file():
+        raise UserError(f"--model-uri {model_uri} is a folder without an MLmodel file, not an MLflow model folder; "
+                        f"{MODEL_URI_FORMS}")
+    if not path.exists():
+        raise UserError(f"--model-uri {model_uri} is neither an MLflow URI nor an existing folder; "
+                        f"{MODEL_URI_FORMS}")
 
 
 def resolved_version(model_uri: str, mlflow_uri: str | None) -> dict[str, str] | None:
@@ -151,6 +216,11 @@ def _parser() -> argparse.ArgumentParser:
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
+    with quiet_downloads():
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     args = _parser().parse_args(argv)
     import numpy as np
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 
 from tuner.errors import OneLineParser
-from tuner.mlflow_names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, add_tracking_argument
+from tuner.mlflow_names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, add_tracking_argument, quiet_downloads
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,9 +49,11 @@ def _parser() -> argparse.ArgumentParser:
 if __name__ == "__main__":  # --help and flag errors answer here, before the imports below take seconds
     _parser().parse_args()
 
+import math
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -60,9 +62,12 @@ from mlflow.exceptions import MlflowException
 
 from tuner.checkpoint import load_checkpoint, model_from_checkpoint
 from tuner.data import BATCH_DIR, TEST_FILE, ImageSet, fingerprint, load_test
-from tuner.errors import UserError, exit_on_user_error, suggest
+from tuner.errors import UserError, excerpt, exit_on_user_error, suggest
 from tuner.evaluate import evaluate_images
 from tuner.tracking import CHECKPOINT_ARTIFACT, open_client
+
+# What to do about a version whose checkpoint is damaged or cannot be fetched.
+REPAIR = "choose another version with --version, or register a new one with a tuner sweep"
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,17 @@ class Score:
     accuracy: float
     loss: float | None = None
     reused: bool = False  # taken from an earlier evaluation recorded on the version
+    # the evaluation to record on the version as eval.* tags: written only once every score is known, so a
+    # promote that fails part-way leaves the registry as it found it
+    record: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Unscored:
+    """The champion when it cannot be evaluated and --force replaces it anyway."""
+
+    version: str
+    reason: str
 
 
 def registered_model_names(client: MlflowClient) -> list[str]:
@@ -130,11 +146,22 @@ def champion(client: MlflowClient, name: str) -> ModelVersion | None:
         raise
 
 
-def checkpoint_of(client: MlflowClient, uri: str, version: ModelVersion, name: str) -> dict:
-    """The training checkpoint logged beside a version (tag checkpoint_uri, else the version's run)."""
-    source = version.tags.get("checkpoint_uri") or (
+def checkpoint_source(version: ModelVersion) -> str | None:
+    """Where a version's training checkpoint is logged: tag checkpoint_uri, else the version's run."""
+    return version.tags.get("checkpoint_uri") or (
         f"runs:/{version.run_id}/{CHECKPOINT_ARTIFACT}" if version.run_id else None
     )
+
+
+def checkpoint_label(version: ModelVersion, name: str) -> str:
+    """A version's checkpoint as errors name it: the version and where the checkpoint lives in MLflow, never
+    the temporary copy promote reads (gone by the time anyone reads the error)."""
+    return f"the checkpoint of version {version.version} of '{name}' ({checkpoint_source(version)})"
+
+
+def checkpoint_of(client: MlflowClient, uri: str, version: ModelVersion, name: str) -> dict:
+    """The training checkpoint logged beside a version (tag checkpoint_uri, else the version's run)."""
+    source = checkpoint_source(version)
     fix = (f"version {version.version} of '{name}' has no training checkpoint ({CHECKPOINT_ARTIFACT}); "
            f"only versions registered by a tuner sweep can be evaluated; choose another with --version")
     if source is None or not source.startswith("runs:/"):
@@ -147,21 +174,57 @@ def checkpoint_of(client: MlflowClient, uri: str, version: ModelVersion, name: s
         present = set()
     if filename not in present:
         raise UserError(fix)
+    label = checkpoint_label(version, name)
     with tempfile.TemporaryDirectory() as tmp:
         import mlflow
 
-        path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=uri)
-        return load_checkpoint(path)
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=uri)
+        except (MlflowException, OSError) as err:
+            detail = " ".join(str(err).split())[:160]
+            raise UserError(f"{label} cannot be downloaded ({type(err).__name__}: {detail}); {REPAIR}") from None
+        return load_checkpoint(path, name=label, fix=REPAIR)
+
+
+def accuracy_tag(version: ModelVersion, name: str, tag: str, fix: str) -> float:
+    """A tag that holds an accuracy, as a float in [0, 1]; anything else (tags are free text anyone can edit)
+    is one error naming the version and the tag."""
+    value = version.tags[tag]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not 0.0 <= number <= 1.0:  # also false for nan
+        raise UserError(f"version {version.version} of '{name}' has tag {tag}={excerpt(value)}, not an accuracy "
+                        f"(a number in [0, 1]); {fix}")
+    return number
+
+
+def recorded_evaluation(version: ModelVersion, fingerprint: str) -> tuple[float, float | None] | None:
+    """(accuracy, loss) recorded by an earlier promote on the same data; None when there is none, or when the
+    tags do not hold numbers (edited by hand): the version is then simply evaluated again."""
+    tags = version.tags
+    if tags.get("eval.data_fingerprint") != fingerprint or "eval.test_acc" not in tags:
+        return None
+    try:
+        accuracy = float(tags["eval.test_acc"])
+        loss = float(tags["eval.test_loss"]) if "eval.test_loss" in tags else None
+    except ValueError:
+        return None
+    if not (0.0 <= accuracy <= 1.0) or (loss is not None and not math.isfinite(loss)):
+        return None
+    return accuracy, loss
 
 
 def score_on_test(client: MlflowClient, uri: str, version: ModelVersion, name: str,
                   test: ImageSet, fingerprint: str) -> Score:
-    """Test accuracy (flip TTA); reuses an evaluation recorded on the version for the same data."""
-    tags = version.tags
-    if tags.get("eval.data_fingerprint") == fingerprint and "eval.test_acc" in tags:
-        return Score(version.version, "test_acc", float(tags["eval.test_acc"]),
-                     float(tags["eval.test_loss"]) if "eval.test_loss" in tags else None, reused=True)
-    model, _ = model_from_checkpoint(checkpoint_of(client, uri, version, name))
+    """Test accuracy (flip TTA); reuses an evaluation recorded on the version for the same data. Records
+    nothing: the new evaluation is in `Score.record` for `record_evaluations`."""
+    recorded = recorded_evaluation(version, fingerprint)
+    if recorded is not None:
+        return Score(version.version, "test_acc", *recorded, reused=True)
+    state = checkpoint_of(client, uri, version, name)
+    model, _ = model_from_checkpoint(state, checkpoint_label(version, name), fix=REPAIR)
     loss, accuracy = evaluate_images(model, test, tta_flip=True)
     record = {
         "eval.test_acc": f"{accuracy:.6f}",
@@ -171,9 +234,17 @@ def score_on_test(client: MlflowClient, uri: str, version: ModelVersion, name: s
         "eval.tta_flip": "true",
         "eval.at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    for key, value in record.items():
-        client.set_model_version_tag(name, version.version, key, value)
-    return Score(version.version, "test_acc", accuracy, loss)
+    return Score(version.version, "test_acc", accuracy, loss, record=record)
+
+
+def record_evaluations(client: MlflowClient, name: str, *scores: Score | Unscored | None) -> None:
+    """Write the eval.* tags of the scores evaluated now (each version once)."""
+    written: set[str] = set()
+    for score in scores:
+        if isinstance(score, Score) and score.record and str(score.version) not in written:
+            written.add(str(score.version))
+            for key, value in score.record.items():
+                client.set_model_version_tag(name, score.version, key, value)
 
 
 def score_on_val(version: ModelVersion, name: str) -> Score:
@@ -183,14 +254,19 @@ def score_on_val(version: ModelVersion, name: str) -> Score:
     if version.tags.get("checkpoint_kind") == "final_fit":
         print(f"version {version.version} holds a final fit (trained on {version.tags.get('train_images', '?')} "
               f"images): its val_acc is its search checkpoint's (trial {version.tags.get('search_trial_id', '?')})")
-    return Score(version.version, "val_acc", float(version.tags["val_acc"]))
+    accuracy = accuracy_tag(version, name, "val_acc", "correct or delete the tag in MLflow, or add test_batch to "
+                                                      "the data folder to evaluate on the test split instead")
+    return Score(version.version, "val_acc", accuracy)
 
 
-def table(rows: list[tuple[str, Score | None]]) -> str:
+def table(rows: list[tuple[str, Score | Unscored | None]]) -> str:
     lines = [f"{'':10s} {'version':>7s}  {'metric':8s} {'accuracy':>8s}  {'loss':>7s}  source"]
     for role, score in rows:
         if score is None:
             lines.append(f"{role:10s} {'-':>7s}  {'-':8s} {'-':>8s}  {'-':>7s}  (no champion yet)")
+            continue
+        if isinstance(score, Unscored):
+            lines.append(f"{role:10s} {str(score.version):>7s}  {'-':8s} {'-':>8s}  {'-':>7s}  (cannot be evaluated)")
             continue
         loss = f"{score.loss:.4f}" if score.loss is not None else "-"
         source = "recorded earlier" if score.reused else ("evaluated now" if score.metric == "test_acc" else
@@ -200,53 +276,80 @@ def table(rows: list[tuple[str, Score | None]]) -> str:
     return "\n".join(lines)
 
 
+def test_split(data_dir: str | Path, allow_val: bool) -> ImageSet | None:
+    """The test split of --data-dir; None when there is none and --allow-val allows comparing val_acc."""
+    folder = Path(data_dir).expanduser()
+    where = folder / BATCH_DIR / TEST_FILE
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--data-dir {data_dir} is a file, not a folder: give the folder that holds "
+                        f"{BATCH_DIR}/{TEST_FILE}")
+    test = load_test(folder, source="the test_batch of CIFAR-10's cifar-10-python.tar.gz: promote never downloads")
+    if test is None:
+        missing = f"--data-dir {data_dir} does not exist" if not folder.exists() else f"{where} does not exist"
+        print(f"no test split: {missing}")
+        if not allow_val:
+            raise UserError(f"no test split: {missing}; put the CIFAR-10 {TEST_FILE} at {where}, or pass --allow-val "
+                            f"to compare the validation accuracies recorded at registration")
+        return None
+    if len(test) == 0:
+        raise UserError(f"{where} holds 0 images: nothing to evaluate on; replace it with the CIFAR-10 {TEST_FILE} "
+                        f"(10000 images)")
+    return test
+
+
 def promote(
     name: str, version: str | None, sweep: str | None, data_dir: str | Path, force: bool, allow_val: bool,
     mlflow_uri: str | None,
 ) -> bool:
-    """Evaluate, compare, move the alias when better (or forced); True when the candidate is champion."""
+    """Evaluate, compare, move the alias when better (or forced); True when the candidate is champion.
+
+    Everything is evaluated before anything is written: a promote that fails (a champion that cannot be
+    evaluated without --force, a bad tag) leaves every tag and the alias as they were."""
     client, uri = open_client(mlflow_uri)
     candidate = find_version(client, name, version, sweep)
     current = champion(client, name)
-    test = load_test(data_dir)
+    test = test_split(data_dir, allow_val)
     if test is None:
-        where = Path(data_dir) / BATCH_DIR / TEST_FILE
-        print(f"no test split: {where} does not exist")
-        if not allow_val:
-            raise UserError(f"no test split at {where}: put the CIFAR-10 test_batch there, or pass --allow-val "
-                            f"to compare the validation accuracies recorded at registration")
         print("comparing the validation accuracy recorded at registration (--allow-val); "
               "val splits of different sweeps may differ")
         new = score_on_val(candidate, name)
-        old = score_on_val(current, name) if current is not None else None
     else:
         test_fingerprint = fingerprint(test)
         new = score_on_test(client, uri, candidate, name, test, test_fingerprint)
-        old = None
-        if current is not None:
-            if str(current.version) == str(candidate.version):
-                old = new
-            else:
-                try:
-                    old = score_on_test(client, uri, current, name, test, test_fingerprint)
-                except UserError as err:
-                    if not force:
-                        raise UserError(f"cannot evaluate the current champion: {err}; pass --force to "
-                                        f"replace it without a comparison") from None
+    old: Score | Unscored | None = None
+    if current is not None:
+        if str(current.version) == str(candidate.version):
+            old = new
+        else:
+            try:
+                old = (score_on_val(current, name) if test is None else
+                       score_on_test(client, uri, current, name, test, test_fingerprint))
+            except UserError as err:
+                if not force:
+                    raise UserError(f"cannot evaluate the current champion (version {current.version}): {err}; "
+                                    f"pass --force to replace it without a comparison") from None
+                old = Unscored(str(current.version), str(err))
     print(table([("candidate", new), ("champion", old)]))
+    record_evaluations(client, name, new, old)
     if current is not None and str(current.version) == str(candidate.version):
         print(f"version {candidate.version} already holds the '{CHAMPION_ALIAS}' alias")
         return True
-    better = old is None or new.accuracy > old.accuracy
+    better = old is None or (isinstance(old, Score) and new.accuracy > old.accuracy)
     if better or force:
         client.set_registered_model_alias(name, CHAMPION_ALIAS, candidate.version)
         client.set_model_version_tag(name, candidate.version, "promoted.at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        if old is not None:
-            client.set_model_version_tag(name, candidate.version, "promoted.over", old.version)
-        why = "forced" if force and not better else (
-            "no champion before" if old is None else f"{new.accuracy - old.accuracy:+.4f} {new.metric}")
+        if current is not None:  # the lineage: which champion this one replaced, evaluated or not
+            client.set_model_version_tag(name, candidate.version, "promoted.over", str(current.version))
+        if isinstance(old, Unscored):
+            why = f"forced; replaced version {old.version}, which could not be evaluated"
+        elif old is None:
+            why = "no champion before"
+        else:
+            why = (f"forced over version {old.version}" if force and not better else
+                   f"over version {old.version}") + f", {new.accuracy - old.accuracy:+.4f} {new.metric}"
         print(f"promoted: '{name}@{CHAMPION_ALIAS}' -> version {candidate.version} ({why})")
         return True
+    assert isinstance(old, Score)
     print(f"kept: version {old.version} stays '{CHAMPION_ALIAS}' ({new.accuracy - old.accuracy:+.4f} {new.metric}); "
           f"pass --force to promote version {candidate.version} anyway")
     return False
@@ -255,7 +358,9 @@ def promote(
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    promote(args.model_name, args.version, args.sweep, args.data_dir, args.force, args.allow_val, args.mlflow_uri)
+    with quiet_downloads():
+        promote(args.model_name, args.version, args.sweep, args.data_dir, args.force, args.allow_val,
+                args.mlflow_uri)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,13 @@ run:
 - param_importances.png: Optuna's fANOVA importances of the parameters every trial used, for best val
   accuracy (skipped, with a note, below 3 trials or 2 such parameters; a caveat below 20 trials).
 
-Where the sweep's Optuna study exists (`_driver/<sweep>/optuna.db` or `<sweep>/optuna.db` under --storage)
-it says which parameters each trial was sampled with; the same file opens in optuna-dashboard.
+The sweep's Optuna study (`_driver/<sweep>/optuna.db`, or `<sweep>/optuna.db` in the older layout, under
+--storage) says which parameters each trial was sampled with; the same file opens in optuna-dashboard. It is
+read from a private copy, so a report never writes the sweep's record. A --storage that does not hold the
+sweep is an error, not a silently weaker report logged over the better one: --mlflow-only asks for that.
+
+The files are written to a hidden folder inside --out and moved into place once all were written, after
+checking that each can replace the earlier report's: a report that fails leaves the earlier one whole.
 """
 from __future__ import annotations
 
@@ -30,6 +35,13 @@ from tuner.errors import OneLineParser
 from tuner.mlflow_names import add_tracking_argument
 
 
+def out_folder(text: str) -> Path:
+    """--out as a path; an empty one is refused (it would mean the current folder, written by accident)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty: give the report's folder, e.g. --out runs/reports/<sweep>")
+    return Path(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="python -m tuner.report",
@@ -37,9 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog="example: python -m tuner.report --sweep widths-0412 --mlflow-uri http://127.0.0.1:5000",
     )
     parser.add_argument("--sweep", required=True, help="the sweep's name (tag tuner.sweep of its parent run)")
-    parser.add_argument("--out", type=Path, help="output folder (default: runs/reports/<sweep>)")
+    parser.add_argument("--out", type=out_folder, help="output folder (default: runs/reports/<sweep>)")
     parser.add_argument("--storage", default="runs",
                         help="the sweep's --storage, where its Optuna study is (default: ./runs)")
+    parser.add_argument("--mlflow-only", action="store_true",
+                        help="report from MLflow alone, without the sweep's Optuna study (when its --storage is "
+                             "gone); parameters a trial did not use then show their default")
     add_tracking_argument(parser)
     return parser
 
@@ -48,6 +63,8 @@ if __name__ == "__main__":  # --help and flag errors answer here, before the imp
     _parser().parse_args()
 
 import math
+import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -58,7 +75,7 @@ from mlflow.entities import Run
 
 from tuner import outcomes
 from tuner.config import TrainConfig
-from tuner.errors import UserError, exit_on_user_error, suggest
+from tuner.errors import UserError, excerpt, exit_on_user_error, suggest
 from tuner.tracking import (
     TAG_GPU_SECONDS,
     TAG_OUTCOME,
@@ -76,6 +93,12 @@ SUMMARY_COLUMNS = [
 ]
 OUTCOME_COLOURS = {"completed": "tab:blue", "stopped": "tab:orange", "failed": "tab:red", "other": "tab:gray"}
 FEW_TRIALS = 20  # below this, fANOVA importances are mostly noise: said under the plot
+TABLES = ("trials", "epochs")
+PLOTS = ("optimisation_history.png", "learning_curves.png", "parallel_coordinates.png", "pareto.png",
+         "param_importances.png")
+REPORT_FILES = tuple(f"{name}.{kind}" for name in TABLES for kind in ("parquet", "csv")) + PLOTS
+STAGING_PREFIX = ".report-partial-"  # the hidden folder inside --out the files are written to first
+STUDY_FIX = "restore it from a backup, or pass --mlflow-only to report from MLflow alone"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,31 +170,68 @@ def collect(client: MlflowClient, parent: Run) -> tuple[pd.DataFrame, pd.DataFra
     return trial_table, epoch_table
 
 
-def load_study(sweep: str, storage: str) -> tuple[Any, str]:
-    """The sweep's Optuna study and its URL, or (None, "") where it is not found (MLflow alone then)."""
+def find_study(sweep: str, storage: str) -> tuple[bytes | None, str]:
+    """The bytes of the sweep's stored study and its path or URI; (None, "") where the sweep's folders under
+    `storage` hold none. One line when `storage` does not hold the sweep at all (a wrong --storage), or the
+    study cannot be read. Only reads: the bytes are the caller's to open (`open_study`)."""
+    import pyarrow.fs
+
+    from tuner.sweep_state import DRIVER_PREFIX, STUDY_FILE, join, resolve_storage
+
+    uri, fs, root = resolve_storage(storage)  # one line for a file or a storage this machine cannot open
+    hint = "pass the --storage the sweep ran with, or --mlflow-only to report from MLflow alone"
+    folders = [(f"{root}/{DRIVER_PREFIX}/{sweep}", join(uri, DRIVER_PREFIX, sweep)),  # tuner's state
+               (f"{root}/{sweep}", join(uri, sweep))]  # Ray's folder: where the older layout kept the study
+    try:
+        if fs.get_file_info(root).type == pyarrow.fs.FileType.NotFound:
+            raise UserError(f"--storage {excerpt(storage)}: {uri} does not exist, so it holds no sweep "
+                            f"'{sweep}'; {hint}")
+        if all(fs.get_file_info(path).type != pyarrow.fs.FileType.Directory for path, _ in folders):
+            others = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{DRIVER_PREFIX}", allow_not_found=True))
+            names = sorted(info.base_name for info in others if info.type == pyarrow.fs.FileType.Directory)
+            there = f"sweeps there: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names \
+                else "no sweep at all there"
+            raise UserError(f"--storage {excerpt(storage)} holds no sweep '{sweep}' (no {folders[0][1]} or "
+                            f"{folders[1][1]}; {there}); {hint}")
+        for path, shown in ((f"{path}/{STUDY_FILE}", join(shown, STUDY_FILE)) for path, shown in folders):
+            kind = fs.get_file_info(path).type
+            if kind == pyarrow.fs.FileType.File:
+                with fs.open_input_stream(path) as stream:
+                    return stream.read(), shown
+            if kind != pyarrow.fs.FileType.NotFound:
+                raise UserError(f"the Optuna study {shown} is not a file (a folder?); {STUDY_FIX}")
+    except OSError as err:  # storage that stopped answering, a file it cannot read
+        raise UserError(f"the Optuna study of sweep '{sweep}' under {uri} cannot be read "
+                        f"({excerpt(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)}); "
+                        "check that this machine can read --storage, or pass --mlflow-only to report from MLflow "
+                        "alone") from None
+    return None, ""
+
+
+def open_study(data: bytes, where: str, sweep: str, scratch: Path) -> Any:
+    """The Optuna study in `data` (the stored file's bytes, `where`), opened from a copy in `scratch`: Optuna
+    writes its schema into a database it opens (an empty one included), which must never be the sweep's
+    record. The study named after the sweep, else the file's only study. One line when it cannot be read."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    candidates = []
-    if "://" in storage:  # a bucket: a local copy of tuner's state of the sweep (tuner/sweep_state.py)
-        try:
-            from tuner.sweep_state import STUDY_FILE, open_state
+    from tuner.sweep_state import check_sqlite
 
-            state = open_state(storage, sweep)
-            if state.exists(STUDY_FILE) and state.download_study():
-                candidates.append(state.study_path)
-        except Exception:  # noqa: BLE001 - storage this machine cannot reach: MLflow alone
-            pass
-    else:  # the file itself (what optuna-dashboard opens); the older layout kept it in Ray's folder
-        candidates += [Path(storage) / "_driver" / sweep / "optuna.db", Path(storage) / sweep / "optuna.db"]
-    for path in candidates:
-        if Path(path).is_file():
-            url = f"sqlite:///{Path(path).resolve()}"
-            try:
-                return optuna.load_study(study_name=sweep, storage=url), url
-            except (KeyError, ValueError):  # another study name in the file: its only study
-                return optuna.load_study(study_name=None, storage=url), url
-    return None, ""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    copy = scratch / "optuna.db"
+    copy.write_bytes(data)
+    names = check_sqlite(copy, where, STUDY_FIX)
+    if sweep not in names and len(names) != 1:  # one study of another name: the older layout's, take it
+        held = f"the studies {', '.join(map(repr, names[:5]))}{', ...' if len(names) > 5 else ''}" if names \
+            else "no study"
+        raise UserError(f"the Optuna study {where} holds {held}, none named '{sweep}'; {STUDY_FIX}")
+    try:
+        study = optuna.load_study(study_name=sweep if sweep in names else names[0], storage=f"sqlite:///{copy}")
+        study.get_trials(deepcopy=False)  # what the report reads of it, read now: a bad row fails here
+    except Exception as err:  # noqa: BLE001 - any failure to read a private copy is a damaged (or too new) study
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"the Optuna study {where} cannot be read by Optuna {optuna.__version__} "
+                        f"({excerpt(reason, 120)}); {STUDY_FIX}") from None
+    return study
 
 
 def log_scaled(study: Any) -> set[str]:
@@ -492,7 +552,49 @@ def plot_importances(importances: dict[str, float], path: Path, trials: int, lef
 # the command
 
 
-def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = "runs") -> Path:
+def check_out(out: Path) -> None:
+    """--out must be a folder or a path where one can be made: one line naming the file in the way."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise UserError(f"--out {out}: cannot write the report there ({path} is a file, not a folder); "
+                                "give a folder (it is made if missing)")
+            return
+
+
+def staging_folder(out: Path) -> Path:
+    """A new hidden folder inside `out` (made if missing) to write the report to: on the same filesystem, so
+    each file then moves into place with one rename (`install`)."""
+    check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot write the report there ({err.strerror}); give a folder you can "
+                        "write to") from None
+
+
+def install(staging: Path, out: Path) -> list[Path]:
+    """Move every file of `staging` over its namesake in `out`. Each destination is checked first: one that
+    cannot be replaced (a folder) would fail halfway and leave the earlier report half-replaced."""
+    names = sorted(path.name for path in staging.iterdir())
+    blocked = [out / name for name in names if (out / name).is_dir() and not (out / name).is_symlink()]
+    if blocked:
+        raise UserError(f"--out {out}: cannot replace {', '.join(map(str, blocked))} (a folder, not a report file); "
+                        "move it aside or give another --out (the earlier report there is unchanged)")
+    for done, name in enumerate(names):
+        try:
+            os.replace(staging / name, out / name)
+        except OSError as err:  # a rename in one folder failing after the others worked: rare, and said so
+            raise UserError(f"--out {out}: cannot replace {out / name} ({err.strerror}) after {done} of "
+                            f"{len(names)} report files were replaced; fix it and run the report again") from None
+    return [out / name for name in names]
+
+
+def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = "runs",
+           mlflow_only: bool = False) -> Path:
+    out = Path(out) if out else Path("runs") / "reports" / safe_name(sweep)
+    check_out(out)  # before seconds of reading: the cheap mistakes first
     client, _ = open_client(mlflow_uri)
     parent = find_sweep_run(client, sweep)
     if parent is None:
@@ -502,47 +604,19 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = 
     trials, epochs = collect(client, parent)
     if trials.empty:
         raise UserError(f"sweep '{sweep}' has no trial runs yet: nothing to report")
-    study, study_url = load_study(sweep, parent.data.tags.get("tuner.storage", storage))
-    if study is not None:
-        trials = blank_unused(trials, study)
-    else:
-        print(f"note: no Optuna study of '{sweep}' under {storage} (pass the sweep's --storage): parameters "
-              "come from MLflow alone")
-    out = Path(out) if out else Path("runs") / "reports" / safe_name(sweep)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass  # writable: the tables and plots below go here
-    except OSError as err:
-        raise UserError(f"--out {out}: cannot write the report there ({err.strerror}); give a folder you can "
-                        "write to") from None
-    written = []
-    for name, table in (("trials", trials), ("epochs", epochs)):
-        table.to_parquet(out / f"{name}.parquet", engine="pyarrow", index=False)
-        table.to_csv(out / f"{name}.csv", index=False)
-        written += [out / f"{name}.parquet", out / f"{name}.csv"]
-    params = varied_params(trials)
-    written.append(plot_optimisation_history(trials, sweep, out / "optimisation_history.png"))
-    written.append(plot_learning_curves(trials, epochs, sweep, out / "learning_curves.png",
-                                        asha_rungs(parent.data.params)))
-    if params:
-        written.append(plot_parallel_coordinates(trials, params, out / "parallel_coordinates.png",
-                                                 log_scaled(study)))
-    else:
-        print("note: parallel coordinates skipped: no parameter varies across the trials")
-    written.append(plot_pareto(trials, out / "pareto.png"))
-    scored_trials = trials.dropna(subset=["best_val_acc"])
-    everywhere = [name for name in params if scored_trials[name].notna().all()]  # conditional ones left out
-    scored = len(scored_trials)
-    if len(everywhere) < 2 or scored < 3:
-        print(f"note: parameter importances skipped: need >= 2 parameters every trial used and >= 3 trials with "
-              f"a val accuracy (have {len(everywhere)} and {scored})")
-    else:
-        importances = param_importances(trials, everywhere)
-        written.append(plot_importances(importances, out / "param_importances.png", scored,
-                                        [name for name in params if name not in everywhere]))
-        if scored < FEW_TRIALS:
-            print(f"note: importances from {scored} trials (under {FEW_TRIALS}): a rough ranking, not a measurement")
+    with tempfile.TemporaryDirectory(prefix="tuner-report-") as scratch:
+        study, study_file = None, ""
+        if mlflow_only:
+            print(f"note: --mlflow-only: parameters of '{sweep}' come from MLflow alone (a parameter a trial did "
+                  "not use shows its default)")
+        else:
+            data, study_file = find_study(sweep, parent.data.tags.get("tuner.storage", storage))
+            if data is None:
+                print(f"note: no Optuna study of '{sweep}' under {storage}: parameters come from MLflow alone")
+            else:
+                study = open_study(data, study_file, sweep, Path(scratch))
+                trials = blank_unused(trials, study)
+        written = write_report(sweep, trials, epochs, parent, study, out)
     for path in written:
         client.log_artifact(parent.info.run_id, str(path), "report")
     best = trials.sort_values("best_val_acc", ascending=False).head(1)
@@ -551,14 +625,64 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = 
         print(f"best: {best['run_name'].iloc[0]}  val acc {best['best_val_acc'].iloc[0]:.4f}")
     print(f"logged {len(written)} files under report/ of run {parent.info.run_id}")
     if study is not None:
-        print(f"the study, interactively: optuna-dashboard {study_url}")
+        local = "://" not in study_file
+        print(f"the study, interactively: optuna-dashboard sqlite:///{Path(study_file).resolve()}" if local else
+              f"the study, interactively: copy {study_file} here, then optuna-dashboard sqlite:///optuna.db")
     return out
+
+
+def write_report(sweep: str, trials: pd.DataFrame, epochs: pd.DataFrame, parent: Run, study: Any,
+                 out: Path) -> list[Path]:
+    """The tables and plots, written to a staging folder in `out` and moved into place once all were
+    written; the paths in `out`. One line, and the earlier report in `out` unchanged, when that fails."""
+    staging = staging_folder(out)
+    try:
+        try:
+            write_files(sweep, trials, epochs, parent, study, staging)
+        except OSError as err:  # a full disk, a quota: nothing of the earlier report was touched yet
+            raise UserError(f"--out {out}: cannot write the report there ({err.strerror or err}); free space or "
+                            "give another --out (the earlier report there is unchanged)") from None
+        written = install(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    earlier = [name for name in REPORT_FILES if (out / name).is_file() and out / name not in written]
+    if earlier:
+        print(f"note: {', '.join(earlier)} in {out} are from an earlier report (not made this time)")
+    return written
+
+
+def write_files(sweep: str, trials: pd.DataFrame, epochs: pd.DataFrame, parent: Run, study: Any,
+                folder: Path) -> None:
+    """Every table and plot of the report into `folder`."""
+    for name, table in zip(TABLES, (trials, epochs)):
+        table.to_parquet(folder / f"{name}.parquet", engine="pyarrow", index=False)
+        table.to_csv(folder / f"{name}.csv", index=False)
+    params = varied_params(trials)
+    plot_optimisation_history(trials, sweep, folder / "optimisation_history.png")
+    plot_learning_curves(trials, epochs, sweep, folder / "learning_curves.png", asha_rungs(parent.data.params))
+    if params:
+        plot_parallel_coordinates(trials, params, folder / "parallel_coordinates.png", log_scaled(study))
+    else:
+        print("note: parallel coordinates skipped: no parameter varies across the trials")
+    plot_pareto(trials, folder / "pareto.png")
+    scored_trials = trials.dropna(subset=["best_val_acc"])
+    everywhere = [name for name in params if scored_trials[name].notna().all()]  # conditional ones left out
+    scored = len(scored_trials)
+    if len(everywhere) < 2 or scored < 3:
+        print(f"note: parameter importances skipped: need >= 2 parameters every trial used and >= 3 trials with "
+              f"a val accuracy (have {len(everywhere)} and {scored})")
+    else:
+        importances = param_importances(trials, everywhere)
+        plot_importances(importances, folder / "param_importances.png", scored,
+                         [name for name in params if name not in everywhere])
+        if scored < FEW_TRIALS:
+            print(f"note: importances from {scored} trials (under {FEW_TRIALS}): a rough ranking, not a measurement")
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    report(args.sweep, args.out, args.mlflow_uri, args.storage)
+    report(args.sweep, args.out, args.mlflow_uri, args.storage, args.mlflow_only)
 
 
 if __name__ == "__main__":

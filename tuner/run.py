@@ -11,6 +11,7 @@ Trials only train and report; this driver writes MLflow and the Optuna study (tu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -22,10 +23,11 @@ from typing import Any
 from tuner.data import data_status
 from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
 from tuner.mlflow_names import DEFAULT_MODEL_NAME, check_tracking_server, resolve_tracking_uri
-from tuner.space import NAME_PATTERN, SearchSpace, describe, load_space
+from tuner.space import MAX_NAME, NAME_PATTERN, SearchSpace, describe, load_space
 from tuner.sweep_state import (
     REGISTRATION,
     SPACE_COPY,
+    SPACE_OVERRIDES,
     STUDY_FILE,
     TUNER_STATE,
     SweepState,
@@ -63,6 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.space and not args.resume:
         parser.error("give --space FILE (or --resume NAME)")
+    if args.resume:
+        # A resumed sweep runs the space, name and budget it started with (stored under --storage): a flag
+        # that would change them is refused rather than silently ignored.
+        clashing = [flag for flag, value in (("--space", args.space), ("--name", args.name),
+                                             ("--warm-start", args.warm_start), ("--trials", args.trials))
+                    if value is not None]
+        if clashing:
+            parser.error(f"--resume continues sweep {args.resume} with the space and budget it started with; "
+                         f"leave out {', '.join(clashing)} (or start a new sweep with --space and --name)")
     return args
 
 
@@ -74,6 +85,7 @@ class SweepPlan:
     state: SweepState           # tuner's state of the sweep under <storage>/_driver/<name>/ (sweep_state.py)
     resume: bool = False
     warm_start: str | None = None
+    overrides: dict[str, Any] | None = None  # what the flags changed in the space (--trials), stored beside it
 
     @property
     def experiment(self) -> str:
@@ -99,25 +111,64 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         copy = state.read_bytes(SPACE_COPY)
         if copy is None:
             known = state.known_sweeps()
-            raise UserError(f"no sweep '{args.resume}' under {state.describe()}; sweeps there: "
+            raise UserError(f"no sweep '{args.resume}' in {storage} (no {state.describe(SPACE_COPY)}); sweeps there: "
                             f"{', '.join(known) or 'none'} (pass the same --storage as the first run)")
-        (state.workdir / SPACE_COPY).write_bytes(copy)
-        space = load_space(state.workdir / SPACE_COPY)
+        space = stored_space(state, copy)
         return SweepPlan(space, args.resume, storage, state, resume=True)
     space = load_space(args.space)
+    overrides = None
     if args.trials is not None:
-        space = space.with_trials(args.trials)
-    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        space, overrides = space.with_trials(args.trials), {"trials": args.trials}
+    name = args.name or default_sweep_name(space.name)
     state = open_state(storage, name)
     if state.exists(SPACE_COPY):
         raise UserError(f"sweep '{name}' already exists in {args.storage}: use --resume {name} or another --name")
     warm = None
     if args.warm_start:
-        if not open_state(storage, args.warm_start).exists(STUDY_FILE):
-            raise UserError(f"--warm-start {args.warm_start}: no Optuna study at "
-                            f"{open_state(storage, args.warm_start).describe(STUDY_FILE)}; give a finished sweep name")
+        check_warm_start(open_state(storage, args.warm_start), args.warm_start, space)
         warm = args.warm_start
-    return SweepPlan(space, name, storage, state, warm_start=warm)
+    return SweepPlan(space, name, storage, state, warm_start=warm, overrides=overrides)
+
+
+def check_warm_start(earlier: SweepState, name: str, space: SearchSpace) -> None:
+    """The earlier sweep has a study, and optimised what this one does: its values seed this study's TPE."""
+    if not earlier.exists(STUDY_FILE):
+        raise UserError(f"--warm-start {name}: no Optuna study at {earlier.describe(STUDY_FILE)}; give a finished "
+                        "sweep name (and the --storage it ran with)")
+    copy = earlier.read_bytes(SPACE_COPY)
+    if copy is None:
+        return  # a sweep from before space copies: its study's values are taken as they are
+    before = stored_space(earlier, copy)
+    if (before.metric, before.mode) != (space.metric, space.mode):
+        raise UserError(f"--warm-start {name}: that sweep optimised {before.metric} ({before.mode}), this space "
+                        f"optimises {space.metric} ({space.mode}); its values would mislead the search: "
+                        "warm-start from a sweep with the same metric")
+
+
+def default_sweep_name(space_name: str) -> str:
+    """<space>-<date>-<time>, within the 64 characters of a sweep name (--resume checks them)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{space_name[:MAX_NAME - len(stamp) - 1].rstrip('._-') or 'space'}-{stamp}"
+
+
+def stored_space(state: SweepState, copy: bytes) -> SearchSpace:
+    """The space a sweep started with: its stored copy, and the budget --trials gave it (SPACE_OVERRIDES)."""
+    local = state.workdir / SPACE_COPY
+    local.write_bytes(copy)
+    try:
+        space = load_space(local)
+    except UserError as err:  # name the stored copy, not the driver's temporary folder
+        raise UserError(str(err).replace(str(local), state.describe(SPACE_COPY))
+                        + " (the sweep's stored copy: restore it, or start a new sweep)") from None
+    raw = state.read_bytes(SPACE_OVERRIDES)
+    if raw is not None:
+        try:
+            trials = json.loads(raw)["trials"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{state.describe(SPACE_OVERRIDES)} is damaged; it holds the --trials the sweep "
+                            'started with: write {"trials": N} there') from None
+        space = space.with_trials(trials, source=state.describe(SPACE_OVERRIDES))
+    return space
 
 
 def prepare_resume(plan: SweepPlan) -> None:
@@ -255,8 +306,9 @@ def new_tuner(plan: SweepPlan, trainable: Any, sweep: Any) -> Any:
     if plan.warm_start:
         earlier = open_state(plan.storage, plan.warm_start)
         earlier.download_study()
-        copied = warm_start(study, create_study(space, earlier.study_url, plan.warm_start))
-        print(f"warm start: {copied} trials copied from {plan.warm_start}", flush=True)
+        copied, skipped = warm_start(study, create_study(space, earlier.study_url, plan.warm_start), space)
+        print(f"warm start: {copied} trials copied from {plan.warm_start}"
+              + (f" ({skipped} skipped: a value this space cannot take)" if skipped else ""), flush=True)
     from tuner.console import ProgressView
     from tuner.tracking import SpaceOutline
 
@@ -468,6 +520,10 @@ def main(argv: list[str] | None = None) -> None:
     data_found = data_status(args.data_dir)  # a --data-dir that cannot hold the data fails before anything is written
     if args.dry_run:
         check_tracking_server(uri, create=False)
+        if args.address:
+            parse_address(args.address)  # its form; whether a cluster answers there is the real run's question
+        if plan.resume:
+            prepare_resume(plan)  # the study, ledger and Ray state a --resume would take over are whole
         print(describe(space))
         print(data_found)
         print(f"tracking: {uri}")
@@ -480,7 +536,12 @@ def main(argv: list[str] | None = None) -> None:
     from tuner.driver_lease import DriverLease
 
     check_tracking_server(uri)  # before anything launches
-    lease = DriverLease(plan.state, plan.name).claim()  # before anything is written under --storage or to MLflow
+    try:  # the first write under --storage: a place that cannot be written fails here, before anything else
+        lease = DriverLease(plan.state, plan.name).claim()  # before anything is written to storage or MLflow
+    except OSError as err:
+        raise UserError(f"--storage {excerpt(args.storage)}: cannot write {plan.state.describe()} "
+                        f"({err.strerror or type(err).__name__}); give a folder or bucket this machine can write"
+                        ) from None
     try:
         drive(args, plan, uri)
     finally:
@@ -499,11 +560,10 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
     if plan.resume:
         prepare_resume(plan)  # before anything is written anywhere
     with tracking.store_opened_meanwhile(uri):  # its ~2 s overlap Ray's start
-        data = load_splits(args.data_dir, space.data.val_size, space.data.subset, space.data.split_seed)
+        data = load_splits(args.data_dir, space.data.val_size, space.data.subset, space.data.split_seed,
+                           named=lambda key, value: f"{space.path}: data.{key}={value}")
         address = connect_ray(args.address)
     check_cluster_resources(space)
-    if not plan.resume:
-        plan.state.write_bytes(SPACE_COPY, space.text.encode())
     sweep = tracking.SweepRun.start(
         uri, plan.name, space.path, space.summary(),
         {"tuner.git_commit": git_commit(), "tuner.space_hash": space.digest,
@@ -522,6 +582,11 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
         else:
             tuner = new_tuner(plan, trainable, sweep)
             plan.state.record_ray_file(TUNER_STATE)  # written by the Tuner just now, before any trial ran
+            # The space copy marks the name as taken and --resume reads it, so it is written once the Tuner
+            # exists: a launch that fails before this point can be run again, same name and all.
+            if plan.overrides:
+                plan.state.write_bytes(SPACE_OVERRIDES, json.dumps(plan.overrides).encode())
+            plan.state.write_bytes(SPACE_COPY, space.text.encode())
         results = tuner.fit()
         plan.state.upload_study(force=True)
         if interrupts.interrupted():

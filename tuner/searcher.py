@@ -316,14 +316,68 @@ def fail_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], why
         study.tell(frozen.number, state=TrialState.FAIL)
 
 
-def warm_start(study: optuna.Study, previous: optuna.Study) -> int:
-    """Copy finished trials (COMPLETE and PRUNED, with their intermediate values) from an earlier sweep."""
-    copied = 0
+def warm_start(study: optuna.Study, previous: optuna.Study, space: SearchSpace) -> tuple[int, int]:
+    """Copy finished trials (COMPLETE and PRUNED, with their intermediate values) from an earlier sweep, in this
+    space's terms: each parameter this space searches, with this space's distribution; parameters it does not
+    search are left out. A trial with a value this space cannot take (outside a range, not a choice, another
+    kind) is skipped: Optuna's storage refuses two kinds for one name, and TPE would model a point outside the
+    space. Returns (copied, skipped)."""
+    distributions = space_distributions(space)
+    copied = skipped = 0
     for trial in previous.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        params = {name: value for name, value in trial.params.items() if name in distributions}
+        if not all(holds(distributions[name], value) for name, value in params.items()):
+            skipped += 1
+            continue
         study.add_trial(optuna.trial.create_trial(
-            state=trial.state, value=trial.value, params=trial.params, distributions=trial.distributions,
+            state=trial.state, value=trial.value, params=params,
+            distributions={name: distributions[name] for name in params},
             user_attrs={**trial.user_attrs, "warm_start_from": previous.study_name},
             intermediate_values=trial.intermediate_values,
         ))
         copied += 1
-    return copied
+    return copied, skipped
+
+
+class _DistributionRecorder:
+    """A SuggestingTrial that notes each parameter's Optuna distribution instead of sampling it."""
+
+    def __init__(self) -> None:
+        self.distributions: dict[str, BaseDistribution] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float:
+        self.distributions[name] = FloatDistribution(low, high, step=step, log=log)
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        self.distributions[name] = IntDistribution(low, high, step=step, log=log)
+        return low
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        self.distributions[name] = CategoricalDistribution(choices)
+        return choices[0]
+
+
+def space_distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+    """Every Optuna parameter the space can sample (conditional ones too), by name."""
+    recorder = _DistributionRecorder()
+    for param in space.parameters:
+        param.sample(recorder)
+    return recorder.distributions
+
+
+def holds(distribution: BaseDistribution, value: Any) -> bool:
+    """Whether `value` is one this distribution samples: a choice, or a point of the range (on its step grid)."""
+    if isinstance(distribution, CategoricalDistribution):
+        return any(type(value) is type(choice) and value == choice for choice in distribution.choices)
+    if not isinstance(distribution, (FloatDistribution, IntDistribution)) or isinstance(value, (bool, str)):
+        return False
+    if not distribution.low <= value <= distribution.high:
+        return False
+    if isinstance(distribution, IntDistribution) and value != int(value):
+        return False
+    if distribution.step is None:
+        return True
+    steps = (value - distribution.low) / distribution.step
+    return abs(steps - round(steps)) <= 1e-8 * max(1.0, abs(steps))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import decimal
 import hashlib
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -61,7 +62,10 @@ MAX_CONCURRENT = 10_000
 MAX_WALL_TIME_S = 30 * 86400
 MAX_GPU_HOURS = 1_000_000
 MAX_CHOICES = 1_000
+MAX_GRID_VALUES = 10**9  # values of a stepped range; finer steps are a continuous range in all but name
+RAY_RESOURCE_STEP = 0.0001  # Ray refuses fractional resource quantities finer than this when the trial starts
 CIFAR_TRAIN_IMAGES = 50_000
+MAX_NAME = 64
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # sweep names become folder names
 DURATION_PATTERN = re.compile(r"(?:\s*\d+(?:\.\d+)?\s*[smhd])+\s*")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -96,6 +100,7 @@ class Setting:
     above: float | None = None  # an exclusive lower bound (cpus > 0)
     words: tuple[str, ...] = ()
     optional: bool = False  # null means "no limit"
+    resolution: float | None = None  # the value is a whole multiple of this (Ray's resource quantities)
     key: str | None = None  # the name in the file when it differs from the field's
     doc: str = ""  # what the setting does, for the JSON Schema (an editor shows it)
 
@@ -129,6 +134,12 @@ class Setting:
         if self.high is not None and number > self.high:
             shown = format_duration(self.high) if self.kind == "duration" else f"{self.high:,}"
             raise ValueError(f"is above the limit of {shown}")
+        rounded = round(number / self.resolution) * self.resolution if self.resolution else number
+        if abs(rounded - number) > 1e-9 * (self.resolution or 0):
+            if self.above is not None and rounded <= self.above:
+                rounded = self.above + self.resolution
+            raise ValueError(f"has more decimals than Ray counts resources in (steps of {self.resolution:g}); "
+                             f"round it to {rounded:.4g}")
         return number
 
     def rule(self, unset: str = "null") -> str:
@@ -136,7 +147,8 @@ class Setting:
         if self.kind == "word":
             return f"must be one of {', '.join(self.words)}"
         if self.kind == "name":
-            return "must be letters, digits, '.', '_' or '-' (at most 64; it names folders)"
+            return (f"must be 1-{MAX_NAME} letters, digits, '.', '_' or '-', starting with a letter or digit "
+                    "(it names folders)")
         what = {"int": "a whole number", "float": "a finite number",
                 "duration": "a duration: seconds, or e.g. 90s, 30m, 2h, 1d"}[self.kind]
         if self.kind == "duration":
@@ -212,8 +224,8 @@ class SchedulerSettings:
 
 @dataclass(frozen=True)
 class Resources:
-    cpus: float = _setting(1.0, "float", high=1024, above=0, doc="CPUs per trial")
-    gpus: float = _setting(0.0, "float", 0, 64,
+    cpus: float = _setting(1.0, "float", high=1024, above=0, resolution=RAY_RESOURCE_STEP, doc="CPUs per trial")
+    gpus: float = _setting(0.0, "float", 0, 64, resolution=RAY_RESOURCE_STEP,
                            doc="GPUs per trial: a fraction packs trials onto one GPU; 0 trains on CPU")
 
 
@@ -450,6 +462,14 @@ class SearchSpace:
         return flat
 
 
+def grid_high(low: float, high: float, step: float) -> float:
+    """The largest value of low + k * step that is <= high, in decimal arithmetic as Optuna computes it (it
+    shortens a range that `step` does not divide, with a warning a user may never see)."""
+    span, stride = decimal.Decimal(str(high)) - decimal.Decimal(str(low)), decimal.Decimal(str(step))
+    last = decimal.Decimal(str(low)) + (span // stride) * stride
+    return int(last) if isinstance(low, int) and isinstance(step, int) else float(last)
+
+
 def resolve_space_path(name: str | Path) -> Path:
     """A path as given, else a bare name looked up in ./search_spaces and the repository's folder; a name
     without a suffix also as name.yaml (`--space smoke`)."""
@@ -462,6 +482,8 @@ def resolve_space_path(name: str | Path) -> Path:
     if path.is_dir():
         raise UserError(f"space file '{name}' is a directory; give a .yaml file (shipped: "
                         f"{', '.join(_shipped()) or 'none'})")
+    if path.exists():  # a FIFO or a device: read_text names it
+        return path
     raise UserError(f"space file '{name}' not found (looked in ., search_spaces/ and {SPACES_DIR}); "
                     f"shipped spaces: {', '.join(_shipped()) or 'none'}")
 
@@ -490,6 +512,7 @@ class _SpaceParser:
     def __init__(self, path: Path, text: str) -> None:
         self.path, self.text = path, text
         self.errors: list[tuple[int, str]] = []
+        self.sweep_owned: dict[str, Any] = {}  # TrainConfig fields the sweep sets, by value, once known
 
     def fail(self, section: Any, key: Any, message: str) -> None:
         """Record an error at the line of `key` in `section` (a LineDict), or at the file when unknown."""
@@ -527,7 +550,12 @@ class _SpaceParser:
             except ValueError as err:
                 self.fail(raw, key, f"{key}={excerpt(raw[key])} {err}")
         metric = top["metric"] or "val_acc"
-        mode = top["mode"] or ("max" if metric == "val_acc" else "min")
+        natural = "max" if metric == "val_acc" else "min"
+        if top["mode"] not in (None, natural):
+            self.fail(raw, "mode", f"mode: {top['mode']} with metric: {metric} would search for the worst "
+                                   f"{'accuracy' if metric == 'val_acc' else 'loss'}; use mode: {natural} "
+                                   "(or leave mode out)")
+        mode = natural
         sections = {name: self.settings(raw, name, cls) for name, cls in SECTIONS.items()
                     if name not in OPTIONAL_SECTIONS or name in raw}
         fixed = self.fixed(raw, sections["scheduler"])
@@ -588,6 +616,7 @@ class _SpaceParser:
     def parameters(self, raw: Mapping, fixed: Mapping[str, Any], scheduler: SchedulerSettings) -> tuple[Param, ...]:
         section = self.mapping(raw, "parameters")
         base = {**fixed, "epochs": scheduler.max_epochs}
+        self.sweep_owned = {"epochs": scheduler.max_epochs}
         parsed: list[Param] = []
         for name, spec in section.items():
             errors = len(self.errors)
@@ -713,13 +742,14 @@ class _SpaceParser:
             if key in by_name:
                 param = by_name[key]
                 possible = param.values() if param.type == "categorical" else None
-            elif key in SWEEP_OWNED_FIELDS:
-                possible = None  # scheduler.max_epochs: holds or not for every trial
+            elif key in SWEEP_OWNED_FIELDS:  # every trial's config has epochs = scheduler.max_epochs
+                possible = [self.sweep_owned[key]] if key in self.sweep_owned else None
             else:
                 possible = [TrainConfig.coerce(key, fixed[key]) if key in fixed else getattr(TrainConfig, key)]
             if possible is not None and coerced[key] not in possible:
-                where = "its choices are" if key in by_name else ("it is fixed at" if key in fixed else
-                                                                 "it is not searched; its default is")
+                where = ("its choices are" if key in by_name else
+                         "every trial has scheduler.max_epochs =" if key in SWEEP_OWNED_FIELDS else
+                         "it is fixed at" if key in fixed else "it is not searched; its default is")
                 shown = ", ".join(excerpt(list(v) if isinstance(v, tuple) else v, 24) for v in possible)
                 bad(f"condition {key}={excerpt(value)} never holds: {where} {shown}")
         return coerced
@@ -750,6 +780,16 @@ class _SpaceParser:
         if len(set(out)) != len(out):
             bad("a choice is listed twice; list each once")
             return None
+        try:  # as the trial will read them: true and 'true', 32 and '32' are one choice
+            values = [TrainConfig.coerce(name, choice) for choice in out]
+        except ValueError:
+            return tuple(out)  # check_values names the invalid choice
+        for i, value in enumerate(values):
+            if value in values[:i]:
+                first = out[values.index(value)]
+                bad(f"choices {excerpt(first)} and {excerpt(out[i])} are the same {name} once read "
+                    f"({excerpt(value)}); list it once")
+                return None
         return tuple(out)
 
     def range_param(self, name: str, kind: str, spec: Mapping, per_stage: int | None, when: Mapping[str, Any],
@@ -793,6 +833,12 @@ class _SpaceParser:
             bad(f"log range needs low > 0 (got {low}); use a positive low or log: false")
         elif step is not None and step > high - low:
             bad(f"step {step} is wider than the range {low} to {high}; a smaller step, or fix the value")
+        elif step is not None and (high - low) / step > MAX_GRID_VALUES:
+            bad(f"step {step:g} makes more than {MAX_GRID_VALUES:,} values from {low} to {high}; drop step for a "
+                "continuous range, or use a coarser one")
+        elif step is not None and (shortened := grid_high(low, high, step)) != high:
+            bad(f"step {step:g} does not divide the range {low} to {high} (Optuna would end it at {shortened:g}); "
+                f"set high to {shortened:g} or {grid_high(low, high + step, step):g}")
         else:
             return Param(name, kind, low=low, high=high, log=log, step=step, per_stage=per_stage, when=when)
         return None

@@ -41,9 +41,11 @@ from typing import Any
 import pyarrow.fs
 
 from tuner.errors import UserError, excerpt
+from tuner.mlflow_names import SQLITE_HEADER
 
 DRIVER_PREFIX = "_driver"
 SPACE_COPY = "space.yaml"
+SPACE_OVERRIDES = "space_overrides.json"  # what the first driver's flags changed in the space: {"trials": N}
 STUDY_FILE = "optuna.db"
 BUDGET_LEDGER = "budget.json"
 REGISTRATION = "registered.json"  # trial_id, checkpoint, checkpoint_kind (final_fit or search), model, version
@@ -80,9 +82,14 @@ def resolve_storage(flag: str) -> tuple[str, pyarrow.fs.FileSystem, str]:
     except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError, ValueError) as err:
         raise UserError(f"--storage {excerpt(flag)} cannot be opened ({_first_line(err)}): give a folder, "
                         "s3://bucket/prefix or gs://bucket/prefix that this machine can reach") from None
-    if info.type == pyarrow.fs.FileType.File:
-        raise UserError(f"--storage {excerpt(flag)} is a file: give the folder (or bucket prefix) that holds "
-                        "the sweeps")
+    if info.type not in (pyarrow.fs.FileType.Directory, pyarrow.fs.FileType.NotFound):
+        raise UserError(f"--storage {excerpt(flag)} is a file, not a folder: give the folder (or bucket prefix) "
+                        "that holds the sweeps")
+    if "://" not in storage:  # a folder made on the first write: where it would be made must be a folder
+        ancestor = next(p for p in Path(storage).parents if p.exists())
+        if not ancestor.is_dir():
+            raise UserError(f"--storage {excerpt(flag)} lies under {ancestor}, which is not a folder: give a "
+                            "folder this machine can write")
     return storage, fs, root.rstrip("/")
 
 
@@ -346,20 +353,32 @@ def close_states() -> None:
     _states.clear()
 
 
-def check_sqlite(path: Path, where: str) -> None:
+def check_sqlite(path: Path, where: str, fix: str = "restore it from a backup, or start a new sweep") -> list[str]:
+    """An Optuna study file that SQLite and Optuna can read whole, checked read-only (Optuna writes its schema
+    into any database it opens, an empty one included). Returns the names of its studies; one line otherwise."""
+    with path.open("rb") as stream:
+        header = stream.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        what = "empty (0 bytes)" if not header else f"not an SQLite database (it starts with {excerpt(header[:8])})"
+        raise UserError(f"the Optuna study {where} is {what}; {fix}")
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            connection.execute("select count(*) from sqlite_master").fetchone()
+            # damage past the first page only shows when Optuna reads there, as a traceback: look now
+            verdict = connection.execute("pragma quick_check").fetchone()[0]
             tables = {row[0] for row in connection.execute("select name from sqlite_master where type='table'")}
+            names = [row[0] for row in connection.execute("select study_name from studies")] \
+                if "studies" in tables and verdict == "ok" else []
         finally:
             connection.close()
     except sqlite3.DatabaseError as err:
-        raise UserError(f"the Optuna study {where} is damaged ({err}); restore it from a backup, "
-                        "or start a new sweep") from None
+        raise UserError(f"the Optuna study {where} is damaged ({excerpt(str(err), 60)}); {fix}") from None
+    if verdict != "ok":
+        raise UserError(f"the Optuna study {where} is damaged ({excerpt(verdict, 60)}); {fix}")
     if "studies" not in tables:
-        raise UserError(f"{where} is not an Optuna study (no 'studies' table); restore it from a backup, "
-                        "or start a new sweep")
+        raise UserError(f"the Optuna study {where} has no Optuna tables (no 'studies' table: another SQLite "
+                        f"database); {fix}")
+    return names
 
 
 def _stamp(path: Path) -> tuple[int, int]:

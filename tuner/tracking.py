@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -59,6 +60,10 @@ from tuner.mlflow_names import (  # noqa: F401 - CHAMPION_ALIAS: the CLIs' name
 )
 from tuner.outcomes import run_status
 from tuner.train import EpochMetrics
+
+# "Creating initial MLflow database tables..." on a store's first open: two INFO lines on stderr ahead of the
+# sweep's own output (and ahead of an error line, which should be the only one there)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 DEFAULT_EXPERIMENT = "tuner"
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
@@ -118,6 +123,9 @@ def open_client(flag: str | None) -> tuple[MlflowClient, str]:
             f"(or set MLFLOW_TRACKING_URI) to the server the sweep logged to"
         )
     check_tracking_server(uri)
+    if path is not None and path.stat().st_size == 0:  # MLflow would write its tables into it: readers don't
+        raise UserError(f"tracking store {path} is empty: no sweep has logged there; pass --mlflow-uri (or set "
+                        "MLFLOW_TRACKING_URI) to the store the sweep logged to")
     return client_for(uri), uri
 
 

@@ -81,6 +81,8 @@ def read_text(path: Path, what: str, fix: str) -> str:
     if path.is_dir():
         raise UserError(f"{path} is a directory, not a {what}; {fix}")
     if not path.is_file():
+        if path.exists():  # a FIFO, a device, a socket: reading could block or never end
+            raise UserError(f"{path} is not a regular file, so it is not read as a {what}; {fix}")
         raise UserError(f"{path} does not exist; {fix}")
     size = path.stat().st_size
     if size > MAX_BYTES:
@@ -100,7 +102,10 @@ def load_yaml(path: str | Path, what: str, fix: str) -> Any:
     """
     path = Path(path)
     text = read_text(path, what, fix)
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # its reader already refuses control characters (NUL, ESC)
+    except yaml.YAMLError as err:
+        raise yaml_error(path, err, fix) from None
     try:
         data = loader.get_single_data()
     except _AliasRefused as err:
