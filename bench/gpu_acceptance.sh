@@ -3,7 +3,7 @@
 #   A  the report's recipe (Adam 1e-3, plateau on the val loss, batch 128, crop/flip/jitter/rotation) at full
 #      width on all 45,000 training images for 50 epochs: the anchor (bench/proxy_accuracy.py --recipe report)
 #   B  the default recipe at full width for 15 epochs, then half of the one-change candidates
-#   C  the CPU screen's winners together (`proposed`), then the other half (bench/recipe_candidates.py;
+#   C  the full CPU proxy's non-losers together (`proposed-b`), then the other half (bench/recipe_candidates.py;
 #      the table is docs/benchmarks.md#recipe-candidates)
 # Each writes its figures to JSON under $OUT after every epoch (A) or candidate (B, C), so a hard timeout
 # keeps what was measured; B and C start no candidate after CANDIDATE_MINUTES. summary.txt holds one table.
@@ -66,7 +66,7 @@ fi
 # which B trains first (they are scored on its weights).
 # Most telling first, since the last ones may not start: C opens with the CPU screen's winners together.
 HALF_B=default,tta-translate-1,dirac-init,alternate-flip,zero-init-residual
-HALF_C=proposed,smoothing-0.2,no-bn-bias-decay,final-plain-1,ema-1,batch-512-lr-x2
+HALF_C=proposed-b,final-plain-1,no-bn-bias-decay,smoothing-0.2,batch-512-lr-x2,proposed,ema-1
 
 # 1. The data: the training batches from the carried JPEG pack (the test batch stays sealed).
 if [ ! -d "$DATA_DIR/cifar-10-batches-py" ]; then
