@@ -334,3 +334,17 @@ def test_a_default_sweep_name_fits_the_names_resume_accepts() -> None:
 
     name = default_sweep_name("a" * 64)
     assert len(name) <= 64 and check_sweep_name("--resume", name) == name
+
+
+def test_warm_start_from_a_damaged_study_is_refused_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    from tuner.run import main
+    from tuner.space import SPACES_DIR
+
+    earlier = SweepState(str(tmp_path / "runs"), "acc")
+    earlier.write_bytes("space.yaml", (SPACES_DIR / "smoke.yaml").read_bytes())
+    earlier.write_bytes("optuna.db", b"SQLite format 3\x00" + bytes(range(256)) * 8)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--space", "smoke", "--warm-start", "acc", "--storage", str(tmp_path / "runs"), "--dry-run"])
+    assert exit_.value.code == 2
+    assert "the Optuna study" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs" / "_driver").iterdir()) == ["acc"]

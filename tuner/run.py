@@ -132,7 +132,7 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
 
 def check_warm_start(earlier: SweepState, name: str, space: SearchSpace) -> None:
     """The earlier sweep has a study, and optimised what this one does: its values seed this study's TPE."""
-    if not earlier.exists(STUDY_FILE):
+    if not earlier.download_study():  # also checks it opens whole: new_tuner reads it after MLflow has a run
         raise UserError(f"--warm-start {name}: no Optuna study at {earlier.describe(STUDY_FILE)}; give a finished "
                         "sweep name (and the --storage it ran with)")
     copy = earlier.read_bytes(SPACE_COPY)
