@@ -496,3 +496,18 @@ def test_predict_says_what_is_wrong_with_a_model_or_image_path(registry, tmp_pat
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32 x 32 = 1024 pixels > twice the limit
     line = predict_line(model_dir, png)
     assert "the image is too large (1,024 pixels" in line and "PNG or JPEG" not in line
+
+
+def test_a_resumed_driver_finds_the_version_its_killed_predecessor_registered(registry: Registry, tmp_path) -> None:
+    """A driver killed after MLflow created the version but before the sweep recorded it (registered.json):
+    the next driver's registration returns that version instead of registering the champion again."""
+    space = tmp_path / "space.yaml"
+    space.write_text("parameters: {}\n")
+    before = {v.version for v in registry.client.search_model_versions(f"name = '{registry.name}'")}
+    sweep = SweepRun.start(registry.uri, registry.good_sweep, space, {"num_samples": 1}, {})
+    try:
+        version = sweep.register_best({}, "t_0", registry.good_val_acc, model_name=registry.name)
+    finally:
+        sweep.end()
+    assert version == registry.good
+    assert {v.version for v in registry.client.search_model_versions(f"name = '{registry.name}'")} == before

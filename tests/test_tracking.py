@@ -304,3 +304,20 @@ def test_a_reader_of_an_empty_store_file_is_refused_and_the_file_left_empty(tmp_
     with pytest.raises(UserError, match="is empty: no sweep has logged there"):
         open_client(f"sqlite:///{empty}")
     assert empty.stat().st_size == 0  # MLflow would have written its tables into it
+
+
+def test_a_server_gone_before_the_final_writes_is_one_line_with_the_resume_command(mlflow_server, tmp_path):
+    """Nothing buffered (the trials' metrics all delivered), then the server goes away: the direct writes
+    of the end (final fit run, registration) wait for it up to their timeout and then say how to resume,
+    instead of a traceback after MLflow's own minutes of retries."""
+    from tuner.errors import UserError
+
+    sweep = start_sweep(mlflow_server.uri, tmp_path)
+    mlflow_server.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(UserError, match=r"unreachable for 3s .*resume the sweep \(python -m tuner.run --resume"):
+            sweep.register_best({}, "t_0", 0.5, timeout_s=3)
+        assert time.monotonic() - started < 15
+    finally:
+        mlflow_server.start()

@@ -132,26 +132,32 @@ def check_sqlite_file(uri: str) -> None:
                         "pass the MLflow database file, or a new path for a new store")
 
 
+def health_problem(uri: str, timeout_s: float = 5.0) -> str | None:
+    """None when the tracking server at `uri` answers its health check, else why not: the exception's name
+    (no answer) or `HTTP <status>` (something else answers there)."""
+    import requests
+
+    try:
+        response = requests.get(f"{uri}/health", timeout=timeout_s)
+    except requests.RequestException as err:
+        return type(err).__name__
+    return None if response.status_code == 200 else f"HTTP {response.status_code}"
+
+
 def check_tracking_server(uri: str, timeout_s: float = 10.0, create: bool = True) -> None:
     """Fail early and in one line when tracking cannot work: a bad URI, a server that does not answer; with
     `create`, make the folders of a local store (the dry run writes nothing)."""
     check_tracking_uri(uri)
     if is_server(uri):
-        import requests
-
-        try:
-            response = requests.get(f"{uri}/health", timeout=timeout_s)
-        except requests.RequestException as err:
-            reason = type(err).__name__
+        problem = health_problem(uri, timeout_s)
+        if problem is not None and problem.startswith("HTTP "):
+            raise UserError(f"{uri}/health answered {problem}: is {uri} an MLflow tracking server? Fix --mlflow-uri / "
+                            "MLFLOW_TRACKING_URI")
+        if problem is not None:
             raise UserError(
-                f"MLflow tracking server {uri} is not reachable ({reason}): start it "
+                f"MLflow tracking server {uri} is not reachable ({problem}): start it "
                 f"(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix --mlflow-uri / MLFLOW_TRACKING_URI, "
                 f"or leave both unset to track to ./{LOCAL_DB}"
-            ) from None
-        if response.status_code != 200:
-            raise UserError(
-                f"{uri}/health answered HTTP {response.status_code}: is {uri} an MLflow tracking server? "
-                f"Fix --mlflow-uri / MLFLOW_TRACKING_URI"
             )
         return
     if not create:

@@ -53,6 +53,7 @@ from tuner.mlflow_names import (  # noqa: F401 - CHAMPION_ALIAS: the CLIs' name
     CHAMPION_ALIAS,
     DEFAULT_MODEL_NAME,
     check_tracking_server,
+    health_problem,
     is_server,
     local_artifact_root,
     resolve_tracking_uri,
@@ -127,6 +128,9 @@ def open_client(flag: str | None) -> tuple[MlflowClient, str]:
         raise UserError(f"tracking store {path} is empty: no sweep has logged there; pass --mlflow-uri (or set "
                         "MLFLOW_TRACKING_URI) to the store the sweep logged to")
     return client_for(uri), uri
+
+
+HEALTH_RETRY_S = 2.0  # between probes of a tracking server that does not answer
 
 
 def client_for(uri: str) -> MlflowClient:
@@ -758,9 +762,16 @@ class SweepRun:
     def _reach_store(self, timeout_s: float, what: str) -> None:
         """Deliver what is buffered first (the direct writes below must not overtake it); a UserError saying
         how to resume when the store stays away for `timeout_s`."""
-        if not self._sender.drain(timeout_s):
+        deadline = time.monotonic() + timeout_s
+        reason = None if self._sender.drain(timeout_s) else self._sender.last_error
+        # An empty buffer drains at once: a server that went away since is met by the direct calls that
+        # follow, each in MLflow's own retry loop (minutes) and then as a traceback. Ask it first.
+        if reason is None and is_server(self.uri):
+            while (reason := health_problem(self.uri)) is not None and time.monotonic() < deadline:
+                time.sleep(min(HEALTH_RETRY_S, max(0.0, deadline - time.monotonic())))
+        if reason is not None:
             raise UserError(f"tracking store {self.uri} unreachable for {timeout_s:.0f}s "
-                            f"({self._sender.last_error}): {what}; bring the server back and resume the sweep "
+                            f"({reason}): {what}; bring the server back and resume the sweep "
                             f"(python -m tuner.run --resume {self.sweep_name})")
 
     def final_fit_run(self, trial_id: str, label: str, config: TrainConfig, params: Mapping[str, str],
@@ -810,6 +821,14 @@ class SweepRun:
         way `val_acc` is the search checkpoint's validation accuracy: a final fit on all images has none of
         its own, so that figure stays the one `promote --allow-val` compares (tags val_acc, search_val_acc)."""
         self._reach_store(timeout_s, f"best trial {trial_id} not registered")
+        kind = CHECKPOINT_FINAL if final else CHECKPOINT_SEARCH
+        earlier = self.registered_version(model_name, trial_id, kind)
+        if earlier is not None:  # a driver killed after creating the version, before the sweep recorded it
+            print(f"version {earlier} of {model_name} already holds this {kind.replace('_', ' ')} checkpoint of "
+                  f"trial {trial_id} (registered by an earlier driver of sweep {self.sweep_name})", flush=True)
+            self._client.set_tag(self.run_id, "tuner.registered_version", f"{model_name}/{earlier}")
+            self._client.set_tag(self.run_id, "tuner.registered_checkpoint", kind)
+            return earlier
         model, config = model_from_checkpoint(checkpoint)
         child = find_trial_run(self._client, self.experiment_id, self.run_id, trial_id)
         search_run_id = child.info.run_id if child else self.run_id
@@ -839,7 +858,7 @@ class SweepRun:
             "checkpoint_uri": f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}",
             **{key.split(".", 1)[1]: parent_tags[key] for key in PARENT_TAGS if key in parent_tags},
             # lineage of the search and, for a final fit, of the retraining
-            "checkpoint_kind": CHECKPOINT_FINAL if final else CHECKPOINT_SEARCH,
+            "checkpoint_kind": kind,
             "search_run_id": search_run_id,
             "search_trial_id": trial_id,
             "search_val_acc": f"{float(val_acc):.6f}",
@@ -884,8 +903,22 @@ class SweepRun:
                              f"blocks {config.blocks}"),
             )
         self._client.set_tag(self.run_id, "tuner.registered_version", f"{model_name}/{version.version}")
-        self._client.set_tag(self.run_id, "tuner.registered_checkpoint", lineage["checkpoint_kind"])
+        self._client.set_tag(self.run_id, "tuner.registered_checkpoint", kind)
         return str(version.version)
+
+    def registered_version(self, model_name: str, trial_id: str, kind: str) -> str | None:
+        """The version of `model_name` this sweep already registered for trial `trial_id`'s `kind` checkpoint
+        (the lineage tags register_best writes), else None. Sweep names are plain folder names: safe to quote."""
+        try:
+            found = self._client.search_model_versions(
+                f"name = '{model_name}' and tags.sweep = '{self.sweep_name}' and tags.search_trial_id = "
+                f"'{trial_id}' and tags.checkpoint_kind = '{kind}'")
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        ready = sorted((v for v in found if v.status == "READY"), key=lambda v: int(v.version))
+        return str(ready[0].version) if ready else None
 
     def end(self, status: str = "FINISHED", timeout_s: float = 120.0) -> bool:
         """Deliver the summary metrics and end the parent run; False (with a warning) if the store stayed
