@@ -238,22 +238,25 @@ def test_a_trial_restarted_after_all_its_epochs_reports_its_last_one_again_and_t
     assert reported["resumed"] == [1, 2]  # the checkpoint's epochs, for the driver to fill in (outcomes.RESUMED_EPOCHS)
 
 
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path, ray_head: RayNode,
-                                                                   tmp_path: Path) -> None:
+                                                                   tmp_path: Path, stop: str) -> None:
+    """Ctrl-C, and SIGTERM (systemd, Kubernetes, `timeout`) the same way."""
+    name = f"ctrl-c-{stop.lower()}"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    driver = tuner_run(workdir, ray_head, uri, "--space", str(workdir / "tiny.yaml"), "--name", "ctrl-c")
+    driver = tuner_run(workdir, ray_head, uri, "--space", str(workdir / "tiny.yaml"), "--name", name)
     seen = wait_for_line(driver, "[2/7]")
     # a second driver of the running sweep is refused before it writes anything: one driver per sweep
-    second = tuner_run(workdir, ray_head, uri, "--resume", "ctrl-c")
+    second = tuner_run(workdir, ray_head, uri, "--resume", name)
     refused, _ = second.communicate(timeout=120)
     assert second.returncode == 2 and "Traceback" not in refused, refused[-3000:]
     assert [line for line in refused.splitlines() if line.startswith("error: ")] == [
-        line for line in refused.splitlines() if line.startswith(f"error: sweep ctrl-c is being driven now by pid "
+        line for line in refused.splitlines() if line.startswith(f"error: sweep {name} is being driven now by pid "
                                                                  f"{driver.pid} on host ")], refused[-3000:]
-    driver.send_signal(signal.SIGINT)
+    driver.send_signal(getattr(signal, stop))
     out, _ = driver.communicate(timeout=120)
     assert driver.returncode == 130, ("".join(seen) + out)[-3000:]
-    assert f"sweep ctrl-c interrupted; continue it with: python -m tuner.run --resume ctrl-c --storage " \
+    assert f"sweep {name} interrupted; continue it with: python -m tuner.run --resume {name} --storage " \
            f"{workdir / 'runs'}\n" in out
     # No traceback through our code (Ray may log one of its own, e.g. a snapshot upload that failed under
     # load, and carry on).
@@ -261,17 +264,17 @@ def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path
     assert "registered as model version" not in out
     client = MlflowClient(uri)
     parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                "tags.`tuner.sweep` = 'ctrl-c' and tags.`mlflow.parentRunId` IS NULL")
+                                f"tags.`tuner.sweep` = '{name}' and tags.`mlflow.parentRunId` IS NULL")
     assert [r.info.status for r in parent] == ["KILLED"]
-    unfinished = [t for t in study_of(workdir, "ctrl-c").trials if t.state == TrialState.RUNNING]
+    unfinished = [t for t in study_of(workdir, name).trials if t.state == TrialState.RUNNING]
     assert unfinished, "Ctrl-C finished the running trials instead of leaving them to --resume"
 
-    out = finish(tuner_run(workdir, ray_head, uri, "--resume", "ctrl-c"))
-    launched = [t for t in study_of(workdir, "ctrl-c").trials if "ray_trial_id" in t.user_attrs]
+    out = finish(tuner_run(workdir, ray_head, uri, "--resume", name))
+    launched = [t for t in study_of(workdir, name).trials if "ray_trial_id" in t.user_attrs]
     assert not [t for t in launched if t.state == TrialState.RUNNING]
     assert len([t for t in launched if not t.user_attrs.get("abandoned")]) == 7
     assert "registered as model version" in out
-    assert_each_epoch_once(uri, child_runs(uri, "ctrl-c"))
+    assert_each_epoch_once(uri, child_runs(uri, name))
 
 
 def test_a_storage_outage_mid_sweep_delays_the_drivers_state_and_stops_nothing(workdir: Path, ray_head: RayNode,

@@ -27,5 +27,18 @@ def watch_sigint() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def sigterm_as_sigint() -> None:
+    """SIGTERM (systemd, Kubernetes, `timeout`) ends the sweep as Ctrl-C does: Tune stops the trials and
+    saves its state, and the driver says how to resume. Ray's own driver handler exits at once instead, in
+    the middle of whatever it was writing. Set after ray.init, which installs Ray's."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def interrupted() -> bool:
     return _INTERRUPTED.is_set()

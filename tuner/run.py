@@ -563,6 +563,7 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
         data = load_splits(args.data_dir, space.data.val_size, space.data.subset, space.data.split_seed,
                            named=lambda key, value: f"{space.path}: data.{key}={value}")
         address = connect_ray(args.address)
+    interrupts.sigterm_as_sigint()
     check_cluster_resources(space)
     sweep = tracking.SweepRun.start(
         uri, plan.name, space.path, space.summary(),
