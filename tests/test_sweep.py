@@ -238,6 +238,36 @@ def test_a_trial_restarted_after_all_its_epochs_reports_its_last_one_again_and_t
     assert reported["resumed"] == [1, 2]  # the checkpoint's epochs, for the driver to fill in (outcomes.RESUMED_EPOCHS)
 
 
+def test_a_trial_ended_just_before_a_kill_is_not_trained_or_recorded_again(workdir: Path, ray_head: RayNode,
+                                                                         mlflow_server) -> None:
+    """SIGKILL half a second after a trial's outcome line: Ray's newest snapshot (every 2 s) may still list it
+    as running, and the restored sweep starts it again. It must end again at once (ended.json), keeping the
+    outcome, study state and epochs the first driver recorded, and not count against the budget twice."""
+    driver = tuner_run(workdir, ray_head, mlflow_server.uri, "--space", str(workdir / "tiny.yaml"),
+                       "--name", "ended-kill", start_new_session=True)
+    seen = wait_for_line(driver, "[1/")
+    first = re.match(r"\[1/7\] trial (\S+) (\S+):", seen[-1])
+    assert first, seen[-1]
+    time.sleep(0.5)  # past the driver's writes of that outcome (study, ended.json), before Tune's next snapshot
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    ended_before = {t.user_attrs["ray_trial_id"]: t.state for t in study_of(workdir, "ended-kill").trials
+                    if "ray_trial_id" in t.user_attrs and t.state.is_finished()}
+
+    out = finish(tuner_run(workdir, ray_head, mlflow_server.uri, "--resume", "ended-kill"))
+    counts = [int(m.group(1)) for m in re.finditer(r"^\[(\d+)/7\] trial", out, re.MULTILINE)]
+    assert counts and max(counts) <= 7 and len(counts) == len(set(counts)), (counts, out[-6000:])
+    after = {t.user_attrs["ray_trial_id"]: t.state for t in study_of(workdir, "ended-kill").trials
+             if "ray_trial_id" in t.user_attrs}
+    assert all(after[trial_id] == state for trial_id, state in ended_before.items())
+    runs = child_runs(mlflow_server.uri, "ended-kill")
+    assert_each_epoch_once(mlflow_server.uri, runs)
+    ended = json.loads((workdir / "runs" / "_driver" / "ended-kill" / "ended.json").read_text())
+    label, outcome = first.groups()
+    assert [r.data.tags["tuner.outcome"] for r in runs if r.data.tags.get("tuner.trial_label") == label
+            and r.data.tags["tuner.trial_id"] in ended] == [outcome]
+
+
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path, ray_head: RayNode,
                                                                    tmp_path: Path, stop: str) -> None:

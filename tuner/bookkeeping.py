@@ -31,7 +31,7 @@ from tuner.config import TrainConfig
 from tuner.console import trial_line
 from tuner.errors import UserError
 from tuner.searcher import SpaceSearcher, fail_trials, tell_stopped
-from tuner.sweep_state import BUDGET_LEDGER, SweepState
+from tuner.sweep_state import BUDGET_LEDGER, ENDED_TRIALS, SweepState
 from tuner.tracking import EPOCH_METRICS, SYSTEM_PREFIX, TrialRuns, trial_label
 
 RESULT_FILE = "result.json"  # Ray's per-trial record of every reported result, one JSON object a line
@@ -170,6 +170,7 @@ class OutcomeRecorder:
         self._ended: set[str] = set()  # trials this driver gave an outcome
         self._backfilled = False
         self._stored_last: dict[str, dict] = {}  # each trial's last result-file row, as backfill read it
+        self._ended_results: dict[str, dict] = {}  # what this driver adds to sweep_state.ENDED_TRIALS
 
     @property
     def state(self) -> SweepState | None:
@@ -231,9 +232,32 @@ class OutcomeRecorder:
                 self._log_epoch(trial_id, row)
 
     def started(self, trial: Trial) -> None:
+        if self.ended_earlier(trial.trial_id):
+            return  # its run has its outcome: reopening it would undo that
         self.runs.start(trial.trial_id, int(trial.config.get("index", 0)), TrainConfig.from_dict(trial.config["train"]))
 
+    def ended_earlier(self, trial_id: str) -> bool:
+        """Whether an earlier driver of the sweep gave this trial its outcome (the study has it finished) and
+        Ray, restored from a snapshot older than that, started it again: it then reports once, with
+        outcomes.ENDED_EARLIER, and ends; nothing about it is recorded again."""
+        return trial_id not in self._ended and self.searcher.finished_in_study(trial_id)
+
+    def record_ended(self, trial_id: str, result: dict) -> None:
+        """Note the outcome's result under --storage (sweep_state.ENDED_TRIALS) for a trial Ray may restart."""
+        if self.state is None:
+            return
+        last = {k: v for k, v in result.items() if k in ("epoch", self.metric, "gpu_seconds", "trial_seconds")
+                and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if "epoch" in last and self.metric in last:
+            # setdefault: a recorder pickled with a sweep before this attribute existed lacks it
+            ended = self.__dict__.setdefault("_ended_results", {})
+            ended[trial_id] = {**last, "epoch": int(last["epoch"])}
+            self.state.best_effort("the record of ended trials", lambda: self.state.write_json(
+                ENDED_TRIALS, {**(self.state.read_json(ENDED_TRIALS) or {}), **ended}))
+
     def result(self, trial: Trial, result: dict) -> None:
+        if result.get(outcomes.ENDED_EARLIER):
+            return
         self._log_epoch(trial.trial_id, result)
 
     def _log_epoch(self, trial_id: str, result: dict) -> None:
@@ -251,6 +275,8 @@ class OutcomeRecorder:
 
     def complete(self, trial_id: str, result: dict, errored: bool, outcome: str | None = None,
                  create_run: bool = True) -> None:
+        if result.get(outcomes.ENDED_EARLIER):
+            return  # counted, logged and given its outcome by the driver that ended it
         self._log_epoch(trial_id, result)  # Tune may end a trial on a result it did not pass on first
         outcome = outcome or outcomes.of_result(result, errored, self.max_epochs)
         self.done += 1
@@ -258,6 +284,7 @@ class OutcomeRecorder:
         self.runs.count_finished(trial_id, self.done)
         print(trial_line(self.done, self.trials, trial_id, outcome, result, self.metric, self.runs), flush=True)
         self._ended.add(trial_id)
+        self.record_ended(trial_id, result)
         if self.state is not None:
             self.state.upload_study()
 
@@ -290,8 +317,9 @@ class OutcomeRecorder:
             deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if "ray_trial_id" in t.user_attrs}
         results = {trial.trial_id: trial.last_result or {} for trial in trials}
         for trial in trials:
+            ended_earlier = (trial.last_result or {}).get(outcomes.ENDED_EARLIER)
             if (trial.status in (Trial.TERMINATED, Trial.ERROR) and trial.trial_id not in unfinished
-                    and trial.trial_id not in self._ended):
+                    and trial.trial_id not in self._ended and not ended_earlier):
                 result = trial.last_result or {}
                 self.runs.finish(trial.trial_id, outcomes.of_result(result, trial.status == Trial.ERROR,
                                                                     self.max_epochs),

@@ -24,6 +24,8 @@ FAILED = (DIVERGED, ERRORED)  # prefixes: errored_out_of_gpu_memory is a failure
 # this key: epochs a killed driver received from it but never wrote (or never received) reach MLflow and the
 # study from there, each once.
 RESUMED_EPOCHS = "resumed_epochs"
+# In the one result of a trial Ray restarted although a driver had already ended it (sweep_state.ENDED_TRIALS)
+ENDED_EARLIER = "ended_earlier"
 
 
 def stopped(epoch: int, by: str = "asha") -> str:

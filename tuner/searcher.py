@@ -238,6 +238,11 @@ class SpaceSearcher(Searcher):
             return
         report_new_epochs(self._ot_trials[trial_id], stored, result, self.metric)
 
+    def finished_in_study(self, trial_id: str) -> bool:
+        """Whether the study holds Ray trial `trial_id` as finished (told by this driver or an earlier one)."""
+        self.study  # noqa: B018 - binds the study
+        return trial_id in self._ot_trials and self._stored(trial_id).state.is_finished()
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self.study  # noqa: B018 - binds the study
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:

@@ -52,6 +52,9 @@ REGISTRATION = "registered.json"  # trial_id, checkpoint, checkpoint_kind (final
 FINAL_CHECKPOINT = "final_fit.pt"  # the final fit's checkpoint as the task returned it (read with weights_only)
 FINAL_RECORD = "final_fit.json"  # what the final fit was and measured; written after final_fit.pt
 DIGESTS = "digests.json"
+# The trials this sweep's drivers gave an outcome, with their last result: a driver killed before Ray's next
+# snapshot leaves Ray listing such a trial as running, and a resumed trial reads this to end at once.
+ENDED_TRIALS = "ended.json"
 TUNER_STATE = "tuner.pkl"  # Ray's pickled Tuner, written once when a sweep's Tuner is made
 KEEP_DIGESTS = 8  # versions of one file that may still be on the way to storage when a driver dies
 # Files of Ray's experiment folder that --resume reads (and unpickles) and that are not a trial's
@@ -91,6 +94,20 @@ def resolve_storage(flag: str) -> tuple[str, pyarrow.fs.FileSystem, str]:
             raise UserError(f"--storage {excerpt(flag)} lies under {ancestor}, which is not a folder: give a "
                             "folder this machine can write")
     return storage, fs, root.rstrip("/")
+
+
+def ended_result(storage: str, sweep: str, trial_id: str) -> dict[str, Any] | None:
+    """The last result an earlier driver of `sweep` recorded for trial `trial_id` when it gave it an outcome
+    (ENDED_TRIALS), or None. For a trial worker: plain JSON read from --storage, and anything unreadable is
+    None (the trial then runs as Ray restored it)."""
+    try:
+        _, fs, root = resolve_storage(storage)
+        with fs.open_input_stream(f"{root}/{DRIVER_PREFIX}/{sweep}/{ENDED_TRIALS}") as stream:
+            ended = json.loads(stream.read())
+        result = ended.get(trial_id) if isinstance(ended, dict) else None
+    except (OSError, ValueError, UserError):
+        return None
+    return result if isinstance(result, dict) and isinstance(result.get("epoch"), int) else None
 
 
 def checkpoint_folders(fs: pyarrow.fs.FileSystem, experiment_path: str, trial_id: str) -> list[str]:

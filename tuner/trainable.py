@@ -27,7 +27,7 @@ from tuner.config import TrainConfig
 from tuner.data import DataSplits
 from tuner.device import pick_device
 from tuner.errors import UserError
-from tuner.outcomes import ERRORED_OUT_OF_GPU_MEMORY, RESUMED_EPOCHS
+from tuner.outcomes import ENDED_EARLIER, ERRORED_OUT_OF_GPU_MEMORY, RESUMED_EPOCHS
 from tuner.train import EpochMetrics, fit
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -169,6 +169,8 @@ class TrialSettings:
     cpus: float
     metric: str
     experiment: str = ""  # Ray's folder of the sweep (a path or URI): where a trial finds its own checkpoints
+    storage: str = ""  # --storage and the sweep's name: where a trial finds whether a driver already ended it
+    sweep: str = ""
 
 
 def worst_value(metric: str) -> float:
@@ -190,7 +192,18 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
     # Ray logs "Checkpoint successfully created at ..." at INFO for every report: one line per epoch per trial
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     train_config = TrainConfig.from_dict(config["train"], source="trial config")
-    checkpoint = newest_checkpoint(tune.get_checkpoint(), settings.experiment, tune.get_context().get_trial_id())
+    trial_id = tune.get_context().get_trial_id()
+    from tuner.sweep_state import ended_result
+
+    ended = ended_result(settings.storage, settings.sweep, trial_id) if settings.sweep else None
+    if ended is not None:
+        # A driver gave this trial its outcome and was killed before Ray's next snapshot, so Ray restarted it:
+        # it ends again on the result it ended on, without training (the driver records nothing twice).
+        print(f"trial {trial_id} was ended by an earlier driver at epoch {ended['epoch']}: it ends again "
+              "without training", flush=True)
+        tune.report({**ended, ENDED_EARLIER: True})
+        return
+    checkpoint = newest_checkpoint(tune.get_checkpoint(), settings.experiment, trial_id)
     resume = readable_checkpoint(checkpoint) if checkpoint is not None else None
     earlier_seconds = float(resume.get("trial_seconds", 0.0)) if resume else 0.0
     started = time.monotonic()
