@@ -65,6 +65,9 @@ from tuner.train import EpochMetrics
 # "Creating initial MLflow database tables..." on a store's first open: two INFO lines on stderr ahead of the
 # sweep's own output (and ahead of an error line, which should be the only one there)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+# With a tracking server MLflow prints two "View run ... at" lines whenever a run ends (every trial), and reads
+# the run back to do it; the sweep prints its own lines and the UI command at the end
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 DEFAULT_EXPERIMENT = "tuner"
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
