@@ -108,6 +108,25 @@ def test_searcher_state_pickles_for_resume(space, tmp_path: Path) -> None:
         == TrialState.COMPLETE
 
 
+def test_a_restored_searcher_labels_new_trials_after_every_trial_the_study_holds(space, tmp_path: Path) -> None:
+    """Ray's snapshot of the searcher is older than the study when the driver was killed after drawing more
+    trials: the next trial's label must not repeat one of those (two t003 runs in MLflow)."""
+    path = tmp_path / "open.yaml"  # no constraints: no rejected samples, so labels count trials alone
+    path.write_text(textwrap.dedent(SPACE).replace("constraints: {max_params: 30000}\n", ""))
+    space = load_space(path)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = SpaceSearcher(space, create_study(space, url, "s"))
+    searcher.suggest("a")
+    searcher.save(str(tmp_path / "searcher.pkl"))  # Ray's last snapshot
+    searcher.suggest("b")  # drawn after it; then the driver dies
+    restored = SpaceSearcher(space, create_study(space, url, "s"))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.suggest("c")
+    labels = [t.user_attrs["trial_label"] for t in optuna.load_study(study_name="s", storage=url).trials
+              if "trial_label" in t.user_attrs]
+    assert len(labels) == len(set(labels)) == 3, labels
+
+
 def test_a_suggested_trial_is_in_the_stored_study_before_ray_launches_it(space, tmp_path: Path) -> None:
     """A driver killed right after a trial starts: the study a resumed driver downloads still names it, so
     that driver ends it (abandoned, or stopped where it checkpointed) instead of never hearing of it."""

@@ -189,11 +189,23 @@ class SpaceSearcher(Searcher):
         file against the driver's own digest before Ray gets here."""
         with open(checkpoint_path, "rb") as file:
             self.__dict__.update(pickle.load(file))
+        self._count_from_study = True  # the snapshot's counts may miss samples drawn after it (_catch_up_counts)
+
+    def _catch_up_counts(self) -> None:
+        """After a restore, count the samples this sweep drew from the study, the authority: a driver killed
+        after Ray's snapshot had drawn more than the snapshot's counts say, and the next label would repeat
+        one a trial already has (two t003 runs). Warm-started copies are another sweep's draws."""
+        if not self.__dict__.pop("_count_from_study", False):
+            return
+        own = [t for t in self.study.get_trials(deepcopy=False) if "warm_start_from" not in t.user_attrs]
+        self.suggested = max(self.suggested, sum(1 for t in own if "ray_trial_id" in t.user_attrs))
+        self.rejected = max(self.rejected, sum(1 for t in own if "infeasible" in t.user_attrs))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         self.study  # noqa: B018 - binds the study (a resumed driver's working copy)
         if trial_id in self._ot_trials:  # Ray may ask again for a trial it already has (restore)
             return self._configs[trial_id]
+        self._catch_up_counts()
         for _ in range(MAX_REJECTIONS):
             ot_trial = self._ot_study.ask()
             config = self._space_spec.sample(ot_trial)
