@@ -170,7 +170,13 @@ class OutcomeRecorder:
         self._ended: set[str] = set()  # trials this driver gave an outcome
         self._backfilled = False
         self._stored_last: dict[str, dict] = {}  # each trial's last result-file row, as backfill read it
-        self._ended_results: dict[str, dict] = {}  # what this driver adds to sweep_state.ENDED_TRIALS
+        self._ended_results: dict[str, dict] = {}  # sweep_state.ENDED_TRIALS: read once, then this driver's adds
+        self._ended_read = False
+
+    def __setstate__(self, state: dict) -> None:
+        # Unpickled by a resumed driver: ENDED_TRIALS may hold more than this snapshot (read it again). The
+        # defaults serve a recorder pickled before these attributes existed.
+        self.__dict__.update({"_ended_results": {}, **state, "_ended_read": False})
 
     @property
     def state(self) -> SweepState | None:
@@ -249,11 +255,18 @@ class OutcomeRecorder:
         last = {k: v for k, v in result.items() if k in ("epoch", self.metric, "gpu_seconds", "trial_seconds")
                 and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if "epoch" in last and self.metric in last:
-            # setdefault: a recorder pickled with a sweep before this attribute existed lacks it
-            ended = self.__dict__.setdefault("_ended_results", {})
-            ended[trial_id] = {**last, "epoch": int(last["epoch"])}
-            self.state.best_effort("the record of ended trials", lambda: self.state.write_json(
-                ENDED_TRIALS, {**(self.state.read_json(ENDED_TRIALS) or {}), **ended}))
+            self._ended_results[trial_id] = {**last, "epoch": int(last["epoch"])}
+            self.state.best_effort("the record of ended trials", self._write_ended)
+
+    def _write_ended(self) -> None:
+        if not self._ended_read:  # earlier drivers' entries, once: after that this driver holds them all
+            try:
+                stored = self.state.read_json(ENDED_TRIALS) or {}
+            except UserError:  # damaged: written whole again from what this driver knows, never a failed sweep
+                stored = {}
+            self._ended_results = {**stored, **self._ended_results}
+            self._ended_read = True
+        self.state.write_json(ENDED_TRIALS, self._ended_results)
 
     def result(self, trial: Trial, result: dict) -> None:
         if result.get(outcomes.ENDED_EARLIER):

@@ -304,8 +304,7 @@ def new_tuner(plan: SweepPlan, trainable: Any, sweep: Any) -> Any:
     space, sched, limits = plan.space, plan.space.scheduler, plan.space.budget
     study = create_study(space, plan.state.study_url, plan.name)  # the one study; the searcher hands it on
     if plan.warm_start:
-        earlier = open_state(plan.storage, plan.warm_start)
-        earlier.download_study()
+        earlier = open_state(plan.storage, plan.warm_start)  # its study downloaded by check_warm_start
         copied, skipped = warm_start(study, create_study(space, earlier.study_url, plan.warm_start), space)
         print(f"warm start: {copied} trials copied from {plan.warm_start}"
               + (f" ({skipped} skipped: a value this space cannot take)" if skipped else ""), flush=True)

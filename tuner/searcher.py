@@ -259,7 +259,7 @@ class SpaceSearcher(Searcher):
         self.study  # noqa: B018 - binds the study
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
-        if self._stored(trial_id).state.is_finished():
+        if self.finished_in_study(trial_id):
             self._completed_trials.add(trial_id)
             return
         tell_finished(self._ot_study, self._ot_trials[trial_id], result, self.metric, self._max_epochs, error)

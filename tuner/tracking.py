@@ -70,6 +70,7 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 DEFAULT_EXPERIMENT = "tuner"
+HEALTH_RETRY_S = 2.0  # between probes of a tracking server that does not answer (SweepRun._reach_store)
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
 MODEL_ARTIFACT = "model"
 # What a trial's child run holds per epoch (step = epoch): the training loop's metrics.
@@ -131,9 +132,6 @@ def open_client(flag: str | None) -> tuple[MlflowClient, str]:
         raise UserError(f"tracking store {path} is empty: no sweep has logged there; pass --mlflow-uri (or set "
                         "MLFLOW_TRACKING_URI) to the store the sweep logged to")
     return client_for(uri), uri
-
-
-HEALTH_RETRY_S = 2.0  # between probes of a tracking server that does not answer
 
 
 def client_for(uri: str) -> MlflowClient:
