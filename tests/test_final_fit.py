@@ -1,10 +1,11 @@
 """The final fit end to end: `python -m tuner.run` with a `final:` section on a real Ray node, a sqlite MLflow
 store and generated data (700 training images: 500 train + 200 val). The champion is trained again on all 700,
 that checkpoint is registered with lineage to the search trial's run and the final fit's run, and promotion
-scores it on the test split; without `final:`, or when the final fit fails, the search checkpoint is
-registered; a driver killed during the final fit is resumed into it, and a finished sweep resumed fits and
-registers nothing again. Failures are injected by a driver that swaps `tuner.final_fit.train_final` for a task
-of its own (a `__main__` function: Ray ships it to the worker by value)."""
+scores it on the test split; every checkpoint records the space's data split, which `python -m tuner.train
+--resume` keeps (and refuses for a final fit on all images); without `final:`, or when the final fit fails,
+the search checkpoint is registered; a driver killed during the final fit is resumed into it, and a finished
+sweep resumed fits and registers nothing again. Failures are injected by a driver that swaps
+`tuner.final_fit.train_final` for a task of its own (a `__main__` function: Ray ships it to the worker by value)."""
 from __future__ import annotations
 
 import json
@@ -24,9 +25,11 @@ from mlflow.entities.model_registry import ModelVersion
 
 from tests.ray_nodes import RayNode, ray_env, started_head
 from tests.test_sweep import assert_each_epoch_once, child_runs, finish, study_of, wait_for_line
+from tests.test_train_cli import assert_one_line_error, run_train
 from tuner.checkpoint import load_checkpoint
-from tuner.data import write_synthetic_cifar10
+from tuner.data import load_splits, write_synthetic_cifar10
 from tuner.mlflow_names import DEFAULT_MODEL_NAME
+from tuner.tracking import find_sweep_run
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +145,36 @@ def test_a_sweep_with_final_registers_its_final_fit_linked_to_the_search_trial(
     assert f"registered as model version {version.version} of {DEFAULT_MODEL_NAME}: the final fit's checkpoint" in out
 
 
+def test_sweep_checkpoints_record_the_spaces_split_and_tuner_train_resumes_on_it(
+        final_sweep: tuple[str, str], workdir: Path, tmp_path: Path) -> None:
+    """Every checkpoint of the sweep records the split of the space's `data:` section (val_size 200, where
+    tuner.train's default is 5000): `python -m tuner.train --resume` of a trial's continues on that split without
+    a flag and refuses another; the final fit's records that it trained on the validation images too and is not
+    resumed (a resumed run would validate on images it trained on)."""
+    split = {"val_size": 200, "split_seed": 0, "subset": None,
+             "fingerprint": load_splits(workdir / "data", 200).fingerprint(), "train_on": "train"}
+    trials = sorted((workdir / "runs" / "with-final").glob("t*/checkpoint_*/checkpoint.pt"))
+    assert trials, "the sweep kept no trial checkpoint"
+    assert all(load_checkpoint(path)["split"] == split for path in trials)
+    final = workdir / "runs" / "_driver" / "with-final" / "final_fit.pt"
+    assert load_checkpoint(final)["split"] == {**split, "train_on": "all"}
+
+    trial = trials[0]
+    common = ["--data-dir", workdir / "data", "--device", "cpu", "--epochs", "2"]
+    other = run_train(*common, "--resume", trial, "--val-size", "300", "--out", tmp_path / "other.pt", cwd=tmp_path)
+    assert_one_line_error(other, f"flags: --val-size 300 differs from the split checkpoint {trial} trained on "
+                                 "(val_size=200)", "leave --val-size out")
+    out = tmp_path / "resumed.pt"
+    resumed = run_train(*common, "--resume", trial, "--out", out, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "train 500 / val 200 images" in resumed.stdout and "records no data split" not in resumed.stdout
+    assert load_checkpoint(out)["split"] == split and load_checkpoint(out)["epoch"] == 2
+    everything = run_train(*common[:-1], "3", "--resume", final, "--out", tmp_path / "final.pt", cwd=tmp_path)
+    assert_one_line_error(everything, f"checkpoint {final} is a final fit that trained on the training and the "
+                                      "validation images (train_on all)")
+    assert not (tmp_path / "other.pt").exists() and not (tmp_path / "final.pt").exists()
+
+
 def test_promote_scores_the_final_fit_on_the_test_split(final_sweep: tuple[str, str], workdir: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
     from tuner.promote import promote, score_on_val
@@ -222,6 +255,15 @@ def test_a_driver_killed_during_the_final_fit_resumes_into_it_and_a_finished_swe
     assert "epochs on" not in out.replace("  final fit:   2 epochs on", "")  # no final fit started
     version_of(MlflowClient(uri), "killed-final")  # still one version
     assert len(final_runs(uri, "killed-final")) == 1
+
+    # other images under --data-dir: refused in one line before anything is reopened or trained
+    other = workdir / "other-images"
+    write_synthetic_cifar10(other / "data", n_train=ALL_IMAGES, n_test=200, seed=3)
+    refused = driver(workdir, ray_head, uri, "--resume", "killed-final", "--data-dir", str(other / "data"))
+    out, _ = refused.communicate(timeout=300)
+    assert refused.returncode == 2, out
+    assert "holds other images than sweep killed-final ran on" in out and "Traceback" not in out
+    assert find_sweep_run(MlflowClient(uri), "killed-final").info.status == "FINISHED"  # not reopened
 
 
 def test_train_on_all_trains_on_train_and_val_and_monitors_a_few_of_them() -> None:

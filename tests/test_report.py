@@ -2,7 +2,16 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import http.server
+import os
 import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -17,27 +26,33 @@ from tuner.tracking import SweepRun
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[1]
+
 PLOTS = ["optimisation_history.png", "learning_curves.png", "parallel_coordinates.png", "pareto.png",
          "param_importances.png"]
 TABLES = ["trials.parquet", "trials.csv", "epochs.parquet", "epochs.csv"]
 
 
-@pytest.fixture(scope="module")
-def sweep(mlflow_server, tmp_path_factory) -> SweepRun:
-    """Five trials of different widths and learning rates: three complete 3 epochs, one is stopped by
-    ASHA after 1, one diverges after 2 (metrics are made up: no training needed)."""
-    space = tmp_path_factory.mktemp("report") / "space.yaml"
+# (widths, lr, epochs run, outcome, final val acc): metrics are made up, no training needed
+TRIALS = [
+    ((8, 16, 32), 0.02, 3, "completed", 0.50),
+    ((16, 32, 64), 0.05, 3, "completed", 0.62),
+    ((32, 64, 128), 0.1, 3, "completed", 0.70),
+    ((16, 32, 64), 0.3, 1, stopped_outcome(1), 0.20),
+    ((32, 64, 128), 0.4, 2, "diverged", 0.15),
+]
+
+
+def _start_sweep(uri: str, folder: Path) -> SweepRun:
+    space = folder / "space.yaml"
     space.write_text("parameters: {lr: {low: 0.01, high: 0.4, log: true}}\n")
-    sweep = SweepRun.start(mlflow_server.uri, f"report-{uuid.uuid4().hex[:8]}", space, {"num_samples": 5}, {})
-    trials = [
-        ((8, 16, 32), 0.02, 3, "completed", 0.50),
-        ((16, 32, 64), 0.05, 3, "completed", 0.62),
-        ((32, 64, 128), 0.1, 3, "completed", 0.70),
-        ((16, 32, 64), 0.3, 1, stopped_outcome(1), 0.20),
-        ((32, 64, 128), 0.4, 2, "diverged", 0.15),
-    ]
+    return SweepRun.start(uri, f"report-{uuid.uuid4().hex[:8]}", space, {"num_samples": 5}, {})
+
+
+def _log_trials(sweep: SweepRun, trials: list[tuple], first: int = 0) -> None:
+    """`trials` as t_<first>, t_<first + 1>, ...: child runs with their epochs and outcomes."""
     runs = sweep.trial_runs()
-    for index, (widths, lr, epochs, outcome, final) in enumerate(trials):
+    for index, (widths, lr, epochs, outcome, final) in enumerate(trials, start=first):
         trial_id = f"t_{index}"
         runs.start(trial_id, index, TrainConfig(widths=widths, blocks=(1, 1, 1), lr=lr, epochs=3))
         for epoch in range(1, epochs + 1):
@@ -45,6 +60,14 @@ def sweep(mlflow_server, tmp_path_factory) -> SweepRun:
                            epoch)
         runs.finish(trial_id, outcome, {"tuner.gpu_seconds": str(3.0 * epochs)})
     assert runs.flush(timeout_s=60)
+
+
+@pytest.fixture(scope="module")
+def sweep(mlflow_server, tmp_path_factory) -> SweepRun:
+    """Five trials of different widths and learning rates: three complete 3 epochs, one is stopped by
+    ASHA after 1, one diverges after 2."""
+    sweep = _start_sweep(mlflow_server.uri, tmp_path_factory.mktemp("report"))
+    _log_trials(sweep, TRIALS)
     sweep.end()
     return sweep
 
@@ -71,8 +94,9 @@ def test_report_writes_tables_and_plots_and_logs_them_to_the_sweep(sweep, tmp_pa
 
     for name in PLOTS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    logged = {a.path for a in MlflowClient(sweep.uri).list_artifacts(sweep.run_id, "report")}
-    assert logged == {f"report/{name}" for name in PLOTS + TABLES}
+    folder, files = _logged_report(sweep)
+    assert folder is not None and folder.startswith("report/") and f"{report.TAG_REPORT}={folder}" in printed
+    assert {path for path, _ in files} == {f"{folder}/{name}" for name in PLOTS + TABLES}
 
 
 def test_report_of_an_unknown_sweep_is_one_line_error(sweep, capsys):
@@ -153,8 +177,17 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _logged_report(sweep: SweepRun) -> set[tuple[str, int | None]]:
-    return {(a.path, a.file_size) for a in MlflowClient(sweep.uri).list_artifacts(sweep.run_id, "report")}
+def _logged_report(sweep: SweepRun) -> tuple[str | None, set[tuple[str, int | None]]]:
+    """The folder the run's tag names as its report, and every file under report/ (path, size)."""
+    client = MlflowClient(sweep.uri)
+    files, folders = set(), ["report"]
+    while folders:
+        for info in client.list_artifacts(sweep.run_id, folders.pop()):
+            if info.is_dir:
+                folders.append(info.path)
+            else:
+                files.add((info.path, info.file_size))
+    return client.get_run(sweep.run_id).data.tags.get(report.TAG_REPORT), files
 
 
 @pytest.fixture(scope="module")
@@ -267,3 +300,156 @@ def test_an_empty_out_is_one_line_error_and_writes_nothing(sweep, study_bytes, t
                                      "--storage", str(storage)])
     assert "--out" in error and "empty" in error
     assert sorted(path.name for path in tmp_path.iterdir()) == ["elsewhere"]
+
+
+# ---------------------------------------------------------------------------------------------
+# logging to the run is all or nothing: a reader sees the earlier report or the whole new one
+
+
+class FillingArtifactStore:
+    """A plain HTTP proxy in front of the real mlflow server: everything passes through, except that every
+    artifact upload after the first `uploads` is answered 507 Insufficient Storage (an artifact store that
+    fills up part-way through a report; MLflow does not retry a 507, so the failure comes at once). With
+    `interrupt` set to a process id, the refused upload sends that process Ctrl-C (SIGINT) instead, while it
+    waits for the answer."""
+
+    SKIPPED_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+
+    def __init__(self, upstream: str, uploads: int) -> None:
+        self.upstream = urllib.parse.urlsplit(upstream)
+        self.uploads_left, self.refused = uploads, 0
+        self.interrupt: int | None = None
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy.forward(self)
+
+            do_PUT = do_POST = do_DELETE = do_PATCH = do_GET
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def __enter__(self) -> FillingArtifactStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+    def forward(self, request: http.server.BaseHTTPRequestHandler) -> None:
+        body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
+        if request.command == "PUT" and "/mlflow-artifacts/artifacts/" in request.path:
+            with self.lock:
+                full = self.uploads_left <= 0
+                self.uploads_left -= 1
+                self.refused += full
+            if full:
+                if self.interrupt is not None:
+                    os.kill(self.interrupt, signal.SIGINT)
+                    time.sleep(3)  # the client is interrupted while it waits for this answer
+                self.answer(request, 507, [("Content-Type", "text/plain")], b"artifact store full")
+                return
+        upstream = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
+        try:
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in self.SKIPPED_HEADERS | {"host"}}
+            upstream.request(request.command, request.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+        finally:
+            upstream.close()
+        self.answer(request, response.status,
+                    [(k, v) for k, v in response.getheaders() if k.lower() not in self.SKIPPED_HEADERS], data)
+
+    @staticmethod
+    def answer(request: http.server.BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]],
+               data: bytes) -> None:
+        try:
+            request.send_response(status)
+            for key, value in headers:
+                request.send_header(key, value)
+            request.send_header("Content-Length", str(len(data)))
+            request.end_headers()
+            request.wfile.write(data)
+        except OSError:  # the client hung up (interrupted)
+            pass
+
+
+def _shown_report(sweep: SweepRun, into: Path) -> tuple[str, dict[str, str]]:
+    """What a reader takes as the run's report: the folder its tag names, and the digest of every file in it."""
+    import mlflow
+
+    folder = MlflowClient(sweep.uri).get_run(sweep.run_id).data.tags.get(report.TAG_REPORT)
+    assert folder, "the run names no report"
+    local = Path(mlflow.artifacts.download_artifacts(run_id=sweep.run_id, artifact_path=folder, dst_path=str(into),
+                                                     tracking_uri=sweep.uri))
+    return folder, {path.name: _digest(path) for path in local.iterdir()}
+
+
+@pytest.mark.parametrize("failure", ["store-fills", "interrupted"])
+def test_a_report_that_fails_while_logging_leaves_the_runs_report_whole(mlflow_server, tmp_path, capsys,
+                                                                          failure: str):
+    """The artifact store takes the first file of a new report and refuses the next (or the user presses
+    Ctrl-C then): one line, and the run still shows its earlier report, every file of it, none of the new
+    one's. The next report that succeeds replaces it whole and removes the earlier files, the older layout's
+    flat report/ files included."""
+    sweep = _start_sweep(mlflow_server.uri, tmp_path)
+    try:
+        _log_trials(sweep, TRIALS[:3])
+        client = MlflowClient(sweep.uri)
+        (tmp_path / "pareto.png").write_bytes(b"an older report's file")
+        (tmp_path / "notes.txt").write_text("not a report file")
+        for name in ("pareto.png", "notes.txt"):
+            client.log_artifact(sweep.run_id, str(tmp_path / name), "report")
+        argv = ["--sweep", sweep.sweep_name, "--mlflow-only"]
+        report.main([*argv, "--out", str(tmp_path / "first"), "--mlflow-uri", sweep.uri])
+        shown = _shown_report(sweep, tmp_path / "shown")
+        folder = shown[0]
+        logged = _logged_report(sweep)
+        assert logged[1] == {(f"{folder}/{name}", (tmp_path / "first" / name).stat().st_size) for name in shown[1]} \
+            | {("report/notes.txt", len("not a report file"))}
+        _log_trials(sweep, TRIALS[3:4], first=3)  # every table of the next report differs
+        capsys.readouterr()
+
+        # a process of its own, as a user runs it: this one's MLflow client keeps the run's artifact store
+        # (the real server's address) from the report above
+        with FillingArtifactStore(sweep.uri, uploads=1) as store:
+            command = subprocess.Popen(
+                [sys.executable, "-m", "tuner.report", *argv, "--out", str(tmp_path / "second"),
+                 "--mlflow-uri", store.uri], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if failure == "interrupted":
+                store.interrupt = command.pid
+            try:
+                _, error = command.communicate(timeout=300)
+            finally:
+                command.kill()  # only if still running (it timed out); a no-op once it exited
+        assert store.refused == 1  # it failed part-way: one file of the new report was already uploaded
+        error = error.strip()
+        assert "\n" not in error, error
+        if failure == "interrupted":
+            assert command.returncode == 130 and error == "interrupted", error
+        else:
+            assert command.returncode == 2 and error.startswith(f"error: logging the report to run {sweep.run_id}")
+            assert "507" in error and "keep their earlier report" in error, error
+        assert _shown_report(sweep, tmp_path / "shown-after") == shown
+        assert _logged_report(sweep) == logged  # the part uploaded is removed again
+        assert not [path for path in (tmp_path / "second").rglob("*") if path.is_file()]
+
+        report.main([*argv, "--out", str(tmp_path / "second"), "--mlflow-uri", sweep.uri])
+        new_folder, files = _shown_report(sweep, tmp_path / "shown-new")
+        assert new_folder != folder and files == {path.name: _digest(path) for path in (tmp_path / "second").iterdir()}
+        assert len(pd.read_csv(tmp_path / "second" / "trials.csv")) == 4
+        assert {path for path, _ in _logged_report(sweep)[1]} == \
+            {f"{new_folder}/{name}" for name in files} | {"report/notes.txt"}
+    finally:
+        sweep.end()

@@ -1,13 +1,18 @@
-"""What the driver does for trials Ray Tune ends without calling on_trial_complete (the ones a spent
-budget stops, and the ones a killed driver started after its last snapshot: abandoned), and what a
-resumed driver writes from the trials' result files (the backfill).
+"""What the driver does at the end of a sweep: for trials Ray Tune ends without calling on_trial_complete (the
+ones a spent budget stops, and the ones a killed driver started after its last snapshot: abandoned), what a
+resumed driver writes from the trials' result files (the backfill), and Ctrl-C after Tune's fit (during the
+final fit and the registration): the driver stops at once, exit 130 with the resume command, and the resumed
+sweep registers what the interrupted one had stored.
 
 Real Optuna study and a real MLflow store (sqlite); Tune's trials are stood in for by the fields the
-recorder reads (trial_id, status, last_result, config, and where the experiment is stored)."""
+recorder reads (trial_id, status, last_result, config, and where the experiment is stored). The interrupt
+tests run `python -m tuner.run`'s main on a real Ray node (tests/test_final_fit.py's space and drivers)."""
 from __future__ import annotations
 
 import json
+import textwrap
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,9 +22,14 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from tests.ray_nodes import RayNode, started_head
+from tests.test_final_fit import ALL_IMAGES, FINAL, SPACE, driver, final_runs, version_of
+from tests.test_sweep import assert_each_epoch_once, child_runs, finish
 from tuner import tracking
 from tuner.bookkeeping import BudgetStop, BudgetStopper, OutcomeRecorder
 from tuner.config import TrainConfig
+from tuner.data import write_synthetic_cifar10
+from tuner.mlflow_names import DEFAULT_MODEL_NAME
 from tuner.sweep_state import SweepState
 from tuner.tracking import SweepRun
 
@@ -264,3 +274,101 @@ def test_a_restarted_trials_first_result_brings_the_epochs_its_checkpoint_held(t
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
     assert sorted(steps) == [1, 2, 3, 4]
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "train_loss")) == [1, 2, 3]
+
+
+# A driver that signals itself at one point of the sweep's end (after Tune's fit): the point, the signal and how
+# many times are set in its first lines. os.kill runs the handler before the next line of the wrapper.
+INTERRUPTING = """
+import os, signal, sys, threading
+import tuner.final_fit as final_fit
+from tuner.tracking import SweepRun
+
+def interrupt():
+    for _ in range(times):
+        os.kill(os.getpid(), stop)
+
+def wrap(owner, name, before, when=lambda *args: True):
+    original = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        if before and when(*args):
+            interrupt()
+        result = original(*args, **kwargs)
+        if not before and when(*args):
+            interrupt()
+        return result
+    setattr(owner, name, wrapper)
+
+if point == "fitting":  # while the driver waits for the final fit's task (one that sleeps, as in test_final_fit)
+    def train_final(*args, **kwargs):
+        import time
+        time.sleep(600)
+    final_fit.train_final = train_final
+    original_run_task = final_fit.run_task
+    def run_task(*args, **kwargs):
+        threading.Timer(3, interrupt).start()
+        return original_run_task(*args, **kwargs)
+    final_fit.run_task = run_task
+elif point == "fit_returned":  # the final fit's task has returned: after its last look for Ctrl-C
+    wrap(final_fit, "run_task", before=False)
+elif point == "registering":  # the champion is about to be registered
+    wrap(SweepRun, "register_best", before=True)
+from tuner.run import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayNode]:
+    yield from started_head(tmp_path_factory.mktemp("ray"))
+
+
+@pytest.fixture(scope="module")
+def final_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("end")
+    write_synthetic_cifar10(root / "data", n_train=ALL_IMAGES, n_test=200, seed=2)
+    (root / "final.yaml").write_text(textwrap.dedent(SPACE) + FINAL)
+    return root
+
+
+# One case per window of the end phase; the signals are spread over them (each is one handler in the driver, and
+# tests/test_sweep.py stops a running sweep with each): a sweep and its resume cost about 25 s a case.
+@pytest.mark.parametrize(("point", "stop", "times"), [
+    ("fitting", "SIGTERM", 1),
+    ("fit_returned", "SIGUSR1", 1),  # Tune's other stop signal
+    ("registering", "SIGTERM", 1),  # the registration completes, then the driver stops: the resume only prints
+    ("registering", "SIGINT", 2),  # the second before the driver got to stop: at once, still with the resume command
+])
+def test_an_interrupt_in_the_sweeps_end_stops_it_for_resume_and_loses_nothing(
+        final_workdir: Path, ray_head: RayNode, point: str, stop: str, times: int) -> None:
+    workdir, name = final_workdir, f"end-{point}-{stop.lower()}-{times}"
+    uri = f"sqlite:///{workdir / f'{name}.db'}"
+    code = f"import signal\npoint, stop, times = {point!r}, signal.{stop}, {times}\n" + INTERRUPTING
+    first = driver(workdir, ray_head, uri, "--space", str(workdir / "final.yaml"), "--name", name, code=code)
+    out, _ = first.communicate(timeout=400)
+    assert first.returncode == 130, out[-4000:]
+    stopped = f"sweep {name} interrupted; continue it with: python -m tuner.run --resume {name} --storage " \
+              f"{workdir / 'runs'}"
+    assert out.count(stopped + "\n") == 1, out[-4000:]
+    assert 'tuner/run.py", line' not in out and "registered as model version" not in out, out[-4000:]
+    assert "Stop signal received" not in out, out[-4000:]  # Tune's handler, left over from its fit: not ours now
+    assert "failed (" not in out, out[-4000:]  # an interrupted final fit is not a failed one
+    client = MlflowClient(uri)
+    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                f"tags.`tuner.sweep` = '{name}' and tags.`mlflow.parentRunId` IS NULL")
+    assert [r.info.status for r in parent] == ["KILLED"]
+    stored = workdir / "runs" / "_driver" / name
+    fitted = point != "fitting"
+    assert (stored / "final_fit.json").exists() is fitted, "a final fit that had finished was not kept"
+    assert (stored / "registered.json").exists() is ((point, times) == ("registering", 1))
+
+    out = finish(driver(workdir, ray_head, uri, "--resume", name))
+    assert "[1/2]" not in out and "[2/2]" not in out, "a trial ran again"
+    assert ("epochs on" in out.replace("  final fit:   2 epochs on", "")) is not fitted, "a stored final fit ran again"
+    version = version_of(client, name)  # exactly one
+    assert version.tags["checkpoint_kind"] == "final_fit"
+    (final,) = final_runs(uri, name)
+    assert final.info.status == "FINISHED" and version.run_id == final.info.run_id
+    assert f"registered as model version {version.version} of {DEFAULT_MODEL_NAME}" in out
+    assert [r.info.status for r in client.search_runs([parent[0].info.experiment_id],
+                                                      f"attributes.run_id = '{parent[0].info.run_id}'")] == ["FINISHED"]
+    assert_each_epoch_once(uri, child_runs(uri, name))

@@ -119,6 +119,27 @@ def test_a_corrupt_study_is_one_line(tmp_path: Path, content: bytes) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("content", [b"", b"SQLite", b"GIF89a, an image" * 4])
+def test_a_study_and_a_tracking_store_that_are_not_sqlite_are_one_line_each_in_their_words(tmp_path: Path,
+                                                                                             content: bytes) -> None:
+    """Both read the same header; a study must be a database, while an empty tracking store file is one
+    MLflow has yet to fill (its readers refuse it elsewhere, in their own words)."""
+    from tuner.mlflow_names import check_sqlite_file
+    from tuner.sweep_state import check_sqlite
+
+    path = tmp_path / "file.db"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=f"the Optuna study {path} is ") as err:
+        check_sqlite(path, str(path))
+    assert "\n" not in str(err.value) and ("empty (0 bytes)" in str(err.value)) == (not content)
+    if not content:
+        check_sqlite_file(f"sqlite:///{path}")
+        return
+    with pytest.raises(UserError, match=f"tracking store {path} is not an SQLite database") as err:
+        check_sqlite_file(f"sqlite:///{path}")
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("content", ["{not json", "[]", '{"gpu_seconds": {}, "epochs": {"a": "x"}, "wall_seconds": 0}',
                                      '{"gpu_seconds": {}, "epochs": {}, "wall_seconds": true, "spent": null}'])
 def test_a_corrupt_budget_ledger_is_one_line(tmp_path: Path, content: str) -> None:

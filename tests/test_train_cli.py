@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tuner.checkpoint import load_checkpoint
-from tuner.data import BATCH_DIR, TEST_FILE, write_synthetic_cifar10
+from tuner.data import BATCH_DIR, TEST_FILE, DataSplits, load_splits, split_record, write_synthetic_cifar10
 from tuner.errors import UserError
 from tuner.train_command import ValueSources, build_config, check_batch_size
 
@@ -323,7 +323,8 @@ def test_resume_refuses_epochs_that_leave_nothing_to_train_and_saves_nothing(one
 def test_resume_keeps_the_checkpoints_split_and_refuses_another(one_epoch: Path, with_test: Path,
                                                                 tmp_path: Path) -> None:
     assert load_checkpoint(one_epoch)["split"] == {"val_size": 40, "split_seed": 0, "subset": None,
-                                                   "fingerprint": load_checkpoint(one_epoch)["split"]["fingerprint"]}
+                                                   "fingerprint": load_splits(with_test, 40).fingerprint(),
+                                                   "train_on": "train"}
     other_data = tmp_path / "other-data"
     write_synthetic_cifar10(other_data, n_train=200, seed=7)
     common = ["--device", "cpu", "--resume", one_epoch, "--epochs", "2", "--out", tmp_path / "refused.pt"]
@@ -353,3 +354,42 @@ def test_resuming_a_checkpoint_without_a_split_record_says_so_and_records_it(one
     assert result.returncode == 0, result.stderr
     assert f"note: checkpoint {old} records no data split" in result.stdout
     assert load_checkpoint(out)["split"] == recorded
+
+
+def test_a_final_fit_on_every_image_is_not_resumed_and_older_records_are_read_as_train(
+        one_epoch: Path, with_test: Path, tmp_path: Path) -> None:
+    """A sweep's final fit with `train_on: all` records that it trained on the validation images too: resuming it
+    would validate on trained-on images, so it is refused whatever the flags. A record from before `train_on` was
+    recorded (this command's, which trained on the training split) resumes as before."""
+    state = load_checkpoint(one_epoch)
+    common = ["--data-dir", with_test, "--device", "cpu", "--epochs", "2"]
+    every = tmp_path / "every-image.pt"
+    torch.save({**state, "split": {**state["split"], "train_on": "all"}}, every)
+    older = tmp_path / "older-record.pt"
+    torch.save({**state, "split": {k: v for k, v in state["split"].items() if k != "train_on"}}, older)
+    unrecorded = tmp_path / "final-fit-before-split-records.pt"  # its own entry says what it trained on
+    torch.save({**{k: v for k, v in state.items() if k != "split"},
+                "final_fit": {"train_on": "all", "train_images": 200}}, unrecorded)
+    damaged = tmp_path / "damaged.pt"
+    torch.save({**state, "split": {**state["split"], "train_on": "test"}}, damaged)
+    refused, refused_unrecorded, old, broken = (
+        start_train(*common, "--resume", path, "--out", tmp_path / f"out-{path.name}", cwd=tmp_path)
+        for path in (every, unrecorded, older, damaged))
+    for process, path in ((refused, every), (refused_unrecorded, unrecorded)):
+        assert_one_line_error(finish(process), f"checkpoint {path} is a final fit that trained on the training and "
+                                               "the validation images (train_on all)", "raise final.epochs")
+    assert_one_line_error(finish(broken), f"checkpoint {damaged}: its record of the data split is damaged")
+    resumed = finish(old)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "train 160 / val 40 images" in resumed.stdout and "records no data split" not in resumed.stdout
+    assert load_checkpoint(tmp_path / "out-older-record.pt")["split"] == state["split"]
+    assert [path.name for path in tmp_path.glob("out-*")] == ["out-older-record.pt"]
+
+
+def test_splits_made_by_hand_record_no_split_and_train_on_is_checked(with_test: Path) -> None:
+    data = load_splits(with_test, 40, subset=100, seed=3)
+    assert split_record(data, "all") == {"val_size": 40, "split_seed": 3, "subset": 100,
+                                         "fingerprint": data.fingerprint(), "train_on": "all"}
+    assert split_record(DataSplits(data.train, data.val)) is None  # nobody said how they were split
+    with pytest.raises(ValueError, match="train_on='val'"):
+        split_record(data, "val")

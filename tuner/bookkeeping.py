@@ -449,7 +449,7 @@ class SweepCallback(tune.Callback):
         self.recorder = recorder
 
     def setup(self, **info: Any) -> None:
-        interrupts.watch_sigint()
+        interrupts.watch_stop_signals()
         self.recorder.count_finished()
 
     def get_state(self) -> dict | None:

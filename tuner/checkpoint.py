@@ -2,7 +2,9 @@
 
 A checkpoint is the dict `tuner.train.TrainingState.checkpoint` builds (and `restore` reads back):
 `format`, `config` (TrainConfig as a dict), `epoch`, `model` (the evaluated weights), `optimizer`,
-`schedule`, `rng`, `history`, and with a weight average `trained` + `averaged_steps`. Reading uses
+`schedule`, `rng`, `history`, and with a weight average `trained` + `averaged_steps`. Every writer
+(`python -m tuner.train`, a sweep's trials, its final fit) adds `split`: the data split it trained on, as
+`tuner.data.split_record` builds it and `tuner.data.recorded_split` reads it back. Reading uses
 `torch.load(weights_only=True)`, so a planted file cannot run code.
 
 Reading checks only that `model` and `config` are there (bookkeeping reads just the history of checkpoints

@@ -2,21 +2,24 @@
 
 The batches are read once, straight into N x 32 x 32 x 3 uint8 arrays (about 150 MB for the 50,000
 training images); no per-image PIL anywhere. The validation split is carved from the training images,
-stratified and seeded. The official test batch is optional: the search never reads it, only
-evaluation and promotion do (`load_test`).
+stratified and seeded; a checkpoint records the split it trained on (`split_record`, `recorded_split`), so
+a resumed run validates on the same held-out images. The official test batch is optional: the search never
+reads it, only evaluation and promotion do (`load_test`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from tuner.errors import UserError
+from tuner.errors import UserError, excerpt
 
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -52,9 +55,23 @@ class ImageSet:
 
 
 @dataclass(frozen=True)
+class SplitSettings:
+    """How `load_splits` carved the training images: what a checkpoint records so that a resumed run trains and
+    validates on the same images (`split_record`)."""
+
+    val_size: int
+    split_seed: int
+    subset: int | None
+
+
+@dataclass(frozen=True)
 class DataSplits:
     train: ImageSet
     val: ImageSet
+    # How load_splits made them. It travels with the images (to every trial and the final fit, through the object
+    # store), so whatever trains on them records its split without being told again; None for splits put together
+    # by hand (tests, benchmarks), whose checkpoints then record no split.
+    settings: SplitSettings | None = None
 
     def fingerprint(self) -> str:
         """Short hash of the exact pixels and labels of both splits, for lineage tags."""
@@ -241,7 +258,49 @@ def load_splits(
                             f"left of the {len(images):,} in {where} after {named('val_size', val_size)}; "
                             f"give at most {len(train):,}, or leave it out to train on all of them")
         train = train.take(np.arange(subset))
-    return DataSplits(train, val)
+    return DataSplits(train, val, SplitSettings(val_size, seed, subset))
+
+
+# The checkpoint key that records the data split a run trained on: SplitSettings' fields, the split's fingerprint
+# and `train_on`. Every writer of checkpoints (python -m tuner.train, a sweep's trials, its final fit) builds it
+# with `split_record` and every reader checks it with `recorded_split`, so that a resumed run validates on the same
+# held-out images and never on images it trained on.
+SPLIT_RECORD = "split"
+# What a run trained on: `train` the training split (the validation split held out and scored each epoch); `all`
+# the training and the validation split (a final fit with train_on all: nothing held out). A record written before
+# `train_on` was recorded is `train`: only the final fit trains on both, and it recorded no split at all then.
+TRAINED_ON = ("train", "all")
+_SPLIT_NAMES = tuple(setting.name for setting in dataclasses.fields(SplitSettings))
+
+
+def split_record(data: DataSplits, train_on: str = "train") -> dict[str, Any] | None:
+    """The SPLIT_RECORD of a run on `data` (`train_on` as TRAINED_ON), or None when `data` does not say how it was
+    split (made by hand, not by `load_splits`). It hashes every image: build it once per run, not per epoch."""
+    if train_on not in TRAINED_ON:
+        raise ValueError(f"train_on={train_on!r} is not one of {', '.join(TRAINED_ON)}")
+    if data.settings is None:
+        return None
+    return {**dataclasses.asdict(data.settings), "fingerprint": data.fingerprint(), "train_on": train_on}
+
+
+def recorded_split(state: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    """The split checkpoint `state` (called `name` in errors) trained on, as `split_record` writes it (`train_on`
+    filled in for records older than it), or None for a checkpoint that records none (written before splits were
+    recorded). A damaged record is one UserError."""
+    record = state.get(SPLIT_RECORD)
+    if record is None:
+        return None
+
+    def is_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if (not isinstance(record, Mapping) or any(key not in record for key in (*_SPLIT_NAMES, "fingerprint"))
+            or not (is_int(record["val_size"]) and is_int(record["split_seed"]))
+            or not (record["subset"] is None or is_int(record["subset"])) or not isinstance(record["fingerprint"], str)
+            or record.get("train_on", "train") not in TRAINED_ON):
+        raise UserError(f"{name}: its record of the data split is damaged ({excerpt(record)}); resume from an "
+                        "intact copy, or start a new run without --resume")
+    return {"train_on": "train", **record}
 
 
 def write_synthetic_cifar10(

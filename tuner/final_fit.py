@@ -36,7 +36,7 @@ import numpy as np
 from tuner import interrupts
 from tuner.checkpoint import load_checkpoint
 from tuner.config import TrainConfig
-from tuner.data import DataSplits, ImageSet
+from tuner.data import SPLIT_RECORD, DataSplits, ImageSet, split_record
 from tuner.errors import UserError
 from tuner.space import FinalFit, SearchSpace
 from tuner.sweep_state import FINAL_CHECKPOINT, FINAL_RECORD, SweepState
@@ -111,6 +111,12 @@ def train_final(config: dict[str, Any], data: DataSplits, train_on: str, cpus: f
     if not held_out:  # the monitored images were trained on: no validation figure leaves the task
         state["history"] = [{**m, **dict.fromkeys(HELD_OUT_METRICS, float("nan"))} for m in state["history"]]
     state["final_fit"] = {"train_on": train_on, "train_images": len(splits.train)}
+    # The sweep's split and which of its images were trained on (the `data` the trials had, not `splits`, whose
+    # validation part with `all` is a few trained-on images): `python -m tuner.train --resume` continues a
+    # `train` fit on the trials' split and refuses an `all` one, which has nothing held out.
+    split = split_record(data, train_on)
+    if split is not None:
+        state[SPLIT_RECORD] = split
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return summary, buffer.getvalue()
@@ -167,8 +173,12 @@ def fit_champion(state: SweepState, sweep: Any, space: SearchSpace, data: DataSp
     try:
         summary, blob = run_task(space, config, data, label)
     except ray.exceptions.RayError as err:  # an error in the task, or its worker lost beyond the retries
+        if interrupts.interrupted():  # the stop that reached the driver reached the task's worker too (one group)
+            raise FinalFitInterrupted from None
         return failed(sweep, run_id, label, task_error(err), [])
     if blob is None:
+        if interrupts.interrupted():
+            raise FinalFitInterrupted
         return failed(sweep, run_id, label, f"the fit {summary['status']}", summary["history"])
     try:
         checkpoint = stored_checkpoint(state, blob)  # read as data (weights_only) before anything is stored

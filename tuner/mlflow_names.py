@@ -47,6 +47,13 @@ SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite dat
 LOCAL_ARTIFACTS = "mlartifacts"
 
 
+def sqlite_header(path: Path) -> bytes:
+    """The first bytes of `path`, as many as SQLITE_HEADER has (fewer for a shorter file, b"" for an empty
+    one), to compare with it; OSError when the file cannot be read. The callers word their own errors."""
+    with path.open("rb") as stream:
+        return stream.read(len(SQLITE_HEADER))
+
+
 def default_tracking_uri(workdir: Path | None = None) -> str:
     """`sqlite:///<abs workdir>/mlflow.db`: the embedded default, in the working directory."""
     return f"sqlite:///{(Path(workdir) if workdir else Path.cwd()).resolve() / LOCAL_DB}"
@@ -122,8 +129,7 @@ def check_sqlite_file(uri: str) -> None:
         raise UserError(f"tracking store {path} is a {'folder' if path.is_dir() else 'special file'}, not an SQLite "
                         f"database; give a file path, e.g. --mlflow-uri sqlite:///{path / LOCAL_DB}")
     try:
-        with path.open("rb") as stream:
-            header = stream.read(len(SQLITE_HEADER))
+        header = sqlite_header(path)
     except OSError as err:
         raise UserError(f"tracking store {path} cannot be read ({err.strerror}); fix its permissions or pass "
                         "another --mlflow-uri") from None

@@ -2,8 +2,8 @@
 
     python -m tuner.report --sweep widths-0412 --mlflow-uri http://127.0.0.1:5000
 
-Writes into --out (default runs/reports/<sweep>) and logs the same files under `report/` of the parent
-run:
+Writes into --out (default runs/reports/<sweep>) and logs the same files to a new artifact folder
+`report/<UTC time>-<random>` of the parent run, whose tag `tuner.report` names the folder of its report:
 - trials.parquet / trials.csv: one row per trial: its TrainConfig params, outcome, epochs run, final and
   best val accuracy, params count, MACs, GPU-seconds;
 - epochs.parquet / epochs.csv: one row per trial and epoch, every metric the trial logged;
@@ -22,8 +22,13 @@ The sweep's Optuna study (`_driver/<sweep>/optuna.db`, or `<sweep>/optuna.db` in
 read from a private copy, so a report never writes the sweep's record. A --storage that does not hold the
 sweep is an error, not a silently weaker report logged over the better one: --mlflow-only asks for that.
 
-The files are written to a hidden folder inside --out and moved into place once all were written, after
-checking that each can replace the earlier report's: a report that fails leaves the earlier one whole.
+All or nothing, in --out and on the run: the files are written to a hidden folder inside --out, uploaded to
+the run's new folder and checked there (names and sizes), then moved into place in --out; the tag switches
+to the new folder last, in one write, and the folder it named before is then removed (with the older
+layout's files directly under `report/`). A report that fails or is interrupted before the switch leaves
+the earlier one whole in both places (its partial upload is removed when the store still answers; what
+is left is named by no tag). A reader that is downloading the earlier report as it is replaced can find
+it gone: read the tag again.
 """
 from __future__ import annotations
 
@@ -64,8 +69,11 @@ if __name__ == "__main__":  # --help and flag errors answer here, before the imp
 
 import math
 import os
+import re
+import secrets
 import shutil
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
@@ -82,6 +90,7 @@ from tuner.tracking import (
     TAG_TRIAL,
     find_sweep_run,
     open_client,
+    quick_http,
     safe_name,
     sweep_names,
     trial_runs,
@@ -98,6 +107,9 @@ PLOTS = ("optimisation_history.png", "learning_curves.png", "parallel_coordinate
          "param_importances.png")
 REPORT_FILES = tuple(f"{name}.{kind}" for name in TABLES for kind in ("parquet", "csv")) + PLOTS
 STAGING_PREFIX = ".report-partial-"  # the hidden folder inside --out the files are written to first
+TAG_REPORT = "tuner.report"  # on the parent run: the artifact folder of its report, switched last
+REPORT_ARTIFACTS = "report"  # each report's folder is report/<UTC time>-<random>
+REPORT_FOLDER = re.compile(rf"{REPORT_ARTIFACTS}/[^/]+")  # what a superseded tag may name to be removed
 STUDY_FIX = "restore it from a backup, or pass --mlflow-only to report from MLflow alone"
 
 
@@ -574,14 +586,20 @@ def staging_folder(out: Path) -> Path:
                         "write to") from None
 
 
-def install(staging: Path, out: Path) -> list[Path]:
-    """Move every file of `staging` over its namesake in `out`. Each destination is checked first: one that
-    cannot be replaced (a folder) would fail halfway and leave the earlier report half-replaced."""
+def check_replaceable(staging: Path, out: Path) -> list[str]:
+    """The names of the files in `staging`, each checked to be able to replace its namesake in `out`: one that
+    cannot (a folder) would fail halfway through `install` and leave the earlier report half-replaced."""
     names = sorted(path.name for path in staging.iterdir())
     blocked = [out / name for name in names if (out / name).is_dir() and not (out / name).is_symlink()]
     if blocked:
         raise UserError(f"--out {out}: cannot replace {', '.join(map(str, blocked))} (a folder, not a report file); "
                         "move it aside or give another --out (the earlier report there is unchanged)")
+    return names
+
+
+def install(staging: Path, out: Path) -> list[Path]:
+    """Move every file of `staging` over its namesake in `out` (`check_replaceable` first)."""
+    names = check_replaceable(staging, out)
     for done, name in enumerate(names):
         try:
             os.replace(staging / name, out / name)
@@ -595,7 +613,7 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = 
            mlflow_only: bool = False) -> Path:
     out = Path(out) if out else Path("runs") / "reports" / safe_name(sweep)
     check_out(out)  # before seconds of reading: the cheap mistakes first
-    client, _ = open_client(mlflow_uri)
+    client, uri = open_client(mlflow_uri)
     parent = find_sweep_run(client, sweep)
     if parent is None:
         names = sweep_names(client)
@@ -616,14 +634,12 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = 
             else:
                 study = open_study(data, study_file, sweep, Path(scratch))
                 trials = blank_unused(trials, study)
-        written = write_report(sweep, trials, epochs, parent, study, out)
-    for path in written:
-        client.log_artifact(parent.info.run_id, str(path), "report")
+        written, folder = write_report(sweep, trials, epochs, parent, study, out, client, uri)
     best = trials.sort_values("best_val_acc", ascending=False).head(1)
     print(f"{len(trials)} trials, {len(epochs)} trial-epochs of sweep '{sweep}' -> {out}")
     if len(best) and pd.notna(best["best_val_acc"].iloc[0]):
         print(f"best: {best['run_name'].iloc[0]}  val acc {best['best_val_acc'].iloc[0]:.4f}")
-    print(f"logged {len(written)} files under report/ of run {parent.info.run_id}")
+    print(f"logged {len(written)} files under {folder} of run {parent.info.run_id} ({TAG_REPORT}={folder})")
     if study is not None:
         local = "://" not in study_file
         print(f"the study, interactively: optuna-dashboard sqlite:///{Path(study_file).resolve()}" if local else
@@ -631,10 +647,12 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = 
     return out
 
 
-def write_report(sweep: str, trials: pd.DataFrame, epochs: pd.DataFrame, parent: Run, study: Any,
-                 out: Path) -> list[Path]:
-    """The tables and plots, written to a staging folder in `out` and moved into place once all were
-    written; the paths in `out`. One line, and the earlier report in `out` unchanged, when that fails."""
+def write_report(sweep: str, trials: pd.DataFrame, epochs: pd.DataFrame, parent: Run, study: Any, out: Path,
+                 client: MlflowClient, uri: str) -> tuple[list[Path], str]:
+    """The tables and plots, in `out` and as the parent run's report: written to a staging folder in `out`,
+    uploaded to a new artifact folder (`upload_report`), moved into place in `out`, then shown on the run
+    (`show_report`). The paths in `out` and the artifact folder. One line, and the earlier report unchanged
+    in `out` and on the run, when a step before the last fails; the partial upload is then removed."""
     staging = staging_folder(out)
     try:
         try:
@@ -642,13 +660,92 @@ def write_report(sweep: str, trials: pd.DataFrame, epochs: pd.DataFrame, parent:
         except OSError as err:  # a full disk, a quota: nothing of the earlier report was touched yet
             raise UserError(f"--out {out}: cannot write the report there ({err.strerror or err}); free space or "
                             "give another --out (the earlier report there is unchanged)") from None
-        written = install(staging, out)
+        check_replaceable(staging, out)  # before the upload: a blocked --out costs no upload
+        folder = f"{REPORT_ARTIFACTS}/{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+        try:
+            upload_report(client, parent, staging, folder, out)
+            written = install(staging, out)
+            previous = show_report(client, parent, folder, out)
+        except BaseException:  # Ctrl-C included: what was uploaded is named by no tag, and is removed
+            discard_report(client, uri, parent, folder)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    remove_superseded(client, uri, parent, previous, folder)
     earlier = [name for name in REPORT_FILES if (out / name).is_file() and out / name not in written]
     if earlier:
         print(f"note: {', '.join(earlier)} in {out} are from an earlier report (not made this time)")
-    return written
+    return written, folder
+
+
+def _logging_error(parent: Run, err: Exception, kept: str) -> UserError:
+    reason = re.sub(r" for url: \S+", "", " ".join(str(err).split()))  # requests' HTTPError: the URL is a line long
+    reason = (reason[:157] + "...") if len(reason) > 160 else reason or "no detail"
+    return UserError(f"logging the report to run {parent.info.run_id} failed ({type(err).__name__}: {reason}); "
+                     f"{kept}; check the tracking server and its artifact store, then run the report again")
+
+
+def upload_report(client: MlflowClient, parent: Run, staging: Path, folder: str, out: Path) -> None:
+    """Every file of `staging` to the artifact folder `folder` of the parent run, then checked there by name
+    and size: a file the store lost fails here, before any tag names the folder. Until `show_report`, no
+    reader follows the folder, so a failure leaves the run's report as it was."""
+    files = sorted(staging.iterdir())
+    try:
+        for path in files:
+            client.log_artifact(parent.info.run_id, str(path), folder)
+        stored = {info.path.rsplit("/", 1)[-1]: info.file_size
+                  for info in client.list_artifacts(parent.info.run_id, folder)}
+        lost = [path.name for path in files
+                if path.name not in stored or stored[path.name] not in (None, path.stat().st_size)]
+        if lost:
+            raise OSError(f"{', '.join(lost)} missing or incomplete in {folder} after the upload")
+    except Exception as err:  # noqa: BLE001 - every artifact store has its own errors (HTTP, OSError, boto)
+        raise _logging_error(parent, err, f"the run and {out} keep their earlier report") from None
+
+
+def show_report(client: MlflowClient, parent: Run, folder: str, out: Path) -> str | None:
+    """Point the run's tag `tuner.report` at `folder`: one write, the only change a reader of the run sees.
+    The folder it named before (read just before the write, so a concurrent report is not missed)."""
+    try:
+        previous = client.get_run(parent.info.run_id).data.tags.get(TAG_REPORT)
+        client.set_tag(parent.info.run_id, TAG_REPORT, folder)
+    except Exception as err:  # noqa: BLE001 - as upload_report
+        raise _logging_error(parent, err, f"the run keeps its earlier report ({out} has the new one)") from None
+    return previous
+
+
+def _artifacts(uri: str, parent: Run) -> Any:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    return get_artifact_repository(parent.info.artifact_uri, tracking_uri=uri)
+
+
+def discard_report(client: MlflowClient, uri: str, parent: Run, folder: str) -> None:
+    """Remove the upload of a report that failed: one quick attempt, silent, since the error that brought us
+    here is what the user needs. Not when the tag names it after all (a tag write whose answer was lost)."""
+    try:
+        with quick_http():
+            if client.get_run(parent.info.run_id).data.tags.get(TAG_REPORT) != folder:
+                _artifacts(uri, parent).delete_artifacts(folder)
+    except Exception:  # noqa: BLE001 - unreachable store: the upload stays, named by no tag
+        pass
+
+
+def remove_superseded(client: MlflowClient, uri: str, parent: Run, previous: str | None, folder: str) -> None:
+    """After the switch: remove the folder the tag named before, and report files of the older layout directly
+    under report/. Only names a report could have: the tag is free text anyone can edit. A failure is a note:
+    the new report is shown either way."""
+    try:
+        with quick_http():
+            paths = [info.path for info in client.list_artifacts(parent.info.run_id, REPORT_ARTIFACTS)
+                     if not info.is_dir and info.path.rsplit("/", 1)[-1] in REPORT_FILES]
+            if previous and previous != folder and REPORT_FOLDER.fullmatch(previous):
+                paths.append(previous)
+            for path in paths:
+                _artifacts(uri, parent).delete_artifacts(path)
+    except Exception as err:  # noqa: BLE001 - as upload_report
+        print(f"note: the earlier report's files under {REPORT_ARTIFACTS}/ of run {parent.info.run_id} could not "
+              f"be removed ({type(err).__name__}); the run shows the new one ({TAG_REPORT}={folder})")
 
 
 def write_files(sweep: str, trials: pd.DataFrame, epochs: pd.DataFrame, parent: Run, study: Any,

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tuner.data import data_status
 from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
@@ -241,11 +241,19 @@ def connect_ray(address: str | None) -> str:
     # time. Those snapshots keep --resume consistent at a small share of the epoch time
     # (docs/benchmarks.md#sweep-overhead), so the warning is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Every worker of the sweep (trials, the final fit) keeps Ray's teardown SystemExit off the console
+    runtime_env = {"worker_process_setup_hook": "tuner.interrupts.quiet_exit_in_finalizers"}
     if not address:
-        ray.init(address="local", include_dashboard=False, logging_level="WARNING")  # never a stale cluster
+        ray.init(address="local", include_dashboard=False, logging_level="WARNING",  # never a stale cluster
+                 runtime_env=runtime_env)
         return "local"
+    import logging
     import threading
 
+    # ray.init in a thread warns that it set no SIGTERM handler; the driver sets its own right after
+    # (interrupts.sigterm_as_sigint), so on the console that line would be noise
+    logging.getLogger("ray._private.worker").addFilter(
+        lambda record: not record.getMessage().startswith("SIGTERM handler is not set"))
     deadline = time.monotonic() + ADDRESS_TIMEOUT_S
     probe_address(address, deadline)
     # ray.init can still wait minutes (a port that answers but no GCS behind it): it runs in a thread that
@@ -254,7 +262,7 @@ def connect_ray(address: str | None) -> str:
 
     def connect() -> None:
         try:
-            ray.init(address=address, logging_level="WARNING", log_to_driver=True)
+            ray.init(address=address, logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
             outcome["error"] = None
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             outcome["error"] = err
@@ -357,8 +365,18 @@ def restored_tuner(plan: SweepPlan, trainable: Any) -> Any:
 
 
 class SweepInterrupted(Exception):
-    """Ctrl-C: Tune stopped the trials and saved its state (or the final fit was cancelled); --resume continues
-    the sweep."""
+    """Ctrl-C: Tune stopped the trials and saved its state (or, after Tune's fit, the driver stopped at a safe
+    point: the final fit cancelled, or its result or the registration stored); --resume continues the sweep."""
+
+
+def stop_if_interrupted() -> None:
+    """A safe point after Tune's fit: what came before is stored, what follows has not begun. A stop signal
+    since then (interrupts.defer_interrupts) ends the driver here, as during the trials: exit 130 and the
+    resume command; the resumed driver takes over what is stored (final_fit.json, registered.json)."""
+    from tuner import interrupts
+
+    if interrupts.interrupted():
+        raise SweepInterrupted
 
 
 @dataclass
@@ -447,7 +465,10 @@ def register_champion(plan: SweepPlan, sweep: Any, best: dict[str, Any], checkpo
         return str(done.get("version")), kind, record
     outcome = None
     if plan.space.final is not None:
+        stop_if_interrupted()  # nothing of the fit exists yet
         outcome = final_fit.fit_champion(plan.state, sweep, plan.space, data, best)
+    # A fit that ended after the driver's last look for Ctrl-C is stored: the resumed driver registers it
+    stop_if_interrupted()
     if outcome is not None and not outcome.failed:
         record = outcome.record
         lineage = FinalLineage(record["run_id"], int(record["epochs"]), int(record["train_images"]), record["train_on"])
@@ -564,11 +585,17 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
         address = connect_ray(args.address)
     interrupts.sigterm_as_sigint()
     check_cluster_resources(space)
-    sweep = tracking.SweepRun.start(
-        uri, plan.name, space.path, space.summary(),
-        {"tuner.git_commit": git_commit(), "tuner.space_hash": space.digest,
-         "tuner.data_fingerprint": data.fingerprint(), "tuner.ray_address": address},
-    )
+    try:
+        sweep = tracking.SweepRun.start(
+            uri, plan.name, space.path, space.summary(),
+            {"tuner.git_commit": git_commit(), "tuner.space_hash": space.digest,
+             "tuner.data_fingerprint": data.fingerprint(), "tuner.ray_address": address},
+        )
+    except tracking.ResumeMismatch as err:  # trials would continue, and the champion be fitted, on other images
+        recorded, now = err.changed["tuner.data_fingerprint"]
+        raise UserError(f"--data-dir {excerpt(args.data_dir)} holds other images than sweep {plan.name} ran on "
+                        f"(data fingerprint {now}, recorded {recorded}): resume with the data folder it started "
+                        "with") from None
     print(f"sweep {plan.name}: {len(data.train)} train / {len(data.val)} val images, tracking at {uri}", flush=True)
 
     settings = TrialSettings(gpus=space.resources.gpus, cpus=space.resources.cpus, metric=space.metric,
@@ -576,6 +603,7 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings),
                                     {"cpu": space.resources.cpus, "gpu": space.resources.gpus})
     started = time.monotonic()
+    recorded = plan.resume  # --resume can continue the sweep from here on (its space copy is stored)
     try:
         if plan.resume:
             tuner = restored_tuner(plan, trainable)
@@ -587,26 +615,45 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
             if plan.overrides:
                 plan.state.write_bytes(SPACE_OVERRIDES, json.dumps(plan.overrides).encode())
             plan.state.write_bytes(SPACE_COPY, space.text.encode())
+            recorded = True
         results = tuner.fit()
+        # Tune's handlers outlive its fit: from here a stop signal waits for the next stop_if_interrupted
+        interrupts.defer_interrupts()
         plan.state.upload_study(force=True)
-        if interrupts.interrupted():
-            raise SweepInterrupted
+        stop_if_interrupted()
         try:
             summary = summarise(plan, results, sweep, started, data)
         except final_fit.FinalFitInterrupted:
             raise SweepInterrupted from None
-    except SweepInterrupted:
-        sweep.end("KILLED")
-        print(f"sweep {plan.name} interrupted; continue it with: python -m tuner.run --resume {plan.name}"
-              + ("" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"), flush=True)
-        sys.exit(130)  # the shell's code for Ctrl-C
-    except BaseException as err:
-        sweep.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        stop_if_interrupted()  # the champion's registration is recorded: a --resume prints the summary
+        summary.next_commands = next_commands(plan.name, uri, args.mlflow_uri, args.storage)
+        print(summary.text(), flush=True)
+        sweep.log_metrics(summary.metrics(), step=summary.trials)
+        stop_if_interrupted()  # the last: once the parent run is FINISHED the sweep is done
+        sweep.end("FINISHED")
+    except (SweepInterrupted, KeyboardInterrupt) as err:
+        # A KeyboardInterrupt is a second Ctrl-C (Tune's after its first, defer_interrupts' before the next safe
+        # point): the driver stops as for the first, with what it leaves taken over by --resume as a killed
+        # driver's is. Before the sweep is recorded there is nothing to resume: the launch can simply run again.
+        if isinstance(err, KeyboardInterrupt) and not recorded:
+            sweep.end("KILLED")
+            raise
+        exit_interrupted(plan, args, sweep)
+    except BaseException:
+        sweep.end("FAILED")
         raise
-    summary.next_commands = next_commands(plan.name, uri, args.mlflow_uri, args.storage)
-    print(summary.text(), flush=True)
-    sweep.log_metrics(summary.metrics(), step=summary.trials)
-    sweep.end("FINISHED")
+
+
+def exit_interrupted(plan: SweepPlan, args: argparse.Namespace, sweep: Any) -> NoReturn:
+    """End the parent run KILLED and exit 130 with the resume command. A further Ctrl-C while the tracking store
+    takes its time skips the parent run's end: --resume reopens the run anyway."""
+    try:
+        sweep.end("KILLED")
+    except KeyboardInterrupt:
+        pass
+    print(f"sweep {plan.name} interrupted; continue it with: python -m tuner.run --resume {plan.name}"
+          + ("" if args.storage == DEFAULT_STORAGE else f" --storage {args.storage}"), flush=True)
+    sys.exit(130)  # the shell's code for Ctrl-C
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from typing import Any
 import pyarrow.fs
 
 from tuner.errors import UserError, excerpt
-from tuner.mlflow_names import SQLITE_HEADER
+from tuner.mlflow_names import SQLITE_HEADER, sqlite_header
 
 DRIVER_PREFIX = "_driver"
 SPACE_COPY = "space.yaml"
@@ -373,8 +373,7 @@ def close_states() -> None:
 def check_sqlite(path: Path, where: str, fix: str = "restore it from a backup, or start a new sweep") -> list[str]:
     """An Optuna study file that SQLite and Optuna can read whole, checked read-only (Optuna writes its schema
     into any database it opens, an empty one included). Returns the names of its studies; one line otherwise."""
-    with path.open("rb") as stream:
-        header = stream.read(len(SQLITE_HEADER))
+    header = sqlite_header(path)
     if header != SQLITE_HEADER:
         what = "empty (0 bytes)" if not header else f"not an SQLite database (it starts with {excerpt(header[:8])})"
         raise UserError(f"the Optuna study {where} is {what}; {fix}")

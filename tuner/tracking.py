@@ -88,6 +88,16 @@ TAG_GPU_SECONDS = "tuner.gpu_seconds"  # read by the outcome checks; the metric 
 SYSTEM_PREFIX = "system/"           # the trial's sampled CPU/memory/GPU figures, as MLflow's own system metrics
 TAG_PARENT = "mlflow.parentRunId"
 PARENT_TAGS = ("tuner.git_commit", "tuner.space_hash", "tuner.data_fingerprint", "tuner.ray_address")
+# Parent tags a resumed sweep must give again unchanged: its trials continue on the images they started on
+RESUME_INVARIANT_TAGS = ("tuner.data_fingerprint",)
+
+
+class ResumeMismatch(Exception):
+    """A resumed sweep's RESUME_INVARIANT_TAGS differ from what its parent run recorded: {tag: (recorded, now)}."""
+
+    def __init__(self, changed: dict[str, tuple[str, str]]) -> None:
+        super().__init__(changed)
+        self.changed = changed
 # A final fit's child run (tuner/final_fit.py) carries no tuner.trial_id: it is not a trial of the search.
 TAG_FINAL_OF = "tuner.final_of"          # the search trial whose configuration it trains again
 TAG_SEARCH_RUN = "tuner.search_run_id"   # that trial's run
@@ -339,7 +349,7 @@ _quick_saved: dict[str, str | None] = {}
 
 
 @contextlib.contextmanager
-def _quick_http() -> Iterator[None]:
+def quick_http() -> Iterator[None]:
     """MLflow HTTP calls inside make one attempt with a 5 s timeout (process-wide while inside)."""
     global _quick_depth
     with _quick_lock:
@@ -377,7 +387,7 @@ class _Sender:
         if not force and time.monotonic() < self.retry_at:
             return False
         try:
-            with _quick_http():
+            with quick_http():
                 self.sync()
         except Exception as err:  # noqa: BLE001 - any failure to reach the store: keep the data, retry later
             self.failures += 1
@@ -588,7 +598,7 @@ class TrialRuns:
             return
         self._best_read = True
         try:
-            with _quick_http():
+            with quick_http():
                 parent = client_for(self.uri).get_run(self.parent_run_id)
         except Exception:  # noqa: BLE001 - the store is away: start afresh
             return
@@ -721,12 +731,18 @@ class SweepRun:
         tags: dict,
         experiment: str = DEFAULT_EXPERIMENT,
     ) -> SweepRun:
-        """Create the parent run (or reopen the one of the same sweep name: resume) and log the setup."""
+        """Create the parent run (or reopen the one of the same sweep name: resume) and log the setup.
+        ResumeMismatch when a reopened run recorded other RESUME_INVARIANT_TAGS than `tags` gives."""
         check_tracking_server(uri)
         client = client_for(uri)
         experiment_id = ensure_experiment(client, uri, experiment)
         run = find_sweep_run(client, sweep_name, [experiment_id])
         resumed = run is not None
+        if resumed:  # before the run is reopened: a refused resume leaves it as it was
+            changed = {key: (run.data.tags[key], str(tags[key])) for key in RESUME_INVARIANT_TAGS
+                       if key in tags and run.data.tags.get(key, str(tags[key])) != str(tags[key])}
+            if changed:
+                raise ResumeMismatch(changed)
         if run is None:
             run = client.create_run(experiment_id, run_name=sweep_name, tags={TAG_SWEEP: sweep_name, **source_tags()})
         elif run.info.status != "RUNNING":

@@ -4,9 +4,10 @@
     python -m tuner.train --config best.yaml --resume runs/proxy.pt --epochs 20
 
 Flags override the file; `--resume` continues a checkpoint with its own config (flags may extend
-`--epochs` or change how it runs, not what it trains) and on the data split it records. The final
-checkpoint goes to `--out` with its split recorded, and the official test batch is scored when it is in
-the data folder. A flag typed where it has no effect (`--momentum` with adam) is refused, naming both.
+`--epochs` or change how it runs, not what it trains) and on the data split it records: this command's,
+a sweep trial's, or a `train_on: train` final fit's (one on all images has nothing held out and is refused).
+The final checkpoint goes to `--out` with its split recorded, and the official test batch is scored when
+it is in the data folder. A flag typed where it has no effect (`--momentum` with adam) is refused, naming both.
 
 Everything a user gave is checked before torch is imported and before any training: flags, the config
 file (every problem, each with its line), `--device`, and that `--out` can be written. So `--help` and
@@ -31,11 +32,10 @@ CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIO
 CONFIG_HELP = "give a YAML file of TrainConfig fields, e.g. 'lr: 0.1' (python -m tuner.train --help lists them)"
 # What a resumed run may change: how long it trains and how it runs, not what it trains.
 RESUMABLE_CHANGES = ("epochs", "precision", "channels_last", "compile", "deterministic")
-# The split flags and their values when neither the flag nor a resumed checkpoint gives one.
+# The split flags and their values when neither the flag nor a resumed checkpoint gives one. How a checkpoint
+# records its split (these names, the fingerprint, train_on) is tuner.data's SPLIT_RECORD, which a sweep's
+# checkpoints share; it is imported with torch, after the flags are checked, as numpy comes with it.
 SPLIT_DEFAULTS: dict[str, int | None] = {"val_size": 5000, "split_seed": 0, "subset": None}
-# The checkpoint key that records the split a run trained and validated on (SPLIT_DEFAULTS' names and the data's
-# fingerprint), so that a resumed run validates on the same held-out images.
-SPLIT_RECORD = "split"
 
 
 def flag_name(field: str) -> str:
@@ -293,18 +293,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def recorded_split(checkpoint: Mapping[str, Any], path: str) -> dict[str, Any] | None:
-    """The split `checkpoint` trained on (SPLIT_RECORD), or None for one written before splits were recorded."""
-    record = checkpoint.get(SPLIT_RECORD)
-    if record is None:
-        return None
-    names = (*SPLIT_DEFAULTS, "fingerprint")
-    if (not isinstance(record, Mapping) or any(name not in record for name in names)
-            or not all(isinstance(record[name], int) for name in ("val_size", "split_seed"))
-            or not isinstance(record["subset"], (int, type(None))) or not isinstance(record["fingerprint"], str)):
-        raise UserError(f"checkpoint {path}: its record of the data split is damaged ({excerpt(record)}); "
-                        "resume from an intact copy, or start a new run without --resume")
-    return dict(record)
+def resumable_split(checkpoint: Mapping[str, Any], recorded: Mapping[str, Any] | None,
+                    path: str) -> Mapping[str, Any] | None:
+    """`recorded` (the split `checkpoint` at `path` records, tuner.data.recorded_split) when a run can resume on it:
+    a final fit that trained on the validation split too (`train_on: all`) has no held-out images left, so every
+    validation figure of a resumed run would be measured on images it trained on. Refused in one line; a final fit
+    stored before splits were recorded is known by its own `final_fit` entry."""
+    final_fit = checkpoint.get("final_fit")
+    trained_on = recorded["train_on"] if recorded is not None else \
+        final_fit.get("train_on", "train") if isinstance(final_fit, Mapping) else "train"
+    if trained_on == "train":
+        return recorded
+    raise UserError(f"checkpoint {path} is a final fit that trained on the training and the validation images "
+                    "(train_on all): a resumed run would validate on images it trained on; to train it longer raise "
+                    "final.epochs in the sweep's space, or resume its search trial's checkpoint.pt")
 
 
 def split_settings(args: argparse.Namespace, recorded: Mapping[str, Any] | None, path: str | None) -> dict[str, Any]:
@@ -339,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Everything the user gave is checked; training needs torch from here on.
     from tuner.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-    from tuner.data import load_splits, load_test
+    from tuner.data import SPLIT_RECORD, load_splits, load_test, recorded_split, split_record
     from tuner.device import require_device
     from tuner.evaluate import evaluate_images
     from tuner.train import EpochMetrics, fit
@@ -347,10 +349,11 @@ def main(argv: list[str] | None = None) -> None:
     resume = load_checkpoint(args.resume, resumable=True) if args.resume else None
     recorded = None
     if resume is not None:
+        # First: no flag can make a final fit on every image resumable, so nothing else is worth saying about it
+        recorded = resumable_split(resume, recorded_split(resume, f"checkpoint {args.resume}"), args.resume)
         config = build_config(file_values, flag_values, args.config, resumed=resume["config"])
         check_resumed_epochs(config, resume, args.resume, ValueSources(file_values, flag_values, args.config,
                                                                        resume["config"]))
-        recorded = recorded_split(resume, args.resume)
     split = split_settings(args, recorded, args.resume)
     if resume is not None and recorded is None:
         print(f"note: checkpoint {args.resume} records no data split (it predates split records): resuming with "
@@ -362,7 +365,9 @@ def main(argv: list[str] | None = None) -> None:
         return flag_named(name, value) + source
 
     data = load_splits(args.data_dir, split["val_size"], split["subset"], split["split_seed"], named=split_named)
-    fingerprint = data.fingerprint()
+    record = split_record(data)  # this run trains on data.train and validates on data.val
+    assert record is not None  # load_splits says how it split
+    fingerprint = record["fingerprint"]
     if recorded is not None and fingerprint != recorded["fingerprint"]:
         raise UserError(f"--data-dir {args.data_dir} holds other images than checkpoint {args.resume} trained on "
                         f"(split fingerprint {fingerprint}, recorded {recorded['fingerprint']}): resume with the "
@@ -382,7 +387,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"diverged in epoch {len(result.history) + 1}: the loss became NaN, inf or huge; "
               "lower lr or use warmup")
         raise SystemExit(1)
-    checkpoint = {**result.checkpoint, SPLIT_RECORD: {**split, "fingerprint": fingerprint}}
+    checkpoint = {**result.checkpoint, SPLIT_RECORD: record}
     print(f"saved {save_checkpoint(checkpoint, out)}  best val acc {result.best.val_acc:.4f}")
     if test is None:
         print("no test_batch in the data folder: test accuracy not measured")

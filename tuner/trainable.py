@@ -24,7 +24,7 @@ from ray import tune
 from tuner.architecture import count_macs, count_params
 from tuner.checkpoint import load_checkpoint, save_checkpoint
 from tuner.config import TrainConfig
-from tuner.data import DataSplits
+from tuner.data import SPLIT_RECORD, DataSplits, split_record
 from tuner.device import pick_device
 from tuner.errors import UserError
 from tuner.outcomes import ENDED_EARLIER, ERRORED_OUT_OF_GPU_MEMORY, RESUMED_EPOCHS
@@ -217,6 +217,10 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
 
     last_epoch = int(resume["epoch"]) if resume else 0
     resumed_epochs = list(resume.get("history", [])) if resume else []
+    # Every checkpoint records the sweep's split (the space's `data:` section), as python -m tuner.train's do: a
+    # `tuner.train --resume` of it then trains and validates on the images this trial did. Once per trial: it
+    # hashes every image.
+    split = split_record(data)
 
     def on_epoch(metrics: Any, make_checkpoint: Any) -> None:
         nonlocal last_epoch, resumed_epochs
@@ -227,6 +231,8 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
             values[RESUMED_EPOCHS], resumed_epochs = resumed_epochs, []
         state = make_checkpoint()
         state["trial_seconds"] = seconds()
+        if split is not None:
+            state[SPLIT_RECORD] = split
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
             # Ray's own `timestamp` is whole seconds, too coarse to time trials of a few seconds. Taken last,
