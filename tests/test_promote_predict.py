@@ -431,6 +431,21 @@ def test_a_val_acc_tag_that_is_not_a_number_is_one_line(registry, capsys):
         client.set_model_version_tag(registry.name, registry.good, "val_acc", original)
 
 
+def test_val_accuracies_measured_on_other_images_are_not_compared(registry, capsys):
+    reset_champion(registry)
+    client = registry.client
+    original = client.get_model_version(registry.name, registry.good).tags["data_fingerprint"]
+    try:
+        client.set_model_version_tag(registry.name, registry.good, "data_fingerprint", "0123456789abcdef")
+        client.set_registered_model_alias(registry.name, "champion", registry.good)
+        line = user_error(capsys, lambda: run_promote(registry, "--version", registry.bad, "--allow-val",
+                                                      data_dir=registry.no_test_dir))
+        assert "cannot evaluate the current champion" in line and "data fingerprint 0123456789abcdef" in line
+        assert champion(registry) == registry.good
+    finally:
+        client.set_model_version_tag(registry.name, registry.good, "data_fingerprint", original)
+
+
 def test_bad_test_data_is_one_line(registry, tmp_path, capsys):
     import pickle
 

@@ -9,7 +9,8 @@ augmentation. The result is recorded on each version as tags (`eval.test_acc`, `
 `eval.data_fingerprint`, `eval.images`, `eval.tta_flip`, `eval.at`), so a champion already evaluated
 on identical data is not evaluated again. The alias moves only if the candidate is strictly better,
 or with --force. Without a test split the command says so and, with --allow-val only, compares the
-validation accuracies recorded at registration (tag `val_acc`).
+validation accuracies recorded at registration (tag `val_acc`), and only of versions whose sweeps ran on
+the same images (tag `data_fingerprint`; otherwise the champion counts as one that cannot be evaluated).
 
 A version may hold a final fit (tag `checkpoint_kind=final_fit`, tuner/final_fit.py): its checkpoint is the
 final fit's (tag `checkpoint_uri` names the final fit's run), so the test split scores what was registered.
@@ -259,6 +260,17 @@ def score_on_val(version: ModelVersion, name: str) -> Score:
     return Score(version.version, "val_acc", accuracy)
 
 
+def champion_on_val(current: ModelVersion, candidate: ModelVersion, name: str) -> Score:
+    """The champion's val_acc, as a figure to compare with the candidate's: only when both were measured on the
+    same images (their `data_fingerprint` tags; a version without one is taken as it is)."""
+    theirs, mine = current.tags.get("data_fingerprint"), candidate.tags.get("data_fingerprint")
+    if theirs and mine and theirs != mine:
+        raise UserError(f"its val_acc was measured on other images (data fingerprint {theirs}) than version "
+                        f"{candidate.version}'s ({mine}), so the two do not compare; add test_batch to the data "
+                        "folder to score both on the test split")
+    return score_on_val(current, name)
+
+
 def table(rows: list[tuple[str, Score | Unscored | None]]) -> str:
     lines = [f"{'':10s} {'version':>7s}  {'metric':8s} {'accuracy':>8s}  {'loss':>7s}  source"]
     for role, score in rows:
@@ -322,7 +334,7 @@ def promote(
             old = new
         else:
             try:
-                old = (score_on_val(current, name) if test is None else
+                old = (champion_on_val(current, candidate, name) if test is None else
                        score_on_test(client, uri, current, name, test, test_fingerprint))
             except UserError as err:
                 if not force:
