@@ -241,6 +241,45 @@ def test_a_trial_restarted_after_all_its_epochs_reports_its_last_one_again_and_t
     assert reported["resumed"] == [1, 2]  # the checkpoint's epochs, for the driver to fill in (outcomes.RESUMED_EPOCHS)
 
 
+ENDED_TRIAL = """
+import json, sys
+import ray
+from ray import tune
+from tuner.config import TrainConfig
+from tuner.data import load_splits
+from tuner.trainable import TrialSettings, train_trial
+
+root, address = sys.argv[1], sys.argv[2]
+config = TrainConfig(widths=(4, 8), blocks=(1, 1), epochs=2, batch_size=50, warmup_epochs=0, tta_flip=False)
+data = load_splits(root + "/data", 200)
+
+def trainable(trial_config):  # what the resumed driver hands over: this trial was ended at epoch 1, val_acc 0.25
+    ended = {tune.get_context().get_trial_id(): {"epoch": 1, "val_acc": 0.25, "gpu_seconds": 0.0}}
+    train_trial(trial_config, data, TrialSettings(gpus=0, cpus=1, metric="val_acc", ended=ended))
+
+ray.init(address=address)
+results = tune.Tuner(trainable, param_space={"train": config.to_dict(), "index": 1},
+                     run_config=tune.RunConfig(name="ended", storage_path=root + "/runs")).fit()
+frame = results[0].metrics_dataframe
+print(json.dumps({"epochs": frame["epoch"].tolist(), "val_acc": frame["val_acc"].tolist(),
+                  "ended_earlier": frame["ended_earlier"].tolist()}))
+"""
+
+
+def test_a_trial_an_earlier_driver_ended_reports_that_result_again_and_trains_nothing(
+        workdir: Path, ray_head: RayNode, tmp_path: Path) -> None:
+    """Its settings (from the resumed driver's read of ended.json) say how it ended; its worker reads nothing of
+    the driver's state under --storage."""
+    script = tmp_path / "ended.py"
+    script.write_text(ENDED_TRIAL)
+    env = {**ray_env(ray_head.token), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script), str(workdir), ray_head.address], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    reported = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"epochs"')))
+    assert reported == {"epochs": [1], "val_acc": [0.25], "ended_earlier": [True]}
+
+
 # A driver connected as tuner.run connects (connect_ray) whose task provokes, in its worker, what a worker's
 # teardown meets: the raylet's SIGTERM handled inside a finalizer (Ray's handler raises SystemExit there, which
 # Python can only print), then a finalizer's own error. It waits for stdin to close (2 minutes at most).

@@ -371,14 +371,14 @@ def test_warm_start_from_a_damaged_study_is_refused_before_anything_is_written(t
     assert sorted(p.name for p in (tmp_path / "runs" / "_driver").iterdir()) == ["acc"]
 
 
-def test_a_trial_worker_reads_which_trials_a_driver_already_ended(tmp_path: Path) -> None:
-    """ended.json: what a restarted trial reads to end at once; anything unreadable means run as restored."""
-    from tuner.sweep_state import ENDED_TRIALS, ended_result
+def test_a_resumed_driver_reads_which_trials_an_earlier_driver_ended(tmp_path: Path) -> None:
+    """ended.json: what a resumed driver hands to the trials Ray restarts, so that they end at once; an entry
+    without its epoch, or a damaged file, is nothing ended (the trial runs as Ray restored it)."""
+    from tuner.sweep_state import ENDED_TRIALS, ended_results
 
     state = SweepState(str(tmp_path), "s")
-    assert ended_result(str(tmp_path), "s", "a") is None  # no file yet
+    assert ended_results(state) == {}  # no file yet
     state.write_json(ENDED_TRIALS, {"a": {"epoch": 2, "val_acc": 0.4, "gpu_seconds": 0.0}, "b": {"val_acc": 1}})
-    assert ended_result(str(tmp_path), "s", "a") == {"epoch": 2, "val_acc": 0.4, "gpu_seconds": 0.0}
-    assert ended_result(str(tmp_path), "s", "b") is None and ended_result(str(tmp_path), "s", "c") is None
+    assert ended_results(state) == {"a": {"epoch": 2, "val_acc": 0.4, "gpu_seconds": 0.0}}
     state.write_bytes(ENDED_TRIALS, b"{torn")
-    assert ended_result(str(tmp_path), "s", "a") is None
+    assert ended_results(state) == {}

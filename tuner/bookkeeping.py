@@ -31,7 +31,7 @@ from tuner.config import TrainConfig
 from tuner.console import trial_line
 from tuner.errors import UserError
 from tuner.searcher import SpaceSearcher, fail_trials, tell_stopped
-from tuner.sweep_state import BUDGET_LEDGER, ENDED_TRIALS, SweepState
+from tuner.sweep_state import BUDGET_LEDGER, ENDED_TRIALS, SweepState, ended_results
 from tuner.tracking import EPOCH_METRICS, SYSTEM_PREFIX, TrialRuns, trial_label
 
 RESULT_FILE = "result.json"  # Ray's per-trial record of every reported result, one JSON object a line
@@ -260,11 +260,7 @@ class OutcomeRecorder:
 
     def _write_ended(self) -> None:
         if not self._ended_read:  # earlier drivers' entries, once: after that this driver holds them all
-            try:
-                stored = self.state.read_json(ENDED_TRIALS) or {}
-            except UserError:  # damaged: written whole again from what this driver knows, never a failed sweep
-                stored = {}
-            self._ended_results = {**stored, **self._ended_results}
+            self._ended_results = {**ended_results(self.state), **self._ended_results}
             self._ended_read = True
         self.state.write_json(ENDED_TRIALS, self._ended_results)
 

@@ -1,8 +1,7 @@
 """Run a command's `main` and leave the process without the interpreter's last cyclic garbage collection.
 
-A process that imported torch, Ray and MLflow spends about 2 s of its exit collecting objects that die with
-it anyway (machine A, `python -m tuner.run` on a 2-trial sweep: 4.1 s from the summary to the shell prompt,
-2.2 s with this; docs/notes/benchmark-journal.md). Freezing the heap skips that collection only: atexit
+A process that imported torch, Ray and MLflow spends seconds of its exit collecting objects that die with
+it anyway (measured in docs/notes/benchmark-journal.md). Freezing the heap skips that collection only: atexit
 handlers (Ray's shutdown, MLflow's flush) still run and module teardown still releases objects by reference
 count. For the `__main__` blocks of the CLIs; tests call `main` directly and never freeze their heap.
 """

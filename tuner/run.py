@@ -31,6 +31,7 @@ from tuner.sweep_state import (
     STUDY_FILE,
     TUNER_STATE,
     SweepState,
+    ended_results,
     join,
     open_state,
     resolve_storage,
@@ -599,7 +600,7 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
     print(f"sweep {plan.name}: {len(data.train)} train / {len(data.val)} val images, tracking at {uri}", flush=True)
 
     settings = TrialSettings(gpus=space.resources.gpus, cpus=space.resources.cpus, metric=space.metric,
-                             experiment=plan.experiment, storage=plan.storage, sweep=plan.name)
+                             experiment=plan.experiment, ended=ended_results(plan.state) if plan.resume else {})
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings),
                                     {"cpu": space.resources.cpus, "gpu": space.resources.gpus})
     started = time.monotonic()

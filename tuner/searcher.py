@@ -75,8 +75,8 @@ class LatinHypercubeStart(optuna.samplers.RandomSampler):
     """Start-up draws as a Latin hypercube: trial k of the first `size` takes row k of a design in which each
     parameter's range is cut into `size` equal strata (in log space for log ranges), each used once, in an
     order shuffled per parameter. So every categorical choice is tried about size/k times and every part of
-    a learning-rate range once, where independent draws can leave a choice or a decade untried (seed 4 of
-    the search-efficiency bench: six of eight draws were the smallest network). Later trials draw at random.
+    a learning-rate range once, where independent draws can leave a choice or a decade untried
+    (docs/notes/benchmark-journal.md, "Latin-hypercube start-up"). Later trials draw at random.
     """
 
     def __init__(self, size: int, seed: int | None = None) -> None:

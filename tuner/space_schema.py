@@ -90,6 +90,9 @@ def schema_text() -> str:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:]:
-        sys.exit("usage: python -m tuner.space_schema > search_spaces/space.schema.json")
+    if sys.argv[1:]:  # --help included: the one thing this command does, with the example
+        print("usage: python -m tuner.space_schema > search_spaces/space.schema.json\n"
+              "writes the JSON Schema of a search-space file (editors validate space files against it)",
+              file=sys.stderr if sys.argv[1:] not in (["-h"], ["--help"]) else sys.stdout)
+        sys.exit(0 if sys.argv[1:] in (["-h"], ["--help"]) else 2)
     sys.stdout.write(schema_text())

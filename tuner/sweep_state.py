@@ -96,18 +96,18 @@ def resolve_storage(flag: str) -> tuple[str, pyarrow.fs.FileSystem, str]:
     return storage, fs, root.rstrip("/")
 
 
-def ended_result(storage: str, sweep: str, trial_id: str) -> dict[str, Any] | None:
-    """The last result an earlier driver of `sweep` recorded for trial `trial_id` when it gave it an outcome
-    (ENDED_TRIALS), or None. For a trial worker: plain JSON read from --storage, and anything unreadable is
-    None (the trial then runs as Ray restored it)."""
+def ended_results(state: SweepState) -> dict[str, dict[str, Any]]:
+    """The last result of each trial an earlier driver of the sweep gave an outcome (ENDED_TRIALS), by trial id.
+    Read by the driver (a trial worker may not read the driver's state: cluster/iam/storage-worker.json), which
+    hands it to the trials it starts; a damaged record reads as empty (the recorder writes it whole again)."""
     try:
-        _, fs, root = resolve_storage(storage)
-        with fs.open_input_stream(f"{root}/{DRIVER_PREFIX}/{sweep}/{ENDED_TRIALS}") as stream:
-            ended = json.loads(stream.read())
-        result = ended.get(trial_id) if isinstance(ended, dict) else None
-    except (OSError, ValueError, UserError):
-        return None
-    return result if isinstance(result, dict) and isinstance(result.get("epoch"), int) else None
+        ended = state.read_json(ENDED_TRIALS) or {}
+    except UserError:
+        return {}
+    if not isinstance(ended, dict):
+        return {}
+    return {trial_id: result for trial_id, result in ended.items()
+            if isinstance(result, dict) and isinstance(result.get("epoch"), int)}
 
 
 def checkpoint_folders(fs: pyarrow.fs.FileSystem, experiment_path: str, trial_id: str) -> list[str]:

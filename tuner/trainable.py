@@ -13,7 +13,8 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,8 +170,9 @@ class TrialSettings:
     cpus: float
     metric: str
     experiment: str = ""  # Ray's folder of the sweep (a path or URI): where a trial finds its own checkpoints
-    storage: str = ""  # --storage and the sweep's name: where a trial finds whether a driver already ended it
-    sweep: str = ""
+    # The last result of each trial an earlier driver of this sweep ended (sweep_state.ended_results), read by the
+    # resumed driver: the workers never read the driver's state themselves
+    ended: Mapping[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def worst_value(metric: str) -> float:
@@ -193,9 +195,7 @@ def train_trial(config: dict[str, Any], data: DataSplits, settings: TrialSetting
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     train_config = TrainConfig.from_dict(config["train"], source="trial config")
     trial_id = tune.get_context().get_trial_id()
-    from tuner.sweep_state import ended_result
-
-    ended = ended_result(settings.storage, settings.sweep, trial_id) if settings.sweep else None
+    ended = settings.ended.get(trial_id)
     if ended is not None:
         # A driver gave this trial its outcome and was killed before Ray's next snapshot, so Ray restarted it:
         # it ends again on the result it ended on, without training (the driver records nothing twice).
