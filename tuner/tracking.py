@@ -49,6 +49,7 @@ from tuner.checkpoint import model_from_checkpoint, save_checkpoint
 from tuner.config import TrainConfig, format_stages
 from tuner.errors import UserError
 from tuner.evaluate import preprocess
+from tuner.metrics import EpochMetrics
 from tuner.mlflow_names import (  # noqa: F401 - CHAMPION_ALIAS: the CLIs' name
     CHAMPION_ALIAS,
     DEFAULT_MODEL_NAME,
@@ -60,7 +61,6 @@ from tuner.mlflow_names import (  # noqa: F401 - CHAMPION_ALIAS: the CLIs' name
     sqlite_path,
 )
 from tuner.outcomes import run_status
-from tuner.train import EpochMetrics
 
 # "Creating initial MLflow database tables..." on a store's first open: two INFO lines on stderr ahead of the
 # sweep's own output (and ahead of an error line, which should be the only one there)

@@ -28,7 +28,6 @@ if __name__ == "__main__":  # the command parses its flags first, so --help and 
     raise SystemExit(0)
 
 import copy
-import dataclasses
 import math
 import os
 import time
@@ -53,6 +52,7 @@ from tuner.config import (  # noqa: F401 - re-exported: TrainConfig and its help
 from tuner.data import DataSplits
 from tuner.device import autocast_dtype, pick_device
 from tuner.evaluate import DeviceImages, evaluate, normalise
+from tuner.metrics import EpochMetrics  # noqa: F401 - re-exported with fit, whose results they are
 from tuner.model import build_model
 
 CHECKPOINT_FORMAT = 1
@@ -62,21 +62,6 @@ DIVERGENCE_CHECK_EVERY = 10
 # huge learning rate Adam, or SGD without weight decay, trains on at finite losses far above this (the
 # divergence tests in tests/test_train.py run both).
 DIVERGED_LOSS = 1e4
-
-
-@dataclass(frozen=True)
-class EpochMetrics:
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    lr: float
-    epoch_seconds: float  # training and evaluation
-    images_per_s: float  # training images stepped on per second of training, evaluation excluded
-
-    def as_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
