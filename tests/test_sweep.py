@@ -1,6 +1,7 @@
 """End to end: `python -m tuner.run` against a real Ray node and a real mlflow server, on generated data."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -407,6 +408,37 @@ def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path
     assert_each_epoch_once(uri, child_runs(uri, name))
 
 
+def block_folder(folder: Path, aside: Path) -> None:
+    """Move `folder` to `aside` and put a file in its place. The driver may write into `folder` between the two
+    steps, which makes it again: what it wrote joins the files moved aside (newer, so it replaces them)."""
+    folder.rename(aside)
+    while True:
+        try:
+            folder.write_text("storage away")
+            return
+        except IsADirectoryError:
+            for item in folder.iterdir():
+                with contextlib.suppress(FileNotFoundError):  # a partial file the driver renamed meanwhile
+                    os.replace(item, aside / item.name)
+            with contextlib.suppress(OSError):  # not empty: another write came in; move that one too
+                folder.rmdir()
+
+
+def unblock_folder(folder: Path, aside: Path) -> None:
+    """Undo block_folder: the files moved aside go back to `folder`, with what the driver wrote there meanwhile."""
+    folder.unlink()
+    while True:
+        try:
+            aside.rename(folder)  # onto nothing, or onto a folder the driver just made while still empty
+            return
+        except OSError:  # the driver made `folder` and wrote into it: its files are newer
+            for item in folder.iterdir():
+                with contextlib.suppress(FileNotFoundError):  # a partial file the driver renamed meanwhile
+                    os.replace(item, aside / item.name)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
 def test_a_storage_outage_mid_sweep_delays_the_drivers_state_and_stops_nothing(workdir: Path, ray_head: RayNode,
                                                                                tmp_path: Path) -> None:
     """tuner's own state under --storage (`_driver/<sweep>/`: study, ledger, digests, lease) cannot be written
@@ -415,12 +447,10 @@ def test_a_storage_outage_mid_sweep_delays_the_drivers_state_and_stops_nothing(w
     driver = tuner_run(workdir, ray_head, uri, "--space", str(workdir / "tiny.yaml"), "--name", "storage-outage")
     seen = wait_for_line(driver, "[1/7]")
     folder, aside = workdir / "runs" / "_driver" / "storage-outage", workdir / "runs" / "storage-outage-aside"
-    folder.rename(aside)
-    folder.write_text("storage away")  # every write under it now fails with a real OSError
+    block_folder(folder, aside)  # every write under it now fails with a real OSError
     seen += wait_for_line(driver, "[3/7]")  # the study upload after a trial's end failed
     time.sleep(1)
-    folder.unlink()
-    aside.rename(folder)
+    unblock_folder(folder, aside)
     out = "".join(seen) + finish(driver)
     assert out.count("warning: could not store") == 1 and "works again after" in out, out[-3000:]
     assert "registered as model version" in out and "Traceback" not in out, out[-3000:]
