@@ -117,6 +117,24 @@ def test_an_interrupted_driver_leaves_its_running_trials_for_resume(tmp_path: Pa
                              "d": TrialState.RUNNING, "e": TrialState.RUNNING, "f": TrialState.RUNNING}
 
 
+def test_a_trial_the_study_already_had_finished_is_not_counted_or_ended_again(tmp_path: Path, capsys) -> None:
+    """A driver killed after the study had a trial's outcome but before ended.json did: Ray restarts the trial,
+    it trains on without ENDED_EARLIER, and its end must not count against the budget a second time."""
+    study = make_study(f"sqlite:///{tmp_path / 'optuna.db'}", {"a": [1, 2, 3, 4], "b": [1]}, complete={"a"})
+    sweep = start(tmp_path)
+    runs = sweep.trial_runs()
+    budget = BudgetStopper(epochs=100, ledger=SweepState(str(tmp_path), "end"))
+    recorder = OutcomeRecorder(runs, SimpleNamespace(study=study), budget, "val_acc", max_epochs=4, trials=3)
+    recorder.count_finished()
+    assert recorder.done == 1
+    recorder.complete("a", {"epoch": 4, "val_acc": 0.4}, errored=False)  # the restarted "a", trained on
+    recorder.complete("b", {"epoch": 4, "val_acc": 0.5}, errored=False)
+    assert recorder.done == 2
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(printed) == 1 and printed[0].startswith("[2/3] trial "), printed
+    assert sweep.end()
+
+
 def write_results(experiment: Path, trial_id: str, epochs: range, cut_short: bool = False) -> None:
     """A trial folder as Ray writes it: result.json, one reported result a line."""
     folder = experiment / f"t001-{trial_id}"

@@ -172,11 +172,12 @@ class OutcomeRecorder:
         self._stored_last: dict[str, dict] = {}  # each trial's last result-file row, as backfill read it
         self._ended_results: dict[str, dict] = {}  # sweep_state.ENDED_TRIALS: read once, then this driver's adds
         self._ended_read = False
+        self._finished_before: set[str] = set()  # trials the study held finished when this driver started
 
     def __setstate__(self, state: dict) -> None:
         # Unpickled by a resumed driver: ENDED_TRIALS may hold more than this snapshot (read it again). The
         # defaults serve a recorder pickled before these attributes existed.
-        self.__dict__.update({"_ended_results": {}, **state, "_ended_read": False})
+        self.__dict__.update({"_ended_results": {}, "_finished_before": set(), **state, "_ended_read": False})
 
     @property
     def state(self) -> SweepState | None:
@@ -208,9 +209,10 @@ class OutcomeRecorder:
 
     def count_finished(self) -> None:
         """Start the progress count at the trials already finished (a resumed sweep's earlier drivers)."""
-        self.done = sum(1 for t in self.searcher.study.get_trials(deepcopy=False)
-                        if "ray_trial_id" in t.user_attrs and t.state.is_finished()
-                        and not t.user_attrs.get(outcomes.ABANDONED))
+        finished = {t.user_attrs["ray_trial_id"] for t in self.searcher.study.get_trials(deepcopy=False)
+                    if "ray_trial_id" in t.user_attrs and t.state.is_finished()
+                    and not t.user_attrs.get(outcomes.ABANDONED)}
+        self.done, self._finished_before = len(finished), finished
 
     def backfill(self, trials: list[Trial]) -> None:
         """Log every epoch in the trials' own result files under --storage: what an earlier driver of this
@@ -284,8 +286,10 @@ class OutcomeRecorder:
 
     def complete(self, trial_id: str, result: dict, errored: bool, outcome: str | None = None,
                  create_run: bool = True) -> None:
-        if result.get(outcomes.ENDED_EARLIER):
-            return  # counted, logged and given its outcome by the driver that ended it
+        if result.get(outcomes.ENDED_EARLIER) or (trial_id in self._finished_before and trial_id not in self._ended):
+            # Counted, logged and given its outcome by the driver that ended it. Without ENDED_EARLIER: a driver
+            # killed after the study had its outcome but before ended.json did; Ray restarted it and it trained on.
+            return
         self._log_epoch(trial_id, result)  # Tune may end a trial on a result it did not pass on first
         outcome = outcome or outcomes.of_result(result, errored, self.max_epochs)
         self.done += 1
