@@ -226,18 +226,24 @@ print(json.dumps({"epochs": frame["epoch"].tolist(), "val_acc": frame["val_acc"]
 """
 
 
+def run_trial_script(code: str, workdir: Path, ray_head: RayNode, tmp_path: Path) -> dict:
+    """Run a script that drives one trial on the Ray node (argv: the work folder, the node's address); the JSON
+    line it prints about what the trial reported."""
+    script = tmp_path / "trial.py"
+    script.write_text(code)
+    env = {**ray_env(ray_head.token), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script), str(workdir), ray_head.address], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"epochs"')))
+
+
 def test_a_trial_restarted_after_all_its_epochs_reports_its_last_one_again_and_trains_nothing(
         workdir: Path, ray_head: RayNode, tmp_path: Path) -> None:
     """The trial's own folder holds a checkpoint of its last epoch that Ray's state does not list (its driver was
     killed first): it continues from there, which leaves nothing to train, so it reports that epoch once more
     and ends."""
-    script = tmp_path / "restarted.py"
-    script.write_text(RESTARTED_TRIAL)
-    env = {**ray_env(ray_head.token), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, str(script), str(workdir), ray_head.address], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    reported = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"epochs"')))
+    reported = run_trial_script(RESTARTED_TRIAL, workdir, ray_head, tmp_path)
     assert reported["epochs"] == [2] and reported["val_acc"] == [pytest.approx(reported["stored"])]
     assert reported["resumed"] == [1, 2]  # the checkpoint's epochs, for the driver to fill in (outcomes.RESUMED_EPOCHS)
 
@@ -271,13 +277,7 @@ def test_a_trial_an_earlier_driver_ended_reports_that_result_again_and_trains_no
         workdir: Path, ray_head: RayNode, tmp_path: Path) -> None:
     """Its settings (from the resumed driver's read of ended.json) say how it ended; its worker reads nothing of
     the driver's state under --storage."""
-    script = tmp_path / "ended.py"
-    script.write_text(ENDED_TRIAL)
-    env = {**ray_env(ray_head.token), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, str(script), str(workdir), ray_head.address], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    reported = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"epochs"')))
+    reported = run_trial_script(ENDED_TRIAL, workdir, ray_head, tmp_path)
     assert reported == {"epochs": [1], "val_acc": [0.25], "ended_earlier": [True]}
 
 

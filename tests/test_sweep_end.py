@@ -10,7 +10,6 @@ tests run `python -m tuner.run`'s main on a real Ray node (tests/test_final_fit.
 from __future__ import annotations
 
 import json
-import textwrap
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +22,11 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tests.ray_nodes import RayNode, started_head
-from tests.test_final_fit import ALL_IMAGES, FINAL, SPACE, driver, final_runs, version_of
+from tests.test_final_fit import driver, final_runs, version_of, workdir  # noqa: F401, F811 - workdir: fixture
 from tests.test_sweep import assert_each_epoch_once, child_runs, finish
 from tuner import tracking
 from tuner.bookkeeping import BudgetStop, BudgetStopper, OutcomeRecorder
 from tuner.config import TrainConfig
-from tuner.data import write_synthetic_cifar10
 from tuner.mlflow_names import DEFAULT_MODEL_NAME
 from tuner.sweep_state import SweepState
 from tuner.tracking import SweepRun
@@ -340,14 +338,6 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayNode]:
     yield from started_head(tmp_path_factory.mktemp("ray"))
 
 
-@pytest.fixture(scope="module")
-def final_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("end")
-    write_synthetic_cifar10(root / "data", n_train=ALL_IMAGES, n_test=200, seed=2)
-    (root / "final.yaml").write_text(textwrap.dedent(SPACE) + FINAL)
-    return root
-
-
 # One case per window of the end phase; the signals are spread over them (each is one handler in the driver, and
 # tests/test_sweep.py stops a running sweep with each): a sweep and its resume cost about 25 s a case.
 @pytest.mark.parametrize(("point", "stop", "times"), [
@@ -357,8 +347,8 @@ def final_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("registering", "SIGINT", 2),  # the second before the driver got to stop: at once, still with the resume command
 ])
 def test_an_interrupt_in_the_sweeps_end_stops_it_for_resume_and_loses_nothing(
-        final_workdir: Path, ray_head: RayNode, point: str, stop: str, times: int) -> None:
-    workdir, name = final_workdir, f"end-{point}-{stop.lower()}-{times}"
+        workdir: Path, ray_head: RayNode, point: str, stop: str, times: int) -> None:  # noqa: F811 - the fixture
+    name = f"end-{point}-{stop.lower()}-{times}"
     uri = f"sqlite:///{workdir / f'{name}.db'}"
     code = f"import signal\npoint, stop, times = {point!r}, signal.{stop}, {times}\n" + INTERRUPTING
     first = driver(workdir, ray_head, uri, "--space", str(workdir / "final.yaml"), "--name", name, code=code)
