@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
+from tests.store_proxy import StoreProxy
 from tuner import predict, promote
 from tuner.config import TrainConfig
 from tuner.data import LABEL_NAMES, load_splits, load_test, write_synthetic_cifar10
@@ -526,3 +528,61 @@ def test_a_resumed_driver_finds_the_version_its_killed_predecessor_registered(re
         sweep.end()
     assert version == registry.good
     assert {v.version for v in registry.client.search_model_versions(f"name = '{registry.name}'")} == before
+
+
+def run_with_one_attempt(*argv: str) -> subprocess.CompletedProcess:
+    """A CLI in a process of its own (its MLflow client resolves artifacts through the proxy, not through a
+    store an earlier test of this process cached), MLflow's retries off: its default rides out an outage for
+    about four minutes before it gives up, with the same error."""
+    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+
+
+def one_line(done: subprocess.CompletedProcess) -> str:
+    """The one error line of a command that exited 2 (predict says first which version it resolved)."""
+    lines = done.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert done.returncode == 2 and len(errors) == 1 and lines[-1] == errors[0], (done.returncode, lines)
+    return errors[0]
+
+
+def refusing(method: str, fragment: str):  # noqa: ANN201 - a StoreProxy refusal
+    return lambda m, path: 503 if m == method and fragment in path else None
+
+
+@pytest.mark.parametrize("down", ["checkpoint download", "alias move"])
+def test_a_store_that_stops_answering_during_promote_is_one_line_and_moves_nothing(registry, down: str):
+    """While promote fetches the checkpoints (before, an outage there read as "has no training checkpoint"),
+    or when it moves the alias: one line naming the store and the outage, the champion as it was; once the
+    store answers again, the same command promotes."""
+    registry.client.set_registered_model_alias(registry.name, "champion", registry.bad)
+    for number in (registry.bad, registry.good):  # no evaluation recorded by earlier tests: both are fetched
+        for key in list(registry.client.get_model_version(registry.name, number).tags):
+            if key.startswith("eval."):
+                registry.client.delete_model_version_tag(registry.name, number, key)
+    refusal = (refusing("GET", "/mlflow-artifacts/artifacts") if down == "checkpoint download" else
+               refusing("POST", "/registered-models/alias"))
+    argv = ["tuner.promote", "--model-name", registry.name, "--version", registry.good,
+            "--data-dir", str(registry.data_dir)]
+    with StoreProxy(registry.uri, refusal) as store:
+        line = one_line(run_with_one_attempt(*argv, "--mlflow-uri", store.uri))
+    assert store.refusals >= 1
+    assert line.startswith(f"error: the tracking store {store.uri} stopped answering while promoting a version "
+                           f"of '{registry.name}' (HTTP 503); the 'champion' alias moves only after"), line
+    assert champion(registry) == registry.bad
+    done = run_with_one_attempt(*argv, "--mlflow-uri", registry.uri)
+    assert done.returncode == 0, done.stderr
+    assert champion(registry) == registry.good
+
+
+def test_a_store_that_stops_answering_while_predict_loads_the_model_is_one_line(registry, tmp_path):
+    png = tmp_path / "a.png"
+    Image.fromarray(load_test(registry.data_dir).images[0]).save(png)
+    registry.client.set_registered_model_alias(registry.name, "champion", registry.good)
+    model_uri = f"models:/{registry.name}@champion"
+    with StoreProxy(registry.uri, refusing("GET", "/mlflow-artifacts/artifacts")) as store:
+        line = one_line(run_with_one_attempt("tuner.predict", str(png), "--model-uri", model_uri,
+                                             "--mlflow-uri", store.uri))
+    assert store.refusals >= 1
+    assert line.startswith(f"error: the tracking store {store.uri} stopped answering while loading model "
+                           f"{model_uri} (HTTP 503)"), line

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
-import http.server
 import os
 import random
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -19,6 +15,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from tests.store_proxy import StoreProxy
 from tuner import report
 from tuner.config import TrainConfig
 from tuner.outcomes import stopped as stopped_outcome
@@ -306,83 +303,29 @@ def test_an_empty_out_is_one_line_error_and_writes_nothing(sweep, study_bytes, t
 # logging to the run is all or nothing: a reader sees the earlier report or the whole new one
 
 
-class FillingArtifactStore:
-    """A plain HTTP proxy in front of the real mlflow server: everything passes through, except that every
-    artifact upload after the first `uploads` is answered 507 Insufficient Storage (an artifact store that
-    fills up part-way through a report; MLflow does not retry a 507, so the failure comes at once). With
-    `interrupt` set to a process id, the refused upload sends that process Ctrl-C (SIGINT) instead, while it
-    waits for the answer."""
-
-    SKIPPED_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+class FillingArtifactStore(StoreProxy):
+    """The real mlflow server behind a proxy that answers every artifact upload after the first `uploads` with
+    507 Insufficient Storage (an artifact store that fills up part-way through a report; MLflow does not retry
+    a 507, so the failure comes at once). With `interrupt` set to a process id, the refused upload sends that
+    process Ctrl-C (SIGINT) instead, while it waits for the answer."""
 
     def __init__(self, upstream: str, uploads: int) -> None:
-        self.upstream = urllib.parse.urlsplit(upstream)
-        self.uploads_left, self.refused = uploads, 0
+        self.uploads_left = uploads
         self.interrupt: int | None = None
-        self.lock = threading.Lock()
-        proxy = self
+        super().__init__(upstream, self._full)
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    def _full(self, method: str, path: str) -> int | None:
+        if method != "PUT" or "/mlflow-artifacts/artifacts/" not in path:
+            return None
+        with self.lock:
+            full = self.uploads_left <= 0
+            self.uploads_left -= 1
+        return 507 if full else None
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                proxy.forward(self)
-
-            do_PUT = do_POST = do_DELETE = do_PATCH = do_GET
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.uri = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def __enter__(self) -> FillingArtifactStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=10)
-
-    def forward(self, request: http.server.BaseHTTPRequestHandler) -> None:
-        body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
-        if request.command == "PUT" and "/mlflow-artifacts/artifacts/" in request.path:
-            with self.lock:
-                full = self.uploads_left <= 0
-                self.uploads_left -= 1
-                self.refused += full
-            if full:
-                if self.interrupt is not None:
-                    os.kill(self.interrupt, signal.SIGINT)
-                    time.sleep(3)  # the client is interrupted while it waits for this answer
-                self.answer(request, 507, [("Content-Type", "text/plain")], b"artifact store full")
-                return
-        upstream = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
-        try:
-            headers = {k: v for k, v in request.headers.items() if k.lower() not in self.SKIPPED_HEADERS | {"host"}}
-            upstream.request(request.command, request.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
-        finally:
-            upstream.close()
-        self.answer(request, response.status,
-                    [(k, v) for k, v in response.getheaders() if k.lower() not in self.SKIPPED_HEADERS], data)
-
-    @staticmethod
-    def answer(request: http.server.BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]],
-               data: bytes) -> None:
-        try:
-            request.send_response(status)
-            for key, value in headers:
-                request.send_header(key, value)
-            request.send_header("Content-Length", str(len(data)))
-            request.end_headers()
-            request.wfile.write(data)
-        except OSError:  # the client hung up (interrupted)
-            pass
+    def before_refusal(self) -> None:
+        if self.interrupt is not None:
+            os.kill(self.interrupt, signal.SIGINT)
+            time.sleep(3)  # the client is interrupted while it waits for this answer
 
 
 def _shown_report(sweep: SweepRun, into: Path) -> tuple[str, dict[str, str]]:
@@ -433,7 +376,7 @@ def test_a_report_that_fails_while_logging_leaves_the_runs_report_whole(mlflow_s
                 _, error = command.communicate(timeout=300)
             finally:
                 command.kill()  # only if still running (it timed out); a no-op once it exited
-        assert store.refused == 1  # it failed part-way: one file of the new report was already uploaded
+        assert store.refusals == 1  # it failed part-way: one file of the new report was already uploaded
         error = error.strip()
         assert "\n" not in error, error
         if failure == "interrupted":
@@ -451,5 +394,40 @@ def test_a_report_that_fails_while_logging_leaves_the_runs_report_whole(mlflow_s
         assert len(pd.read_csv(tmp_path / "second" / "trials.csv")) == 4
         assert {path for path, _ in _logged_report(sweep)[1]} == \
             {f"{new_folder}/{name}" for name in files} | {"report/notes.txt"}
+    finally:
+        sweep.end()
+
+
+def run_with_one_attempt(argv: list[str]) -> subprocess.CompletedProcess:
+    """A CLI in a process of its own, as a user runs it, with MLflow's retries off (its default rides out an
+    outage for about four minutes before it gives up: the same error, later)."""
+    return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+
+
+def test_a_store_that_stops_answering_while_the_report_reads_is_one_line_and_logs_nothing(mlflow_server, tmp_path):
+    """The server answers the sweep's runs, then 503 to the third metric history it is asked for: one line
+    naming the store, the step and the outage (not a wrong sweep name), exit 2, nothing logged to the run."""
+    sweep = _start_sweep(mlflow_server.uri, tmp_path)
+    try:
+        _log_trials(sweep, TRIALS[:3])
+        histories = []
+
+        def down_after_two_histories(method: str, path: str) -> int | None:
+            if "/metrics/get-history" not in path:
+                return None
+            histories.append(path)
+            return 503 if len(histories) > 2 else None
+
+        with StoreProxy(sweep.uri, down_after_two_histories) as store:
+            done = run_with_one_attempt(["tuner.report", "--sweep", sweep.sweep_name, "--mlflow-only",
+                                         "--out", str(tmp_path / "out"), "--mlflow-uri", store.uri])
+        assert store.refusals >= 1
+        error = done.stderr.strip()
+        assert done.returncode == 2 and "\n" not in error, error
+        assert error.startswith(f"error: the tracking store {store.uri} stopped answering while reading sweep "
+                                f"'{sweep.sweep_name}' (HTTP 503); nothing was changed"), error
+        assert _logged_report(sweep) == (None, set())
+        assert not (tmp_path / "out").exists()
     finally:
         sweep.end()

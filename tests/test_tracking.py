@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
 from tuner import outcomes, tracking
 from tuner.config import TrainConfig
@@ -321,3 +323,29 @@ def test_a_server_gone_before_the_final_writes_is_one_line_with_the_resume_comma
         assert time.monotonic() - started < 15
     finally:
         mlflow_server.start()
+
+
+@pytest.mark.parametrize(("error", "outage", "shown"), [
+    (MlflowException("API request to http://h/api/2.0/mlflow/runs/get failed with exception HTTPConnectionPool("
+                     "host='h', port=5000): Max retries exceeded (Caused by NewConnectionError: Connection refused)"),
+     True, "connection refused"),
+    (MlflowException("API request to http://h/x failed with timeout exception Read timed out."), True, "timed out"),
+    (MlflowException("API request to endpoint /x failed with error code 502 != 200. Response body: ''"), True,
+     "HTTP 502"),
+    (MlflowException("not now", error_code=TEMPORARILY_UNAVAILABLE), True, "not now"),
+    (MlflowException("Run 'abc' not found", error_code=RESOURCE_DOES_NOT_EXIST), False, None),
+    (MlflowException("Registered Model with name=x not found", error_code=RESOURCE_DOES_NOT_EXIST), False, None),
+    (MlflowException("Could not find an 'MLmodel' configuration file"), False, None),
+    (FileNotFoundError("checkpoint.pt"), False, None),
+])
+def test_an_outage_is_told_from_an_answer_about_the_data(error: Exception, outage: bool, shown: str | None) -> None:
+    """Only a store that did not answer becomes 'stopped answering'; a missing run or model stays what it is."""
+    assert tracking.store_unavailable(error) is outage
+    if outage:
+        with pytest.raises(UserError, match=f"stopped answering while reading x \\({shown}\\); nothing was changed"):
+            with tracking.store_outage_is_user_error("http://h", "reading x"):
+                raise error
+    else:
+        with pytest.raises(type(error)):
+            with tracking.store_outage_is_user_error("http://h", "reading x"):
+                raise error

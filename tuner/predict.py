@@ -79,9 +79,8 @@ def read_image(path: str | Path) -> np.ndarray:
 def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
     """The network behind any MLflow model URI (registry alias/version, runs:/, models:/<id>, a folder)."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from tuner.tracking import mlflow_globals, open_client
+    from tuner.tracking import mlflow_globals, open_client, store_unavailable, unavailable_error
 
     require_model_folder(model_uri)
     tracking_uri = resolve_tracking_uri(mlflow_uri)
@@ -90,22 +89,31 @@ def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
     try:
         with mlflow_globals(tracking_uri), _quiet_logger("torch.export"):
             return mlflow.pytorch.load_model(model_uri, map_location="cpu")
-    except MlflowException as err:
+    except Exception as err:  # noqa: BLE001 - damaged files make yaml, zipfile, torch and pickle raise anything
+        if store_unavailable(err):  # not a wrong name or a damaged model: the store did not answer
+            raise unavailable_error(tracking_uri, f"loading model {model_uri}", err, "nothing was changed") from None
+        raise load_failure(model_uri, err) from None
+
+
+def load_failure(model_uri: str, err: Exception) -> UserError:
+    """Why `model_uri` could not be loaded (`err`), as one line with the fix."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
         detail = " ".join(str(err).split())[:200]
         if "MLmodel" in detail:  # the URI names something, but not a logged model
-            raise UserError(f"cannot load model {model_uri}: it is not an MLflow model (no MLmodel file there); "
-                            f"{MODEL_URI_FORMS}") from None
+            return UserError(f"cannot load model {model_uri}: it is not an MLflow model (no MLmodel file there); "
+                             f"{MODEL_URI_FORMS}")
         hint = (f"check the name and alias/version (e.g. {DEFAULT_MODEL_URI}, promote one with "
                 f"`python -m tuner.promote`)" if model_uri.startswith("models:/") else "check the URI")
-        raise UserError(f"cannot load model {model_uri}: {detail}; {hint}") from None
-    except OSError as err:
-        if not isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):  # not the model's files
-            raise UserError(f"cannot load model {model_uri}: {err}; check the URI") from None
-        raise UserError(f"cannot load model {model_uri}: a file of it is missing ({err}); {MODEL_REPAIR}") from None
-    except Exception as err:  # noqa: BLE001 - damaged files make yaml, zipfile, torch and pickle raise anything
-        detail = " ".join(str(err).split())[:160]
-        raise UserError(f"cannot load model {model_uri}: its files are damaged or incomplete ({type(err).__name__}: "
-                        f"{detail}); {MODEL_REPAIR}") from None
+        return UserError(f"cannot load model {model_uri}: {detail}; {hint}")
+    if isinstance(err, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return UserError(f"cannot load model {model_uri}: a file of it is missing ({err}); {MODEL_REPAIR}")
+    if isinstance(err, OSError):  # not the model's files: the URI's
+        return UserError(f"cannot load model {model_uri}: {err}; check the URI")
+    detail = " ".join(str(err).split())[:160]
+    return UserError(f"cannot load model {model_uri}: its files are damaged or incomplete ({type(err).__name__}: "
+                     f"{detail}); {MODEL_REPAIR}")
 
 
 @contextlib.contextmanager
@@ -145,10 +153,10 @@ def resolved_version(model_uri: str, mlflow_uri: str | None) -> dict[str, str] |
         return None
     from mlflow.exceptions import MlflowException
 
-    from tuner.tracking import open_client
+    from tuner.tracking import open_client, store_unavailable, unavailable_error
 
     name, _, rest = model_uri[len("models:/"):].partition("@")
-    client, _ = open_client(mlflow_uri)
+    client, uri = open_client(mlflow_uri)
     try:
         if rest:
             version = client.get_model_version_by_alias(name, rest)
@@ -158,6 +166,8 @@ def resolved_version(model_uri: str, mlflow_uri: str | None) -> dict[str, str] |
         else:
             return None
     except MlflowException as err:
+        if store_unavailable(err):
+            raise unavailable_error(uri, f"reading model {model_uri}", err, "nothing was changed") from None
         raise UserError(f"cannot load model {model_uri}: {str(err).splitlines()[0][:200]}; check the name and "
                         f"alias/version (e.g. {DEFAULT_MODEL_URI}, promote one with `python -m tuner.promote`)"
                         ) from None

@@ -65,7 +65,7 @@ from tuner.checkpoint import load_checkpoint, model_from_checkpoint
 from tuner.data import BATCH_DIR, TEST_FILE, ImageSet, fingerprint, load_test
 from tuner.errors import UserError, excerpt, exit_on_user_error, suggest
 from tuner.evaluate import evaluate_images
-from tuner.tracking import CHECKPOINT_ARTIFACT, open_client
+from tuner.tracking import CHECKPOINT_ARTIFACT, open_client, store_outage_is_user_error, store_unavailable
 
 # What to do about a version whose checkpoint is damaged or cannot be fetched.
 REPAIR = "choose another version with --version, or register a new one with a tuner sweep"
@@ -171,7 +171,9 @@ def checkpoint_of(client: MlflowClient, uri: str, version: ModelVersion, name: s
     folder, _, filename = artifact.rpartition("/")
     try:
         present = {Path(f.path).name for f in client.list_artifacts(run_id, folder)}
-    except MlflowException:
+    except MlflowException as err:
+        if store_unavailable(err):  # an outage is not a missing checkpoint
+            raise
         present = set()
     if filename not in present:
         raise UserError(fix)
@@ -182,6 +184,8 @@ def checkpoint_of(client: MlflowClient, uri: str, version: ModelVersion, name: s
         try:
             path = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=uri)
         except (MlflowException, OSError) as err:
+            if store_unavailable(err):
+                raise
             detail = " ".join(str(err).split())[:160]
             raise UserError(f"{label} cannot be downloaded ({type(err).__name__}: {detail}); {REPAIR}") from None
         return load_checkpoint(path, name=label, fix=REPAIR)
@@ -318,6 +322,15 @@ def promote(
     Everything is evaluated before anything is written: a promote that fails (a champion that cannot be
     evaluated without --force, a bad tag) leaves every tag and the alias as they were."""
     client, uri = open_client(mlflow_uri)
+    # The alias moves last, after both evaluations are recorded: a store that stops answering on the way leaves
+    # the champion as it was (or already moved, when only the last tags were lost), and a rerun is safe.
+    with store_outage_is_user_error(uri, f"promoting a version of '{name}'",
+                                    kept=f"the '{CHAMPION_ALIAS}' alias moves only after every evaluation is recorded"):
+        return compare_and_move(client, uri, name, version, sweep, data_dir, force, allow_val)
+
+
+def compare_and_move(client: MlflowClient, uri: str, name: str, version: str | None, sweep: str | None,
+                     data_dir: str | Path, force: bool, allow_val: bool) -> bool:
     candidate = find_version(client, name, version, sweep)
     current = champion(client, name)
     test = test_split(data_dir, allow_val)

@@ -92,6 +92,7 @@ from tuner.tracking import (
     open_client,
     quick_http,
     safe_name,
+    store_outage_is_user_error,
     sweep_names,
     trial_runs,
 )
@@ -614,12 +615,13 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = 
     out = Path(out) if out else Path("runs") / "reports" / safe_name(sweep)
     check_out(out)  # before seconds of reading: the cheap mistakes first
     client, uri = open_client(mlflow_uri)
-    parent = find_sweep_run(client, sweep)
-    if parent is None:
-        names = sweep_names(client)
-        known = f"sweeps in this store: {', '.join(names)}" if names else "this store has no sweep yet"
-        raise UserError(f"no sweep named '{sweep}'{suggest(sweep, names)}; {known} (or pass --mlflow-uri)")
-    trials, epochs = collect(client, parent)
+    with store_outage_is_user_error(uri, f"reading sweep '{sweep}'"):
+        parent = find_sweep_run(client, sweep)
+        if parent is None:
+            names = sweep_names(client)
+            known = f"sweeps in this store: {', '.join(names)}" if names else "this store has no sweep yet"
+            raise UserError(f"no sweep named '{sweep}'{suggest(sweep, names)}; {known} (or pass --mlflow-uri)")
+        trials, epochs = collect(client, parent)
     if trials.empty:
         raise UserError(f"sweep '{sweep}' has no trial runs yet: nothing to report")
     with tempfile.TemporaryDirectory(prefix="tuner-report-") as scratch:

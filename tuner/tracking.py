@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -146,6 +147,41 @@ def open_client(flag: str | None) -> tuple[MlflowClient, str]:
 
 def client_for(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+# MLflow's codes for a server that answered "not now" (503, 429), and its wording for a request that got no
+# usable answer: refused, timed out, or 5xx after its retries ("API request to ... failed with exception").
+UNAVAILABLE_CODES = ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
+NO_ANSWER_WORDS = ("failed with exception", "failed with timeout exception", "failed with error code 5")
+
+
+def store_unavailable(err: BaseException) -> bool:
+    """The tracking store did not answer (connection refused, timeout, 5xx): an outage, not an answer about the
+    data. A missing run or model, a bad name, a damaged file are answers and stay what they are."""
+    if isinstance(err, MlflowException):
+        text = str(err)
+        return err.error_code in UNAVAILABLE_CODES or (
+            text.startswith("API request to") and any(words in text for words in NO_ANSWER_WORDS))
+    import requests
+
+    return isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+
+
+def unavailable_error(uri: str, doing: str, err: BaseException, kept: str) -> UserError:
+    return UserError(f"the tracking store {uri} stopped answering while {doing} ({_short(err)}); {kept}: run the "
+                     "command again once it answers")
+
+
+@contextlib.contextmanager
+def store_outage_is_user_error(uri: str, doing: str, kept: str = "nothing was changed") -> Iterator[None]:
+    """A store that stops answering while a command (report, promote, predict) works with it: one line and
+    exit 2, never a traceback. `kept` says what stands, so that running the command again is safe."""
+    try:
+        yield
+    except Exception as err:
+        if not store_unavailable(err):
+            raise
+        raise unavailable_error(uri, doing, err, kept) from None
 
 
 @contextlib.contextmanager
@@ -416,6 +452,11 @@ def _short(err: BaseException) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     if "NewConnectionError" in text or "Connection refused" in text:
         return "connection refused"
+    if "timeout" in text.lower() or "timed out" in text:
+        return "timed out"
+    status = re.search(r"too many (\d{3}) error responses|failed with error code (\d{3})", text)
+    if status:
+        return f"HTTP {status.group(1) or status.group(2)}"
     return text[:160]
 
 
