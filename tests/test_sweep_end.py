@@ -28,6 +28,8 @@ from tuner import tracking
 from tuner.bookkeeping import BudgetStop, BudgetStopper, OutcomeRecorder
 from tuner.config import TrainConfig
 from tuner.mlflow_names import DEFAULT_MODEL_NAME
+from tuner.outcomes import ABANDONED
+from tuner.searcher import fail_trials, finished_results
 from tuner.sweep_state import SweepState
 from tuner.tracking import SweepRun
 
@@ -131,6 +133,26 @@ def test_a_trial_the_study_already_had_finished_is_not_counted_or_ended_again(tm
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert len(printed) == 1 and printed[0].startswith("[2/3] trial "), printed
     assert sweep.end()
+
+
+def test_the_workers_end_again_on_what_the_study_heard_of_each_trial_it_holds_finished(tmp_path: Path) -> None:
+    """What a resumed driver hands the workers besides ended.json: the last epoch the study heard of each
+    finished trial (completed or stopped; a failed one by its last epoch); not a running one, not one the
+    driver abandoned (a resumed sweep trains it on), not one with no epoch heard."""
+    study = make_study(f"sqlite:///{tmp_path / 'optuna.db'}",
+                       {"done": [1, 2, 3, 4], "running": [1], "stopped": [1, 2], "abandoned": [1, 2, 3],
+                        "no-epoch": []}, complete={"done"})
+    for frozen in study.trials:
+        ray_id = frozen.user_attrs["ray_trial_id"]
+        if ray_id == "stopped":
+            study.tell(frozen.number, state=TrialState.PRUNED)
+        elif ray_id == "no-epoch":
+            study.tell(frozen.number, state=TrialState.FAIL)
+    fail_trials(study, [t for t in study.trials if t.user_attrs["ray_trial_id"] == "abandoned"], ABANDONED)
+    ended = finished_results(study, "val_acc")
+    assert ended.keys() == {"done", "stopped"}
+    assert ended["done"] == {"epoch": 4, "val_acc": pytest.approx(0.4)}
+    assert ended["stopped"] == {"epoch": 2, "val_acc": pytest.approx(0.2)}
 
 
 def write_results(experiment: Path, trial_id: str, epochs: range, cut_short: bool = False) -> None:

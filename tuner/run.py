@@ -355,6 +355,17 @@ def new_tuner(plan: SweepPlan, trainable: Any, sweep: Any) -> Any:
     )
 
 
+def ended_before(plan: SweepPlan, space: SearchSpace) -> dict[str, dict]:
+    """The result each trial an earlier driver of this sweep ended on, for the workers (TrialSettings.ended):
+    ended.json's, and those of trials only the study knows have ended (searcher.finished_results)."""
+    import optuna
+
+    from tuner.searcher import finished_results
+
+    study = optuna.load_study(study_name=plan.name, storage=plan.state.study_url)  # prepare_resume fetched it
+    return {**finished_results(study, space.metric), **ended_results(plan.state)}
+
+
 def restored_tuner(plan: SweepPlan, trainable: Any) -> Any:
     """The Tuner of a sweep whose driver died: Ray restores it, bookkeeping included, from --storage."""
     from ray import tune
@@ -600,7 +611,7 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
     print(f"sweep {plan.name}: {len(data.train)} train / {len(data.val)} val images, tracking at {uri}", flush=True)
 
     settings = TrialSettings(gpus=space.resources.gpus, cpus=space.resources.cpus, metric=space.metric,
-                             experiment=plan.experiment, ended=ended_results(plan.state) if plan.resume else {})
+                             experiment=plan.experiment, ended=ended_before(plan, space) if plan.resume else {})
     trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings),
                                     {"cpu": space.resources.cpus, "gpu": space.resources.gpus})
     started = time.monotonic()

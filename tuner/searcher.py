@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from tuner.config import TrainConfig
-from tuner.outcomes import RESUMED_EPOCHS
+from tuner.outcomes import ABANDONED, RESUMED_EPOCHS
 from tuner.space import SearchSpace
 from tuner.sweep_state import SweepState
 
@@ -324,6 +324,21 @@ def tell_stopped(study: optuna.Study, stopped: list[tuple[optuna.trial.FrozenTri
     out) ended, each from its last result."""
     for frozen, result in stopped:
         tell_finished(study, live_trial(study, frozen), result, metric, max_epochs)
+
+
+def finished_results(study: optuna.Study, metric: str) -> dict[str, dict[str, Any]]:
+    """{Ray trial id: {epoch, metric}}: the last epoch the study heard of each trial it holds finished. A driver
+    tells the study a trial's outcome before it notes it in ended.json (sweep_state.ENDED_TRIALS), so a driver
+    killed between the two leaves trials only the study knows have ended; a resumed driver hands these to the
+    workers with ended.json's (TrialSettings.ended), and a trial Ray restarts ends again without training.
+    Trials the driver abandoned (no outcome) are left out: a resumed sweep trains them on."""
+    ended = {}
+    for trial in study.get_trials(deepcopy=False):
+        ray_id = trial.user_attrs.get("ray_trial_id")
+        if ray_id and trial.state.is_finished() and trial.intermediate_values and not trial.user_attrs.get(ABANDONED):
+            epoch = max(trial.intermediate_values)
+            ended[ray_id] = {EPOCH: epoch, metric: trial.intermediate_values[epoch]}
+    return ended
 
 
 def fail_trials(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], why: str) -> None:
