@@ -16,7 +16,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.store_proxy import StoreProxy
-from tuner import report
+from tuner import report, report_plots
 from tuner.config import TrainConfig
 from tuner.outcomes import stopped as stopped_outcome
 from tuner.tracking import SweepRun
@@ -110,7 +110,7 @@ def test_pareto_front_keeps_only_trials_no_smaller_model_beats():
         "params_count": [100, 200, 300, 400, 150],
         "best_val_acc": [0.5, 0.7, 0.6, 0.8, 0.4],
     })
-    assert list(report.pareto_front(trials)["run_name"]) == ["a", "b", "d"]
+    assert list(report_plots.pareto_front(trials)["run_name"]) == ["a", "b", "d"]
 
 
 def test_unused_parameters_are_missing_and_axes_say_log():
@@ -133,17 +133,17 @@ def test_unused_parameters_are_missing_and_axes_say_log():
     blanked = report.blank_unused(trials, study)
     assert pd.isna(blanked.loc[0, "momentum"]) and blanked.loc[1, "momentum"] == 0.9
     assert report.log_scaled(study) == {"lr"}
-    _, ticks, log = report._axis_values(blanked["lr"], log=True)
+    _, ticks, log = report_plots._axis_values(blanked["lr"], log=True)
     assert log and len(ticks) == 5
-    _, ticks, _ = report._axis_values(blanked["momentum"])
-    assert (report.UNUSED_Y, "not used") in ticks
+    _, ticks, _ = report_plots._axis_values(blanked["momentum"])
+    assert (report_plots.UNUSED_Y, "not used") in ticks
 
 
 def test_asha_rungs_come_from_the_parent_params():
     params = {"scheduler.type": "asha", "scheduler.grace_period": "1", "scheduler.reduction_factor": "2",
               "scheduler.max_epochs": "9"}
-    assert report.asha_rungs(params) == [1, 2, 4, 8]
-    assert report.asha_rungs({**params, "scheduler.type": "fifo"}) == []
+    assert report_plots.asha_rungs(params) == [1, 2, 4, 8]
+    assert report_plots.asha_rungs({**params, "scheduler.type": "fifo"}) == []
 
 
 @pytest.mark.parametrize("where", ["a-file", "a-file/below"])
