@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import os
+import subprocess
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable
+from pathlib import Path
 
 Refusal = Callable[[str, str], "int | None"]  # (method, path) -> the status to answer instead, or None: pass on
 
@@ -85,3 +89,12 @@ class StoreProxy:
             request.wfile.write(data)
         except OSError:  # the client hung up (interrupted)
             pass
+
+
+def run_with_one_attempt(*argv: str) -> subprocess.CompletedProcess:
+    """A CLI (`tuner.report ...`) in a process of its own, as a user runs it (its MLflow client resolves
+    artifacts through the proxy, not through a store an earlier test of this process cached), with MLflow's
+    retries off: its default rides out an outage for about four minutes before it gives up, with the same error."""
+    return subprocess.run([sys.executable, "-m", *argv], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import uuid
@@ -18,7 +17,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from tests.store_proxy import StoreProxy
+from tests.store_proxy import StoreProxy, run_with_one_attempt
 from tuner import predict, promote
 from tuner.config import TrainConfig
 from tuner.data import LABEL_NAMES, load_splits, load_test, write_synthetic_cifar10
@@ -528,14 +527,6 @@ def test_a_resumed_driver_finds_the_version_its_killed_predecessor_registered(re
         sweep.end()
     assert version == registry.good
     assert {v.version for v in registry.client.search_model_versions(f"name = '{registry.name}'")} == before
-
-
-def run_with_one_attempt(*argv: str) -> subprocess.CompletedProcess:
-    """A CLI in a process of its own (its MLflow client resolves artifacts through the proxy, not through a
-    store an earlier test of this process cached), MLflow's retries off: its default rides out an outage for
-    about four minutes before it gives up, with the same error."""
-    return subprocess.run([sys.executable, "-m", *argv], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
 
 
 def one_line(done: subprocess.CompletedProcess) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.store_proxy import StoreProxy
+from tests.store_proxy import StoreProxy, run_with_one_attempt
 from tuner import report, report_plots
 from tuner.config import TrainConfig
 from tuner.outcomes import stopped as stopped_outcome
@@ -398,13 +398,6 @@ def test_a_report_that_fails_while_logging_leaves_the_runs_report_whole(mlflow_s
         sweep.end()
 
 
-def run_with_one_attempt(argv: list[str]) -> subprocess.CompletedProcess:
-    """A CLI in a process of its own, as a user runs it, with MLflow's retries off (its default rides out an
-    outage for about four minutes before it gives up: the same error, later)."""
-    return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
-
-
 def test_a_store_that_stops_answering_while_the_report_reads_is_one_line_and_logs_nothing(mlflow_server, tmp_path):
     """The server answers the sweep's runs, then 503 to the third metric history it is asked for: one line
     naming the store, the step and the outage (not a wrong sweep name), exit 2, nothing logged to the run."""
@@ -420,8 +413,8 @@ def test_a_store_that_stops_answering_while_the_report_reads_is_one_line_and_log
             return 503 if len(histories) > 2 else None
 
         with StoreProxy(sweep.uri, down_after_two_histories) as store:
-            done = run_with_one_attempt(["tuner.report", "--sweep", sweep.sweep_name, "--mlflow-only",
-                                         "--out", str(tmp_path / "out"), "--mlflow-uri", store.uri])
+            done = run_with_one_attempt("tuner.report", "--sweep", sweep.sweep_name, "--mlflow-only",
+                                        "--out", str(tmp_path / "out"), "--mlflow-uri", store.uri)
         assert store.refusals >= 1
         error = done.stderr.strip()
         assert done.returncode == 2 and "\n" not in error, error
