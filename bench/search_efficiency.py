@@ -1,7 +1,7 @@
 """Search efficiency: tuner's searcher against what a user would run instead, at equal epoch budgets.
 
 Three arms, each its own search per seed, each with another sampler seed (no shared start-up draws):
-- **tuner**: `python -m tuner.run` with its TPE (Optuna's, with a Latin-hypercube start-up) + ASHA;
+- **tuner**: `python -m tuner.run` with its TPE (Optuna's, told ASHA's stops as PRUNED) + ASHA;
 - **random + ASHA**: `python -m tuner.run` with `search.algorithm: random` and the same ASHA;
 - **stock**: Ray Tune's `OptunaSearch` + `ASHAScheduler` as Ray's documentation shows them
   (bench/stock_optuna_arm.py: the same space as a `param_space`, the same trainer, data split, ASHA
@@ -217,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Epoch 1 ends the warm-up; its rank predicts the final rank poorly
     # (docs/benchmarks.md#weight-average-at-the-rungs).
     parser.add_argument("--grace-period", type=int, default=2)
-    parser.add_argument("--startup-trials", type=int, default=8,
+    parser.add_argument("--startup-trials", type=int, default=10,
                         help="tuner's TPE start-up trials (the service's default); the stock arm keeps Optuna's")
     parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--ema-epochs", type=float, default=0.0,

@@ -1,8 +1,7 @@
 """Optuna TPE as a Ray Tune searcher, with constraints at sampling time and honest multi-fidelity bookkeeping.
 
-Three things the stock `OptunaSearch` does not do:
-- An even start. The start-up trials are a Latin hypercube over the space, where independent random draws
-  can leave a choice or a decade untried.
+The sampler is Optuna's TPE as Optuna ships it (independent random start-up draws, its own good/bad split);
+what the searcher adds to the stock `OptunaSearch` is bookkeeping:
 - Constraints. A sampled configuration whose analytic params/MACs break `constraints` is told to Optuna
   as PRUNED before its first epoch (user attribute `infeasible`) and sampled again, inside `suggest`: it
   never becomes a Ray trial.
@@ -10,17 +9,16 @@ Three things the stock `OptunaSearch` does not do:
   accuracy, so TPE compares a 3-epoch score with 15-epoch scores. Here such a trial is told as PRUNED (its
   per-epoch values are already reported as intermediate values), and only trials that ran every epoch are
   COMPLETE. A diverged trial is FAIL with user attribute `diverged`.
+Sampler variants (a Latin-hypercube start, a constant liar, a rung-fitted TPE, multivariate TPE) were
+measured against stock at equal budgets and did not earn their lines (docs/benchmarks.md#search-efficiency).
 """
 from __future__ import annotations
 
 import logging
-import math
 import pickle
-import zlib
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
@@ -42,81 +40,16 @@ def create_study(space: SearchSpace, storage_url: str | None, study_name: str) -
     if space.search.algorithm == "random":
         sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=space.search.seed)
     else:
-        sampler = LatinStartTPESampler(seed=space.search.seed, n_startup_trials=space.search.startup_trials,
-                                       constant_liar=True)  # concurrent trials should not all pick alike
+        sampler = optuna.samplers.TPESampler(seed=space.search.seed, n_startup_trials=space.search.startup_trials)
     direction = "maximize" if space.mode == "max" else "minimize"
     return optuna.create_study(storage=storage_url, study_name=study_name, sampler=sampler, direction=direction,
                                load_if_exists=True)
 
 
-class LatinStartTPESampler(optuna.samplers.TPESampler):
-    """Optuna's TPE, its start-up trials drawn as a Latin hypercube (LatinHypercubeStart) rather than at random.
-
-    TPE splits the trials into good and bad Optuna's way: the trials that ran every epoch first, by their
-    final value, then the ASHA-stopped ones, the deepest first. Comparing all trials at a shared early rung
-    instead (BOHB's rule, this sampler until 2026-12) proposed worse configurations than stock OptunaSearch
-    at equal budgets: at an early rung TPE learns what starts fast, not what ends best
-    (docs/benchmarks.md#search-efficiency).
-    """
-
-    def __init__(self, n_startup_trials: int = 10, **tpe_options: Any) -> None:
-        super().__init__(n_startup_trials=n_startup_trials, **tpe_options)
-        # TPE draws its start-up trials from this sampler (Optuna's RandomSampler otherwise). A private
-        # attribute of TPESampler: test_startup_trials_try_every_choice_and_every_stretch_of_a_range fails if
-        # an Optuna upgrade stops reading it.
-        self._random_sampler = LatinHypercubeStart(n_startup_trials, tpe_options.get("seed"))
-
-
-# Sweeps started before the rung view was dropped pickled their sampler under this name; --resume unpickles it.
-RungTPESampler = LatinStartTPESampler
-
-
-class LatinHypercubeStart(optuna.samplers.RandomSampler):
-    """Start-up draws as a Latin hypercube: trial k of the first `size` takes row k of a design in which each
-    parameter's range is cut into `size` equal strata (in log space for log ranges), each used once, in an
-    order shuffled per parameter. So every categorical choice is tried about size/k times and every part of
-    a learning-rate range once, where independent draws can leave a choice or a decade untried
-    (docs/notes/benchmark-journal.md, "Latin-hypercube start-up"). Later trials draw at random.
-    """
-
-    def __init__(self, size: int, seed: int | None = None) -> None:
-        super().__init__(seed=seed)
-        self._size = max(0, size)
-        # drawn once and kept, so that a pickled sampler (Ray's --resume) rebuilds the same design
-        self._design_seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % 2**32)
-
-    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, param_name: str,
-                           param_distribution: BaseDistribution) -> Any:
-        if trial.number >= self._size:
-            return super().sample_independent(study, trial, param_name, param_distribution)
-        return _value_at_quantile(param_distribution, self._row(param_name, trial.number))
-
-    def _row(self, param_name: str, row: int) -> float:
-        """The quantile in [0, 1) of `param_name` in design row `row`."""
-        rng = np.random.default_rng([self._design_seed, zlib.crc32(param_name.encode())])
-        strata = rng.permutation(self._size)
-        return float((strata[row] + rng.random(self._size)[row]) / self._size)
-
-
-def _value_at_quantile(distribution: BaseDistribution, q: float) -> Any:
-    """The value a fraction q of the way through the distribution's range (uniform, or uniform in log)."""
-    if isinstance(distribution, CategoricalDistribution):
-        return distribution.choices[min(int(q * len(distribution.choices)), len(distribution.choices) - 1)]
-    if isinstance(distribution, FloatDistribution):
-        low, high = distribution.low, distribution.high
-        if distribution.log:
-            return min(high, max(low, math.exp(math.log(low) + q * (math.log(high) - math.log(low)))))
-        if distribution.step is not None:
-            steps = round((high - low) / distribution.step)
-            return min(high, low + min(int(q * (steps + 1)), steps) * distribution.step)
-        return low + q * (high - low)
-    if isinstance(distribution, IntDistribution):
-        low, high = distribution.low, distribution.high
-        if distribution.log:  # Optuna allows log only with step 1; each integer owns [v, v + 1) in log space
-            return min(high, int(math.exp(math.log(low) + q * (math.log(high + 1) - math.log(low)))))
-        steps = (high - low) // distribution.step
-        return low + min(int(q * (steps + 1)), steps) * distribution.step
-    raise TypeError(f"no Latin hypercube for {type(distribution).__name__}")
+# Sweeps started before 2026-12 pickled their sampler under these names (a TPE whose start-up trials came from a
+# Latin hypercube); --resume unpickles them as Optuna's TPE, whose remaining start-up trials are drawn at random.
+LatinStartTPESampler = RungTPESampler = optuna.samplers.TPESampler
+LatinHypercubeStart = optuna.samplers.RandomSampler
 
 
 class SpaceSearcher(Searcher):
@@ -269,8 +202,8 @@ class SpaceSearcher(Searcher):
 def trial_key(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
     """The trial's id in the study's storage, which `optuna.Trial(study, key)` takes to act on a trial again (after
     --resume, or for a trial the driver ends). Optuna has no public way from a trial number to an
-    `optuna.Trial`: `_trial_id` is the one private attribute the searcher reads besides TPESampler's
-    `_random_sampler`; tests/test_searcher.py::test_the_optuna_internals_the_searcher_reads_still_exist pins both."""
+    `optuna.Trial`: `_trial_id` is the one private attribute of Optuna the searcher reads;
+    tests/test_searcher.py::test_the_optuna_internal_the_searcher_reads_still_exists pins it."""
     return trial._trial_id
 
 

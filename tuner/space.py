@@ -199,8 +199,8 @@ class SearchSettings:
     algorithm: str = _setting("tpe", "word", words=("tpe", "random"),
                               doc="tpe (Optuna's TPE) or random (the baseline)")
     seed: int = _setting(0, "int", 0, MAX_SEED, doc="seed of the sampler")
-    startup_trials: int = _setting(8, "int", 0, MAX_TRIALS,
-                                   doc="trials from a Latin hypercube before TPE starts modelling")
+    startup_trials: int = _setting(10, "int", 0, MAX_TRIALS,
+                                   doc="random trials before TPE starts modelling (Optuna's default, 10)")
     max_concurrent: int = _setting(4, "int", 1, MAX_CONCURRENT, doc="trials running at once")
 
 
