@@ -367,9 +367,16 @@ def test_a_report_that_fails_while_logging_leaves_the_runs_report_whole(mlflow_s
         # a process of its own, as a user runs it: this one's MLflow client keeps the run's artifact store
         # (the real server's address) from the report above
         with FillingArtifactStore(sweep.uri, uploads=1) as store:
-            command = subprocess.Popen(
-                [sys.executable, "-m", "tuner.report", *argv, "--out", str(tmp_path / "second"),
-                 "--mlflow-uri", store.uri], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # Ctrl-C must reach it as it reaches a user's command. A suite started in the background of a
+            # non-interactive shell (`make test &`, a CI runner) ignores SIGINT, its children inherit that, and
+            # a Python started so never raises KeyboardInterrupt; a signal with a handler is reset at exec.
+            previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+            try:
+                command = subprocess.Popen(
+                    [sys.executable, "-m", "tuner.report", *argv, "--out", str(tmp_path / "second"),
+                     "--mlflow-uri", store.uri], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            finally:
+                signal.signal(signal.SIGINT, previous)
             if failure == "interrupted":
                 store.interrupt = command.pid
             try:
