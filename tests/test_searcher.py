@@ -202,11 +202,11 @@ def test_warm_start_copies_finished_trials_with_their_params_and_curves(space) -
     assert len(infeasible) == searcher.rejected and all(t.state == TrialState.PRUNED for t in infeasible)
 
 
-def test_tpe_ranks_full_runs_above_asha_stopped_ones() -> None:
+def test_tpe_ranks_full_runs_above_asha_stopped_ones(space) -> None:
     """Optuna's own split: the trials that ran every epoch are "good" before any ASHA-stopped one, whatever
     the stopped trials' early scores (stock OptunaSearch ranks them by those scores, as if complete)."""
     distributions = {"x": FloatDistribution(0, 1)}
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    study = create_study(space, None, "split")  # the sampler a sweep gets
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.5, params={"x": 0.9}, distributions=distributions,
                                  intermediate_values={e: 0.05 * e for e in range(1, 11)}))
     for i in range(19):
@@ -217,11 +217,11 @@ def test_tpe_ranks_full_runs_above_asha_stopped_ones() -> None:
     assert sum(x > 0.5 for x in drawn) / len(drawn) > 0.6
 
 
-def test_sampler_samples_on_alike_after_pickling() -> None:
+def test_sampler_samples_on_alike_after_pickling(space) -> None:
     """Ray pickles the searcher, with its study and sampler, for --resume, at any point in a sweep: the restored
     sampler draws what the original would have."""
     distributions = {"x": FloatDistribution(0, 1)}
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3))
+    study = create_study(space, None, "pickled")  # the sampler a sweep gets
     for _ in range(5):
         trial = study.ask(distributions)
         study.tell(trial, trial.params["x"])
