@@ -106,13 +106,6 @@ def test_old_import_paths_still_work() -> None:
     assert model.count_params is architecture.count_params and model.count_macs is architecture.count_macs
 
 
-def test_the_light_mlflow_names_match_tracking() -> None:
-    from tuner import mlflow_names, tracking
-
-    assert mlflow_names.DEFAULT_MODEL_NAME == tracking.DEFAULT_MODEL_NAME
-    assert mlflow_names.CHAMPION_ALIAS == tracking.CHAMPION_ALIAS
-
-
 @pytest.mark.parametrize(("body", "code"), [("pass", 0), ("sys.exit(2)", 2), ("raise ValueError", 1)])
 def test_commands_leave_with_a_frozen_heap_and_their_own_exit_code(body: str, code: int) -> None:
     """run_then_exit_quickly (every CLI's __main__) skips the last garbage collection of a process that

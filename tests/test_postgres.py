@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 from tests.conftest import MlflowServer, free_port
 from tests.ray_nodes import RayNode, ray_env, started_head
 from tuner.data import write_synthetic_cifar10
-from tuner.tracking import DEFAULT_MODEL_NAME, EPOCH_METRICS
+from tuner.mlflow_names import DEFAULT_MODEL_NAME
+from tuner.tracking import EPOCH_METRICS
 
 POSTGRES_URL = os.environ.get("TUNER_TEST_POSTGRES_URL", "")
 # libpq (psycopg2.connect) reads postgresql://; MLflow's SQLAlchemy needs the driver named, as

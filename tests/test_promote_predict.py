@@ -22,7 +22,8 @@ from tuner import predict, promote
 from tuner.config import TrainConfig
 from tuner.data import LABEL_NAMES, load_splits, load_test, write_synthetic_cifar10
 from tuner.evaluate import preprocess
-from tuner.tracking import SweepRun, mlflow_globals
+from tuner.mlflow_store import mlflow_globals
+from tuner.tracking import SweepRun
 from tuner.train import fit
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import free_port
-from tuner.tracking import environment
+from tuner.mlflow_store import environment
 
 pytestmark = pytest.mark.integration
 

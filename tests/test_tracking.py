@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
-from tuner import outcomes, tracking
+from tuner import mlflow_store, outcomes, tracking, trial_names
 from tuner.config import TrainConfig
 from tuner.errors import UserError
 from tuner.mlflow_names import check_tracking_server, resolve_tracking_uri
@@ -136,7 +136,7 @@ def test_runs_log_the_parameters_a_trial_used_and_name_it_by_its_searched_values
     searched ones are listed in tuner.searched and make the run name; the parent's best_val_acc follows the
     trials as they finish, and tuner.best moves to the better child."""
     sweep = start_sweep(mlflow_server.uri, tmp_path)
-    outline = tracking.SpaceOutline("val_acc", "max", (("lr", ()), ("optimizer", ()),
+    outline = trial_names.SpaceOutline("val_acc", "max", (("lr", ()), ("optimizer", ()),
                                                        ("momentum", (("optimizer", "sgd"),))))
     runs = sweep.trial_runs(outline)
     adamw = TrainConfig(widths=(8, 16, 32), blocks=(1, 1, 1), lr=0.0031, optimizer="adamw")
@@ -204,8 +204,8 @@ def test_local_default_is_sqlite_in_the_working_directory(tmp_path, monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
     assert resolve_tracking_uri(None) == "http://tracking:5000"
     assert resolve_tracking_uri("http://flag:1") == "http://flag:1"
-    assert tracking.ui_command("http://tracking:5000") == "open http://tracking:5000"
-    assert tracking.ui_command(uri).startswith(f"mlflow ui --backend-store-uri {uri}")
+    assert mlflow_store.ui_command("http://tracking:5000") == "open http://tracking:5000"
+    assert mlflow_store.ui_command(uri).startswith(f"mlflow ui --backend-store-uri {uri}")
 
     sweep = start_sweep(uri, tmp_path)
     runs = sweep.trial_runs()
@@ -264,7 +264,7 @@ def test_server_outage_mid_sweep_loses_no_epoch_metric(mlflow_server, tmp_path):
     assert outage_s > 3
 
 
-@pytest.mark.parametrize("module", ["tuner.tracking", "tuner.promote", "tuner.report"])
+@pytest.mark.parametrize("module", ["tuner.tracking", "tuner.mlflow_store", "tuner.promote", "tuner.report"])
 def test_no_usage_telemetry_leaves_the_machine_unless_asked(module):
     """MLflow 3 phones home from every process that imports it, Ray from a cluster it starts; tuner turns
     both off unless the user set the variables. The child runs without the CI/pytest variables under
@@ -287,19 +287,19 @@ def test_store_opened_meanwhile_creates_the_schema_and_is_joined_however_the_bod
     open raises nothing here (the client that needs it reports it)."""
     database = tmp_path / "mlflow.db"
     with pytest.raises(RuntimeError, match="ray did not start"):
-        with tracking.store_opened_meanwhile(f"sqlite:///{database}"):
+        with mlflow_store.store_opened_meanwhile(f"sqlite:///{database}"):
             raise RuntimeError("ray did not start")
     assert not [t for t in threading.enumerate() if t.name == "tuner-store-open"]
     with sqlite3.connect(database) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"experiments", "runs", "registered_models"} <= tables, sorted(tables)
-    with tracking.store_opened_meanwhile(f"sqlite:///{tmp_path / 'missing' / 'folder' / 'mlflow.db'}"):
+    with mlflow_store.store_opened_meanwhile(f"sqlite:///{tmp_path / 'missing' / 'folder' / 'mlflow.db'}"):
         pass
 
 
 def test_a_reader_of_an_empty_store_file_is_refused_and_the_file_left_empty(tmp_path):
     from tuner.errors import UserError
-    from tuner.tracking import open_client
+    from tuner.mlflow_store import open_client
 
     empty = tmp_path / "mlflow.db"
     empty.touch()
@@ -340,12 +340,12 @@ def test_a_server_gone_before_the_final_writes_is_one_line_with_the_resume_comma
 ])
 def test_an_outage_is_told_from_an_answer_about_the_data(error: Exception, outage: bool, shown: str | None) -> None:
     """Only a store that did not answer becomes 'stopped answering'; a missing run or model stays what it is."""
-    assert tracking.store_unavailable(error) is outage
+    assert mlflow_store.store_unavailable(error) is outage
     if outage:
         with pytest.raises(UserError, match=f"stopped answering while reading x \\({shown}\\); nothing was changed"):
-            with tracking.store_outage_is_user_error("http://h", "reading x"):
+            with mlflow_store.store_outage_is_user_error("http://h", "reading x"):
                 raise error
     else:
         with pytest.raises(type(error)):
-            with tracking.store_outage_is_user_error("http://h", "reading x"):
+            with mlflow_store.store_outage_is_user_error("http://h", "reading x"):
                 raise error

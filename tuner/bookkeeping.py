@@ -32,7 +32,8 @@ from tuner.console import trial_line
 from tuner.errors import UserError
 from tuner.searcher import SpaceSearcher, fail_trials, tell_stopped
 from tuner.sweep_state import BUDGET_LEDGER, ENDED_TRIALS, SweepState, ended_results
-from tuner.tracking import EPOCH_METRICS, SYSTEM_PREFIX, TrialRuns, trial_label
+from tuner.tracking import EPOCH_METRICS, SYSTEM_PREFIX, TrialRuns
+from tuner.trial_names import trial_label
 
 RESULT_FILE = "result.json"  # Ray's per-trial record of every reported result, one JSON object a line
 FLUSH_TIMEOUT_S = 120.0

@@ -21,7 +21,8 @@ from ray.tune.experiment import Trial
 
 from tuner import outcomes
 from tuner.config import TrainConfig
-from tuner.tracking import SpaceOutline, TrialRuns, trial_label
+from tuner.tracking import TrialRuns
+from tuner.trial_names import SpaceOutline, trial_label
 
 PROGRESS_EVERY_S = 15.0
 BAR_WIDTH = 20

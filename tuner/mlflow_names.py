@@ -37,7 +37,7 @@ def quiet_downloads() -> Iterator[None]:
 
 
 def add_tracking_argument(parser: Any) -> None:
-    """The `--mlflow-uri` flag every CLI that reads the store shares (resolved by tuner.tracking.open_client)."""
+    """The `--mlflow-uri` flag every CLI that reads the store shares (resolved by tuner.mlflow_store.open_client)."""
     parser.add_argument("--mlflow-uri", help=TRACKING_HELP)
 
 

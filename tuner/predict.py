@@ -80,7 +80,7 @@ def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
     """The network behind any MLflow model URI (registry alias/version, runs:/, models:/<id>, a folder)."""
     import mlflow
 
-    from tuner.tracking import mlflow_globals, open_client, store_unavailable, unavailable_error
+    from tuner.mlflow_store import mlflow_globals, open_client, store_unavailable, unavailable_error
 
     require_model_folder(model_uri)
     tracking_uri = resolve_tracking_uri(mlflow_uri)
@@ -153,7 +153,7 @@ def resolved_version(model_uri: str, mlflow_uri: str | None) -> dict[str, str] |
         return None
     from mlflow.exceptions import MlflowException
 
-    from tuner.tracking import open_client, store_unavailable, unavailable_error
+    from tuner.mlflow_store import open_client, store_unavailable, unavailable_error
 
     name, _, rest = model_uri[len("models:/"):].partition("@")
     client, uri = open_client(mlflow_uri)

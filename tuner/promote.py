@@ -65,7 +65,8 @@ from tuner.checkpoint import load_checkpoint, model_from_checkpoint
 from tuner.data import BATCH_DIR, TEST_FILE, ImageSet, fingerprint, load_test
 from tuner.errors import UserError, excerpt, exit_on_user_error, suggest
 from tuner.evaluate import evaluate_images
-from tuner.tracking import CHECKPOINT_ARTIFACT, open_client, store_outage_is_user_error, store_unavailable
+from tuner.mlflow_store import open_client, store_outage_is_user_error, store_unavailable
+from tuner.tracking import CHECKPOINT_ARTIFACT
 
 # What to do about a version whose checkpoint is damaged or cannot be fetched.
 REPAIR = "choose another version with --version, or register a new one with a tuner sweep"

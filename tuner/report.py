@@ -82,6 +82,7 @@ from mlflow.entities import Run
 
 from tuner.config import TrainConfig
 from tuner.errors import UserError, excerpt, exit_on_user_error, suggest
+from tuner.mlflow_store import open_client, quick_http, safe_name, store_outage_is_user_error
 from tuner.report_plots import (
     FEW_TRIALS,
     asha_rungs,
@@ -97,10 +98,6 @@ from tuner.tracking import (
     TAG_OUTCOME,
     TAG_TRIAL,
     find_sweep_run,
-    open_client,
-    quick_http,
-    safe_name,
-    store_outage_is_user_error,
     sweep_names,
     trial_runs,
 )

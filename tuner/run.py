@@ -318,7 +318,7 @@ def new_tuner(plan: SweepPlan, trainable: Any, sweep: Any) -> Any:
         print(f"warm start: {copied} trials copied from {plan.warm_start}"
               + (f" ({skipped} skipped: a value this space cannot take)" if skipped else ""), flush=True)
     from tuner.console import ProgressView
-    from tuner.tracking import SpaceOutline
+    from tuner.trial_names import SpaceOutline
 
     outline = SpaceOutline.of(space)
     runs = sweep.trial_runs(outline)
@@ -509,7 +509,7 @@ def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float, data: A
     if candidates:
         from tuner.config import TrainConfig
         from tuner.console import searched_text
-        from tuner.tracking import SpaceOutline, trial_label
+        from tuner.trial_names import SpaceOutline, trial_label
 
         # Ties go to the earliest trial and epoch: Ray lists the results of a restored sweep in another order,
         # and a resumed driver must pick the champion its predecessor picked (registration, final fit).
@@ -534,7 +534,7 @@ def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float, data: A
 
 def next_commands(name: str, uri: str, mlflow_flag: str | None, storage_flag: str) -> tuple[str, ...]:
     """The exact commands that follow a sweep: the UI, the promotion gate, the report."""
-    from tuner.tracking import ui_command
+    from tuner.mlflow_store import ui_command
 
     tracking = f" --mlflow-uri {mlflow_flag}" if mlflow_flag else ""
     storage = "" if storage_flag == DEFAULT_STORAGE else f" --storage {storage_flag}"
@@ -584,14 +584,14 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
     """The sweep, from loading the data to the summary, by the driver that holds its lease."""
     from ray import tune
 
-    from tuner import final_fit, interrupts, tracking
+    from tuner import final_fit, interrupts, mlflow_store, tracking
     from tuner.data import load_splits
     from tuner.trainable import TrialSettings, train_trial
 
     space = plan.space
     if plan.resume:
         prepare_resume(plan)  # before anything is written anywhere
-    with tracking.store_opened_meanwhile(uri):  # its ~2 s overlap Ray's start
+    with mlflow_store.store_opened_meanwhile(uri):  # its ~2 s overlap Ray's start
         data = load_splits(args.data_dir, space.data.val_size, space.data.subset, space.data.split_seed,
                            named=lambda key, value: f"{space.path}: data.{key}={value}")
         address = connect_ray(args.address)

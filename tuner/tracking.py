@@ -8,7 +8,7 @@ the driver talks to it: trials report to the driver through Ray (`tune.report`),
 `TrialRuns` writes their child runs, so workers need neither MLflow nor a route to the server.
 
 Outages: every write is buffered in memory and sent with one HTTP attempt (MLflow's own retries
-switched off, 5 s timeout), so with the server down a call returns in milliseconds (connection
+switched off, 5 s timeout; tuner.mlflow_store), so with the server down a call returns in milliseconds (connection
 refused), or after one timeout when the host black-holes packets, and is retried 1, 2, 4 ... 30 s
 later; `flush` insists until a deadline. tests/test_tracking.py stops the server while trials log and
 checks that every epoch arrives once it is back.
@@ -19,21 +19,18 @@ again; what it sends joins that set. A trial that re-runs an epoch (resumed from
 than its last report) keeps the first value. A step whose answer was lost is sent again unchanged
 (same value, same timestamp: the worker's report time), and the store keeps one copy.
 
-This module and the CLIs (`promote`, `predict`, `report`) are the only places that import mlflow.
+This module, tuner.mlflow_store and the CLIs (`promote`, `predict`, `report`) are the only places that import
+mlflow.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import re
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,21 +44,25 @@ from mlflow.exceptions import MlflowException
 
 from tuner.architecture import count_macs, count_params
 from tuner.checkpoint import model_from_checkpoint, save_checkpoint
-from tuner.config import TrainConfig, format_stages
+from tuner.config import TrainConfig
 from tuner.errors import UserError
 from tuner.evaluate import preprocess
 from tuner.metrics import EpochMetrics
-from tuner.mlflow_names import (  # noqa: F401 - CHAMPION_ALIAS: the CLIs' name
-    CHAMPION_ALIAS,
-    DEFAULT_MODEL_NAME,
-    check_tracking_server,
-    health_problem,
-    is_server,
-    local_artifact_root,
-    resolve_tracking_uri,
-    sqlite_path,
+from tuner.mlflow_names import DEFAULT_MODEL_NAME, check_tracking_server, health_problem, is_server
+from tuner.mlflow_store import (
+    MAX_BATCH_METRICS,
+    RetryingSender,
+    client_for,
+    ensure_experiment,
+    environment,
+    mlflow_globals,
+    permanent_error,
+    quick_http,
+    short_error,
+    warn,
 )
 from tuner.outcomes import run_status
+from tuner.trial_names import SpaceOutline, config_params, trial_label, trial_run_name, used_fields
 
 # "Creating initial MLflow database tables..." on a store's first open: two INFO lines on stderr ahead of the
 # sweep's own output (and ahead of an error line, which should be the only one there)
@@ -107,182 +108,6 @@ TAG_FINAL_STATUS = "tuner.final_status"  # completed, or failed (then also tuner
 CHECKPOINT_FINAL, CHECKPOINT_SEARCH = "final_fit", "search"
 
 
-# One attempt per request, short timeout: the driver never sits in MLflow's retry loop (default: 7
-# retries with exponential backoff, about 4 minutes) while the server is away; we retry ourselves.
-QUICK_HTTP_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
-}
-RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
-MAX_BATCH_METRICS = 1000  # the REST API's limit per log_batch call
-PERMANENT_ERRORS = ("INVALID_PARAMETER_VALUE",)  # bad data: sending it again cannot succeed
-
-
-def ui_command(uri: str) -> str:
-    """The exact command that opens the tracking UI for `uri`."""
-    if is_server(uri):
-        return f"open {uri}"
-    root = local_artifact_root(uri)
-    if root is not None:
-        return f"mlflow ui --backend-store-uri {uri} --artifacts-destination {root} --port 5000"
-    return f"mlflow ui --backend-store-uri {uri} --port 5000"
-
-
-def open_client(flag: str | None) -> tuple[MlflowClient, str]:
-    """A client for the CLIs that read a store: resolved URI, store must exist, server must answer."""
-    uri = resolve_tracking_uri(flag)
-    path = sqlite_path(uri)
-    if path is not None and not path.exists():
-        raise UserError(
-            f"no tracking store at {path}: run a sweep in this folder first, or pass --mlflow-uri "
-            f"(or set MLFLOW_TRACKING_URI) to the server the sweep logged to"
-        )
-    check_tracking_server(uri)
-    if path is not None and path.stat().st_size == 0:  # MLflow would write its tables into it: readers don't
-        raise UserError(f"tracking store {path} is empty: no sweep has logged there; pass --mlflow-uri (or set "
-                        "MLFLOW_TRACKING_URI) to the store the sweep logged to")
-    return client_for(uri), uri
-
-
-def client_for(uri: str) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-# MLflow's codes for a server that answered "not now" (503, 429), and its wording for a request that got no
-# usable answer: refused, timed out, or 5xx after its retries ("API request to ... failed with exception").
-UNAVAILABLE_CODES = ("TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
-NO_ANSWER_WORDS = ("failed with exception", "failed with timeout exception", "failed with error code 5")
-
-
-def store_unavailable(err: BaseException) -> bool:
-    """The tracking store did not answer (connection refused, timeout, 5xx): an outage, not an answer about the
-    data. A missing run or model, a bad name, a damaged file are answers and stay what they are."""
-    if isinstance(err, MlflowException):
-        text = str(err)
-        return err.error_code in UNAVAILABLE_CODES or (
-            text.startswith("API request to") and any(words in text for words in NO_ANSWER_WORDS))
-    import requests
-
-    return isinstance(err, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
-
-
-def unavailable_error(uri: str, doing: str, err: BaseException, kept: str) -> UserError:
-    return UserError(f"the tracking store {uri} stopped answering while {doing} ({_short(err)}); {kept}: run the "
-                     "command again once it answers")
-
-
-@contextlib.contextmanager
-def store_outage_is_user_error(uri: str, doing: str, kept: str = "nothing was changed") -> Iterator[None]:
-    """A store that stops answering while a command (report, promote, predict) works with it: one line and
-    exit 2, never a traceback. `kept` says what stands, so that running the command again is safe."""
-    try:
-        yield
-    except Exception as err:
-        if not store_unavailable(err):
-            raise
-        raise unavailable_error(uri, doing, err, kept) from None
-
-
-@contextlib.contextmanager
-def store_opened_meanwhile(uri: str) -> Iterator[None]:
-    """Open the tracking store in a background thread while the body runs (the driver starts Ray meanwhile).
-
-    A database store's first open imports SQLAlchemy and alembic, connects and checks or migrates its schema:
-    about 2 s on machine A, paid again later by the first client unless done here; the engine it leaves
-    behind is shared by every later client of the URI (docs/notes/benchmark-journal.md). Nothing is recorded.
-    An error is dropped: the client that needs the store meets it again and reports it. The thread is
-    joined on the way out, however the body ends, so a failing start never abandons a half-done migration."""
-
-    def open_store() -> None:
-        with contextlib.suppress(Exception):
-            client_for(uri)
-
-    opener = threading.Thread(target=open_store, name="tuner-store-open", daemon=True)
-    opener.start()
-    try:
-        yield
-    finally:
-        opener.join()
-
-
-def trial_label(index: int) -> str:
-    """`t007`: the trial's sample number, shared by its run name and its folder under --storage."""
-    return f"t{index:03d}"
-
-
-@dataclass(frozen=True)
-class SpaceOutline:
-    """What the child runs need of a space, as plain values (Ray pickles it with the driver's state): the
-    metric and its direction, and each searched field with the `when` condition under which it is sampled."""
-
-    metric: str = "val_acc"
-    mode: str = "max"
-    searched: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
-
-    @classmethod
-    def of(cls, space: Any) -> SpaceOutline:
-        """From a tuner.space.SearchSpace."""
-        return cls(space.metric, space.mode,
-                   tuple((p.name, tuple(sorted(dict(p.when).items()))) for p in space.parameters))
-
-    def searched_values(self, config: TrainConfig) -> dict[str, Any]:
-        """The searched fields this config used (those whose condition holds), in the space's order."""
-        values = config.to_dict()
-        return {name: values[name] for name, when in self.searched
-                if name in values and all(_same(values.get(k), v) for k, v in when)}
-
-    def better(self, value: float, than: float | None) -> bool:
-        return than is None or (value > than if self.mode == "max" else value < than)
-
-
-def _same(value: Any, wanted: Any) -> bool:
-    return (list(value) == list(wanted) if isinstance(value, (list, tuple)) and isinstance(wanted, (list, tuple))
-            else value == wanted)
-
-
-# TrainConfig fields the training reads only in some configurations (tuner.train): (field, applies).
-_APPLIES: dict[str, Callable[[TrainConfig], bool]] = {
-    "momentum": lambda c: c.optimizer == "sgd",
-    "nesterov": lambda c: c.optimizer == "sgd" and c.momentum > 0,
-    "plateau_patience": lambda c: c.schedule == "plateau",
-    "plateau_factor": lambda c: c.schedule == "plateau",
-    "alternate_flip": lambda c: c.flip,
-}
-
-
-def used_fields(config: TrainConfig, outline: SpaceOutline | None = None) -> list[str]:
-    """The TrainConfig fields this config's training reads: an adamw trial has no momentum or nesterov, and
-    a searched field whose `when` condition fails was never sampled."""
-    searched = set(outline.searched_values(config)) if outline else set()
-    skipped = {name for name, _ in outline.searched} - searched if outline else set()
-    return [name for name in config.field_names()
-            if name not in skipped and (name in searched or _APPLIES.get(name, lambda _: True)(config))]
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "-".join(str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def trial_run_name(index: int, config: TrainConfig, outline: SpaceOutline | None = None) -> str:
-    """The child run's name from the trial's label and its searched values: `t007 lr=0.031 optimizer=adamw`;
-    without searched values, `t007 w64-128-256 b2-2-2 lr0.05`."""
-    values = outline.searched_values(config) if outline else {}
-    if values:
-        return f"{trial_label(index)} " + " ".join(f"{k}={_shown(v)}" for k, v in values.items())[:240]
-    widths, blocks = (format_stages(stages).replace(",", "-") for stages in (config.widths, config.blocks))
-    return f"{trial_label(index)} w{widths} b{blocks} lr{config.lr:g}"
-
-
-def config_params(config: TrainConfig, fields: list[str] | None = None) -> dict[str, str]:
-    """TrainConfig as MLflow params (only `fields` when given): stage tuples as `64,128,256`, all strings."""
-    return {key: format_stages(value) if isinstance(value, list) else str(value)
-            for key, value in config.to_dict().items() if fields is None or key in fields}
-
 
 def source_tags(entry_point: str = "tuner.run") -> dict[str, str]:
     """MLflow's own source tags: the commit of this checkout, the command, LOCAL."""
@@ -297,29 +122,6 @@ def source_tags(entry_point: str = "tuner.run") -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return tags
-
-
-def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
-    """The id of experiment `name`, created if missing (local stores: artifacts under ./mlartifacts)."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            raise UserError(f"experiment '{name}' is deleted in {uri}: restore it in the MLflow UI "
-                            f"(or `mlflow experiments restore`) or choose another experiment name")
-        return experiment.experiment_id
-    root = local_artifact_root(uri)
-    location = (root / safe_name(name)).as_uri() if root else None
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException as err:  # created concurrently by another process
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise err
-        return experiment.experiment_id
-
-
-def safe_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "experiment"
 
 
 def _quote(value: str) -> str:
@@ -376,104 +178,12 @@ def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str,
     return runs[0] if runs else None
 
 
-# ---------------------------------------------------------------------------------------------
-# sending with our own retries
-
-_quick_lock = threading.Lock()
-_quick_depth = 0
-_quick_saved: dict[str, str | None] = {}
-
-
-@contextlib.contextmanager
-def quick_http() -> Iterator[None]:
-    """MLflow HTTP calls inside make one attempt with a 5 s timeout (process-wide while inside)."""
-    global _quick_depth
-    with _quick_lock:
-        if _quick_depth == 0:
-            _quick_saved.clear()
-            for key, value in QUICK_HTTP_ENV.items():
-                _quick_saved[key] = os.environ.get(key)
-                os.environ[key] = value
-        _quick_depth += 1
-    try:
-        yield
-    finally:
-        with _quick_lock:
-            _quick_depth -= 1
-            if _quick_depth == 0:
-                for key, value in _quick_saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-
-
-class _Sender:
-    """Runs `sync` (which raises while the server is away) now or later: one warning per outage,
-    1, 2, 4 ... 30 s between attempts, `drain` to insist until a deadline."""
-
-    def __init__(self, what: str, sync: Callable[[], None]) -> None:
-        self.what = what
-        self.sync = sync
-        self.failures = 0
-        self.retry_at = 0.0
-        self.last_error = ""
-
-    def attempt(self, force: bool = False) -> bool:
-        if not force and time.monotonic() < self.retry_at:
-            return False
-        try:
-            with quick_http():
-                self.sync()
-        except Exception as err:  # noqa: BLE001 - any failure to reach the store: keep the data, retry later
-            self.failures += 1
-            self.retry_at = time.monotonic() + min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (self.failures - 1))
-            self.last_error = _short(err)
-            if self.failures == 1:
-                _warn(f"{self.what}: tracking store unreachable ({self.last_error}); buffering and retrying")
-            return False
-        if self.failures:
-            _warn(f"{self.what}: tracking store reachable again after {self.failures} failed attempts; caught up")
-        self.failures, self.retry_at = 0, 0.0
-        return True
-
-    def drain(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.attempt(force=True):
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(RETRY_MIN_S, left))
-
-
-def _short(err: BaseException) -> str:
-    text = str(err).splitlines()[0] if str(err) else type(err).__name__
-    if "NewConnectionError" in text or "Connection refused" in text:
-        return "connection refused"
-    if "timeout" in text.lower() or "timed out" in text:
-        return "timed out"
-    status = re.search(r"too many (\d{3}) error responses|failed with error code (\d{3})", text)
-    if status:
-        return f"HTTP {status.group(1) or status.group(2)}"
-    return text[:160]
-
-
-def _warn(message: str) -> None:
-    print(f"tuner.tracking: {message}", file=sys.stderr, flush=True)
-
-
-def _permanent(err: Exception) -> bool:
-    return isinstance(err, MlflowException) and err.error_code in PERMANENT_ERRORS
-
-
 def _log_params_once(client: MlflowClient, run: Run, params: Mapping[str, str], what: str) -> None:
     """Params are immutable in MLflow: log the missing ones, warn (never fail) about changed values."""
     existing = run.data.params
     changed = [k for k, v in params.items() if k in existing and existing[k] != v]
     if changed:
-        _warn(f"{what}: params {', '.join(changed)} differ from the logged values; kept the logged ones")
+        warn(f"{what}: params {', '.join(changed)} differ from the logged values; kept the logged ones")
     missing = [Param(k, v) for k, v in params.items() if k not in existing]
     for start in range(0, len(missing), 100):
         client.log_batch(run.info.run_id, params=missing[start : start + 100])
@@ -534,7 +244,7 @@ class TrialRuns:
         self._client: MlflowClient | None = None
         self._runs: dict[str, _ChildRun] = {}
         self._dirty: dict[str, None] = {}  # trials with something to send, in the order they came
-        self._sender = _Sender(f"sweep {self.sweep_name}", self._sync)
+        self._sender = RetryingSender(f"sweep {self.sweep_name}", self._sync)
         # The sweep's best trial so far (read from the parent run before the first change is sent), and what
         # the parent and the child runs still have to receive about it.
         self._best: tuple[str, float] | None = None
@@ -699,9 +409,10 @@ class TrialRuns:
             try:
                 client.log_batch(run.run_id, metrics=batch)
             except MlflowException as err:
-                if not _permanent(err):
+                if not permanent_error(err):
                     raise
-                _warn(f"trial {run.trial_id}: the store rejected {len(batch)} metrics ({_short(err)}); dropped them")
+                warn(f"trial {run.trial_id}: the store rejected {len(batch)} metrics ({short_error(err)}); "
+                     "dropped them")
             for metric in batch:
                 sent.setdefault(metric.key, set()).add(metric.step)
             del run.metrics[: len(batch)]
@@ -760,7 +471,7 @@ class SweepRun:
         self.resumed = False
         self._metrics: list[Metric] = []
         self._end_status: str | None = None
-        self._sender = _Sender(f"sweep {sweep_name}", self._sync)
+        self._sender = RetryingSender(f"sweep {sweep_name}", self._sync)
 
     @classmethod
     def start(
@@ -984,35 +695,8 @@ class SweepRun:
         self._end_status = status
         done = self._sender.drain(timeout_s)
         if not done:
-            _warn(f"sweep {self.sweep_name}: tracking store unreachable for {timeout_s:.0f}s "
+            warn(f"sweep {self.sweep_name}: tracking store unreachable for {timeout_s:.0f}s "
                   f"({self._sender.last_error}); the parent run stays RUNNING")
         return done
 
 
-@contextlib.contextmanager
-def mlflow_globals(uri: str, experiment_id: str | None = None) -> Iterator[None]:
-    """Point MLflow's global tracking (and registry) URI, and experiment if given, at ours for the
-    fluent calls inside (log_model, load_model take no client), then restore what was there."""
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    # MLFLOW_TRACKING_URI is listed to be restored: set_tracking_uri may write it
-    with environment(MLFLOW_TRACKING_URI=None, MLFLOW_REGISTRY_URI=uri, MLFLOW_EXPERIMENT_ID=experiment_id):
-        mlflow.set_tracking_uri(uri)
-        try:
-            yield
-        finally:
-            mlflow.set_tracking_uri(previous)
-
-
-@contextlib.contextmanager
-def environment(**values: str | None) -> Iterator[None]:
-    """Set the given environment variables (None leaves one as it is) inside, restore them after."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update({key: value for key, value in values.items() if value is not None})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
