@@ -94,7 +94,8 @@ class StoreProxy:
 def run_with_one_attempt(*argv: str) -> subprocess.CompletedProcess:
     """A CLI (`tuner.report ...`) in a process of its own, as a user runs it (its MLflow client resolves
     artifacts through the proxy, not through a store an earlier test of this process cached), with MLflow's
-    retries off: its default rides out an outage for about four minutes before it gives up, with the same error."""
+    retries off: the commands' own policy (tuner.mlflow_store.COMMAND_HTTP_ENV) rides out an outage for about
+    10 s before it gives up with the same error; test_report times that policy once."""
     return subprocess.run([sys.executable, "-m", *argv], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=300,
                           env={**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})

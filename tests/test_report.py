@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.store_proxy import StoreProxy, run_with_one_attempt
+from tests.store_proxy import StoreProxy
 from tuner import report, report_plots
 from tuner.config import TrainConfig
 from tuner.outcomes import stopped as stopped_outcome
@@ -407,7 +407,9 @@ def test_a_report_that_fails_while_logging_leaves_the_runs_report_whole(mlflow_s
 
 def test_a_store_that_stops_answering_while_the_report_reads_is_one_line_and_logs_nothing(mlflow_server, tmp_path):
     """The server answers the sweep's runs, then 503 to the third metric history it is asked for: one line
-    naming the store, the step and the outage (not a wrong sweep name), exit 2, nothing logged to the run."""
+    naming the store, the step and the outage (not a wrong sweep name), exit 2, nothing logged to the run.
+    With the command's own retry policy, as a user runs it: it tries again, then gives up within seconds
+    (MLflow's default policy waits about four minutes)."""
     sweep = _start_sweep(mlflow_server.uri, tmp_path)
     try:
         _log_trials(sweep, TRIALS[:3])
@@ -419,10 +421,16 @@ def test_a_store_that_stops_answering_while_the_report_reads_is_one_line_and_log
             histories.append(path)
             return 503 if len(histories) > 2 else None
 
+        env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_HTTP_REQUEST_")}
         with StoreProxy(sweep.uri, down_after_two_histories) as store:
-            done = run_with_one_attempt("tuner.report", "--sweep", sweep.sweep_name, "--mlflow-only",
-                                        "--out", str(tmp_path / "out"), "--mlflow-uri", store.uri)
-        assert store.refusals >= 1
+            started = time.monotonic()
+            done = subprocess.run([sys.executable, "-m", "tuner.report", "--sweep", sweep.sweep_name,
+                                   "--mlflow-only", "--out", str(tmp_path / "out"), "--mlflow-uri", store.uri],
+                                  capture_output=True, text=True, timeout=300, env=env,
+                                  cwd=Path(__file__).resolve().parents[1])
+            seconds = time.monotonic() - started
+        assert store.refusals >= 4  # the first request and its three retries
+        assert seconds < 90, seconds  # MLflow's own default: about 240 s
         error = done.stderr.strip()
         assert done.returncode == 2 and "\n" not in error, error
         assert error.startswith(f"error: the tracking store {store.uri} stopped answering while reading sweep "

@@ -41,8 +41,22 @@ def ui_command(uri: str) -> str:
     return f"mlflow ui --backend-store-uri {uri} --port 5000"
 
 
+# What the commands that read a store (report, promote, predict) allow a server that stops answering: three more
+# attempts 1, 2 and 4 s apart (a restart or a blip passes) and 30 s of silence per attempt, then one line and
+# exit 2; MLflow's defaults (7 retries 2 s to 2 min apart, 120 s timeouts) sit about four minutes in silence
+# first. Variables the user set win.
+COMMAND_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
 def open_client(flag: str | None) -> tuple[MlflowClient, str]:
-    """A client for the CLIs that read a store: resolved URI, store must exist, server must answer."""
+    """A client for the CLIs that read a store: resolved URI, store must exist, server must answer; this
+    process's MLflow requests give up after COMMAND_HTTP_ENV's retries."""
+    for key, value in COMMAND_HTTP_ENV.items():
+        os.environ.setdefault(key, value)
     uri = resolve_tracking_uri(flag)
     path = sqlite_path(uri)
     if path is not None and not path.exists():
