@@ -10,14 +10,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import difflib
+import errno
 import functools
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # the shell's code for a writer whose reader left (`... --dry-run | head -1`), as git's
 EXCERPT_CHARS = 80  # the most of a user's value an error message repeats
 MAX_LINES = 20  # errors printed by one run; the rest are counted
 
@@ -82,13 +85,50 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_USER_ERROR)
 
 
+# What the operating system says about a path or a stream the user pointed a command at (no permission, a name
+# too long, a symlink loop, a file where a folder belongs or the reverse, a read-only or full disk), and
+# pathlib's words for `~nosuchuser/...` and a symlink loop (Python 3.11): the user's to fix, not a bug of ours,
+# wherever a command meets it first.
+PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR,
+                         errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+PATH_RUNTIME_ERRORS = ("Could not determine home directory", "Symlink loop")
+
+
+def path_problem(err: BaseException) -> str | None:
+    """One line for an error about a path or stream the user gave (see PATH_ERRNOS); None for any other error."""
+    if isinstance(err, OSError) and err.errno in PATH_ERRNOS:
+        what = (err.strerror or os.strerror(err.errno)).lower()
+        where = excerpt(os.fsdecode(err.filename)) if err.filename is not None else None
+        if where is None and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return f"cannot write: {what}; free space or write elsewhere"
+        where = where or excerpt(" ".join(str(err).split()))
+        return f"{what}: {where}; check that path (given on the command line, in a file or in the environment)"
+    if isinstance(err, RuntimeError) and str(err).startswith(PATH_RUNTIME_ERRORS):
+        text = str(err).rstrip(".")
+        text = text[:1].lower() + (text[1:] if len(text) <= 2 * EXCERPT_CHARS else f"{text[1:2 * EXCERPT_CHARS]}...")
+        return f"{text}: check the paths given to this command (~user, symlinks)"
+    return None
+
+
+def _stdout_to_devnull() -> None:
+    """Nothing more reaches a standard output that failed, so the interpreter's own flush at exit cannot fail
+    again with a traceback of its own."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def exit_on_user_error(main: F) -> F:
-    """Wrap a CLI entry point so a UserError prints `error: ...` per line and exits 2 instead of a traceback."""
+    """Wrap a CLI entry point so a UserError prints `error: ...` per line and exits 2 instead of a traceback;
+    so does an error about a path the user gave (`path_problem`). A reader that leaves early (`| head -1`)
+    ends the command quietly with the shell's code for it."""
 
     @functools.wraps(main)
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
-            return main(*args, **kwargs)
+            result = main(*args, **kwargs)
+            sys.stdout.flush()  # here, not at exit, so that a closed or full stdout is handled below
+            return result
         except UserError as err:
             for line in str(err).splitlines() or [type(err).__name__]:
                 print(f"error: {line}", file=sys.stderr)
@@ -96,6 +136,17 @@ def exit_on_user_error(main: F) -> F:
         except KeyboardInterrupt:  # Ctrl-C where the command has no handler of its own: no traceback
             print("interrupted", file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            sys.exit(EXIT_BROKEN_PIPE)
+        except (OSError, RuntimeError) as err:
+            problem = path_problem(err)
+            if problem is None:
+                raise
+            if isinstance(err, OSError) and err.filename is None:  # a stream: stdout may be the one that failed
+                _stdout_to_devnull()
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
 
     return wrapper  # type: ignore[return-value]
 

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from tuner.config import MAX_STAGES, OPTIMIZERS, PRECISIONS, SCHEDULES, STAGE_FIELDS, TrainConfig
+from tuner.errors import exit_on_user_error
 from tuner.space import (
     MAX_CHOICES,
     PARAM_TYPES,
@@ -89,10 +90,16 @@ def schema_text() -> str:
     return json.dumps(space_schema(), indent=2) + "\n"
 
 
-if __name__ == "__main__":
-    if sys.argv[1:]:  # --help included: the one thing this command does, with the example
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv:  # --help included: the one thing this command does, with the example
         print("usage: python -m tuner.space_schema > search_spaces/space.schema.json\n"
               "writes the JSON Schema of a search-space file (editors validate space files against it)",
-              file=sys.stderr if sys.argv[1:] not in (["-h"], ["--help"]) else sys.stdout)
-        sys.exit(0 if sys.argv[1:] in (["-h"], ["--help"]) else 2)
+              file=sys.stderr if argv not in (["-h"], ["--help"]) else sys.stdout)
+        sys.exit(0 if argv in (["-h"], ["--help"]) else 2)
     sys.stdout.write(schema_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Errors every command meets the same way, at its boundary (tuner.errors.exit_on_user_error): a path the
+operating system refuses, a symlink loop or an unknown `~user`, a standard output that is full or whose reader
+left. One line and exit 2 (141 for a reader that left, as git), never a traceback."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LONG = "a" * 300  # longer than any file system's name limit (255)
+
+
+def command(*argv: str, cwd: Path, stdout: int | None = subprocess.PIPE) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *argv], cwd=cwd, stdout=stdout, stderr=subprocess.PIPE,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["tuner.run", "--space", f"{LONG}.yaml", "--dry-run"], "file name too long"),
+    (["tuner.train", "--config", f"{LONG}/train.yaml"], "file name too long"),
+    (["tuner.run", "--space", "smoke", "--dry-run", "--data-dir", "loop"], "symlink loop"),
+    (["tuner.run", "--space", "smoke", "--dry-run", "--data-dir", "~no-such-user-of-tuner/data"], "home directory"),
+])
+def test_a_path_the_system_refuses_is_one_line(tmp_path: Path, argv: list[str], words: str) -> None:
+    (tmp_path / "loop").symlink_to("loop")
+    line = one_error_line(command(*argv, cwd=tmp_path))
+    assert words in line.lower() and "check" in line, line
+
+
+def test_a_full_stdout_is_one_line(tmp_path: Path) -> None:
+    with open("/dev/full", "w") as full:
+        line = one_error_line(command("tuner.space_schema", cwd=tmp_path, stdout=full.fileno()))
+    assert "no space left" in line, line
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`python -m tuner.run --dry-run | head -1`, with head gone before the plan is written."""
+    child = subprocess.Popen([sys.executable, "-m", "tuner.run", "--space", "smoke", "--dry-run"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    stderr = child.stderr.read()
+    assert child.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
