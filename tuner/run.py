@@ -244,11 +244,16 @@ def connect_ray(address: str | None) -> str:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Every worker of the sweep (trials, the final fit) keeps Ray's teardown SystemExit off the console
     runtime_env = {"worker_process_setup_hook": "tuner.interrupts.quiet_exit_in_finalizers"}
+    import logging
+
     if not address:
+        # The local cluster's token authentication, on by default, is announced as a WARNING ahead of the sweep's
+        # own lines; it is the safe setting and needs nothing from the user (the "disabled" warning stays)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
+            lambda record: not record.getMessage().startswith("Token authentication is enabled"))
         ray.init(address="local", include_dashboard=False, logging_level="WARNING",  # never a stale cluster
                  runtime_env=runtime_env)
         return "local"
-    import logging
     import threading
 
     # ray.init in a thread warns that it set no SIGTERM handler; the driver sets its own right after
@@ -602,6 +607,7 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
             uri, plan.name, space.path, space.summary(),
             {"tuner.git_commit": git_commit(), "tuner.space_hash": space.digest,
              "tuner.data_fingerprint": data.fingerprint(), "tuner.ray_address": address},
+            new_sweep=not plan.resume,
         )
     except tracking.ResumeMismatch as err:  # trials would continue, and the champion be fitted, on other images
         recorded, now = err.changed["tuner.data_fingerprint"]

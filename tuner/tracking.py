@@ -166,6 +166,13 @@ def trial_runs(client: MlflowClient, parent: Run) -> list[Run]:
             return runs
 
 
+def has_trial_runs(client: MlflowClient, parent: Run) -> bool:
+    """Whether a sweep's parent run has a child run (a trial's or the final fit's): a launch that failed before
+    any trial started left none, and running it again may reuse the run."""
+    return bool(client.search_runs([parent.info.experiment_id], f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'",
+                                   max_results=1))
+
+
 def find_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str,
                    tag: str = TAG_TRIAL) -> Run | None:
     """The oldest child run of `parent_run_id` whose `tag` is `trial_id` (the trial's own run; with
@@ -482,13 +489,20 @@ class SweepRun:
         search_params: dict,
         tags: dict,
         experiment: str = DEFAULT_EXPERIMENT,
+        new_sweep: bool = False,
     ) -> SweepRun:
         """Create the parent run (or reopen the one of the same sweep name: resume) and log the setup.
-        ResumeMismatch when a reopened run recorded other RESUME_INVARIANT_TAGS than `tags` gives."""
+        ResumeMismatch when a reopened run recorded other RESUME_INVARIANT_TAGS than `tags` gives. A
+        `new_sweep` refuses a name whose run has trials: its sweep state may live under another --storage (or
+        be gone), and a second sweep under the name would add its trials to the first one's run."""
         check_tracking_server(uri)
         client = client_for(uri)
         experiment_id = ensure_experiment(client, uri, experiment)
         run = find_sweep_run(client, sweep_name, [experiment_id])
+        if new_sweep and run is not None and has_trial_runs(client, run):
+            raise UserError(f"sweep '{sweep_name}' already exists in {uri} (run {run.info.run_id}, with trials): "
+                            f"continue it with --resume {sweep_name} and the --storage it ran with, or choose "
+                            "another --name")
         resumed = run is not None
         if resumed:  # before the run is reopened: a refused resume leaves it as it was
             changed = {key: (run.data.tags[key], str(tags[key])) for key in RESUME_INVARIANT_TAGS
