@@ -112,3 +112,41 @@ def test_the_dry_run_of_a_resume_says_whether_a_driver_holds_the_sweep(tmp_path:
         assert "dry run: no trial started" in out
     finally:
         lease.release()
+
+
+DAMAGED_LEASES = ["{not json", "[]", '{"beat": "x"}', '{"pid": "abc", "host": "HOST", "beat": 1.0}',
+                  '{"token": "t", "host": "h", "pid": 1, "pid_started": 0, "since": 0, "beat": 1e308, '
+                  '"released": false}']
+
+
+@pytest.mark.parametrize("content", DAMAGED_LEASES)
+def test_a_damaged_lease_is_refused_while_a_driver_may_renew_it_and_taken_over_once_stale(
+        state: SweepState, content: str) -> None:
+    """A damaged lease names no driver to ask; a running one rewrites its lease every BEAT_S, so one not
+    rewritten for STALE_S has none (the module doc)."""
+    import os
+
+    state.write_bytes(LEASE_FILE, content.replace("HOST", driver_lease.socket.gethostname()).encode())
+    with pytest.raises(UserError) as refused:
+        DriverLease(state, "s").claim()
+    message = str(refused.value)
+    assert "\n" not in message and f"{state.describe(LEASE_FILE)} is damaged" in message, message
+    assert "delete the file and resume" in message
+    assert driver_lease.running_driver(state, "s").startswith("driver: the driver lease ")  # the dry run says it
+    old = time.time() - driver_lease.STALE_S - 1
+    os.utime(state.where(LEASE_FILE), (old, old))
+    assert driver_lease.running_driver(state, "s").startswith("driver: none holds this sweep")
+    lease = DriverLease(state, "s").claim()
+    assert state.read_json(LEASE_FILE)["token"] == lease.record["token"]
+    lease.release()
+
+
+def test_a_running_driver_rewrites_its_lease_when_it_was_damaged(state: SweepState, monkeypatch) -> None:
+    monkeypatch.setattr(driver_lease, "BEAT_S", 0.05)
+    lease = DriverLease(state, "s").claim()
+    try:
+        state.write_bytes(LEASE_FILE, b'{"pid": "abc"}')
+        time.sleep(0.5)
+        assert state.read_json(LEASE_FILE)["token"] == lease.record["token"]
+    finally:
+        lease.release()

@@ -316,6 +316,33 @@ def test_files_that_break_the_yaml_reader_are_one_line_errors(tmp_path: Path, te
     assert len(errors) == 1 and len(errors[0]) < 400, errors
 
 
+# Values PyYAML's constructors fail on (IndexError, KeyError, AttributeError, TypeError, ValueError)
+BAD_TAGGED = [('seed: !!int ""', "an integer"), ('lr: !!float ""', "a number"), ('seed: !!int "-"', "an integer"),
+              ("flip: !!bool maybe", "true or false"), ("seed: !!timestamp abc", "a date"),
+              ("lr: !!float '-'", "a number"), ("widths: !!map [8, 16]", "a mapping"),
+              ("widths: [8, !!int x]", "an integer")]
+
+
+@pytest.mark.parametrize(("line", "expected"), BAD_TAGGED, ids=[line for line, _ in BAD_TAGGED])
+def test_a_value_pyyaml_cannot_construct_is_one_line_with_its_line_and_what_to_write(
+        tmp_path: Path, line: str, expected: str) -> None:
+    path = tmp_path / "tagged.yaml"
+    path.write_text(f"epochs: 2\n{line}\n")
+    with pytest.raises(UserError) as err:
+        load_yaml(path, "config file", "see the docs")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}:2: "), message
+    assert f"cannot be read as {expected}" in message and f"write {expected}" in message
+    assert ("remove the !!" in message) == ("!!" in line)
+
+
+def test_a_bad_tag_at_the_top_of_a_shipped_space_is_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "mode: !!bool maybe\n" + (SPACES_DIR / "smoke.yaml").read_text())
+    errors = errors_of(path)
+    assert errors == [f"{path}:1: 'maybe' cannot be read as true or false; write true or false there instead, "
+                      "or remove the !!bool tag"], errors
+
+
 def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
     path = write(tmp_path, "# padding\n" * (MAX_BYTES // 10 + 10))
     assert f"more than a space file can be ({MAX_BYTES:,})" in errors_of(path)[0]

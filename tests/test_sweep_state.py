@@ -15,6 +15,8 @@ from tuner.errors import UserError
 from tuner.sweep_state import (
     BUDGET_LEDGER,
     DIGESTS,
+    FINAL_RECORD,
+    REGISTRATION,
     STUDY_FILE,
     SweepState,
     join,
@@ -382,3 +384,42 @@ def test_a_resumed_driver_reads_which_trials_an_earlier_driver_ended(tmp_path: P
     assert ended_results(state) == {"a": {"epoch": 2, "val_acc": 0.4, "gpu_seconds": 0.0}}
     state.write_bytes(ENDED_TRIALS, b"{torn")
     assert ended_results(state) == {}
+
+
+# A state file that is JSON of another shape than a driver writes: one line naming it, whichever reader finds it
+WRONG_SHAPES = [
+    (DIGESTS, '{"sha256": 5}'), (DIGESTS, '{"sha256": {"tuner.pkl": 5}}'), (DIGESTS, '{"sha256": {"tuner.pkl": [5]}}'),
+    (DIGESTS, "[]"), (REGISTRATION, '{"trial_id": 5}'),
+    (REGISTRATION, '{"trial_id": "a", "checkpoint": "c", "version": "1", "checkpoint_kind": ["x"]}'),
+    (FINAL_RECORD, '{"trial_id": "a"}'),
+    (FINAL_RECORD, '{"trial_id": "a", "run_id": "r", "epochs": 2, "train_images": 9, "train_on": "all", '
+                   '"seconds": 1.0, "history": [{"epoch": "one"}]}'),
+]
+
+
+@pytest.mark.parametrize(("file", "content"), WRONG_SHAPES, ids=[f"{f}={c}" for f, c in WRONG_SHAPES])
+def test_a_state_file_of_the_wrong_shape_is_one_line_before_resuming(tmp_path: Path, file: str,
+                                                                    content: str) -> None:
+    ray_folder(tmp_path)
+    state = SweepState(str(tmp_path), "s")
+    state.write_bytes(file, content.encode())
+    for read in (lambda: state.read_json(file), state.verify_ray_state):  # any reader, and the resume's check
+        with pytest.raises(UserError) as err:
+            read()
+        message = str(err.value)
+        assert "\n" not in message and f"{state.describe(file)} is damaged" in message, message
+        assert "restore it from a backup" in message
+
+
+def test_state_files_as_a_driver_writes_them_pass_their_shape_check(tmp_path: Path) -> None:
+    ray_folder(tmp_path)
+    state = SweepState(str(tmp_path), "s")
+    state.write_json(REGISTRATION, {"trial_id": "a", "checkpoint": "/c", "model": "m", "version": "3",
+                                    "checkpoint_kind": "final_fit", "final_run_id": "r"})
+    state.write_json(FINAL_RECORD, {"trial_id": "a", "search_checkpoint": "/c", "epochs": 2, "train_on": "all",
+                                    "label": "t001", "run_id": "r", "status": "completed", "train_images": 9,
+                                    "seconds": 1.5, "train_seconds": 1.0, "device": "cpu", "node_id": "n",
+                                    "history": [{"epoch": 1, "train_loss": 2.0, "val_acc": float("nan"),
+                                                 "reported_at": 1.0}]})
+    state.verify_ray_state()
+    assert state.read_json(FINAL_RECORD)["epochs"] == 2

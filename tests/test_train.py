@@ -716,3 +716,16 @@ def test_deterministic_mode_is_on_during_fit_and_does_not_leak_out(small: DataSp
     fit(tiny(deterministic=True, epochs=1), small, record, device="cpu")
     assert during == [True]
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_fit_refuses_a_damaged_training_state_before_any_epoch(small: DataSplits, tmp_path: Path) -> None:
+    """What a sweep's trial resumes goes through the same checks as `tuner.train --resume` (restore runs them)."""
+    config = tiny(epochs=1)
+    state = fit(config, small, device="cpu").checkpoint
+    state["schedule"] = {}
+    state["epoch"] = 1
+    seen: list[int] = []
+    with pytest.raises(UserError, match=r"^the checkpoint to resume from is damaged or from another version: its "
+                                        r"'schedule'.*start without --resume$"):
+        fit(tiny(epochs=2), small, lambda m, _: seen.append(m.epoch), resume=state, device="cpu")
+    assert seen == []

@@ -393,3 +393,59 @@ def test_splits_made_by_hand_record_no_split_and_train_on_is_checked(with_test: 
     assert split_record(DataSplits(data.train, data.val)) is None  # nobody said how they were split
     with pytest.raises(ValueError, match="train_on='val'"):
         split_record(data, "val")
+
+
+# --- a damaged training state: one line before any training -----------------------------------------------------
+
+
+def _momentum_of_another_shape(state: dict) -> None:
+    first = next(iter(state["optimizer"]["state"].values()))
+    first["momentum_buffer"] = torch.zeros(3)
+
+
+DAMAGES = {  # what a damaged or edited checkpoint.pt held, and the words its error line must have
+    "history-entry": (lambda s: s.update(history=[{"epoch": 1}]), "entry 0 of its 'history'"),
+    "history-number": (lambda s: s.update(history=[5]), "entry 0 of its 'history'"),
+    "schedule-empty": (lambda s: s.update(schedule={}), "its 'schedule'"),
+    "generator-size": (lambda s: s["rng"].update(generator=torch.zeros(7, dtype=torch.uint8)), "generator state"),
+    "rng-float": (lambda s: s["rng"].update(torch=s["rng"]["torch"].float()), "'rng' torch state"),
+    "momentum-shape": (_momentum_of_another_shape, "momentum_buffer of a"),
+    "optimizer-lr": (lambda s: s["optimizer"]["param_groups"][0].update(lr="x"), "'optimizer' state does not load"),
+    "epoch-negative": (lambda s: s.update(epoch=-5), "its 'epoch' is -5"),
+    "averaged-steps": (lambda s: s.update(averaged_steps="x"), "'averaged_steps'"),
+    "split-seed": (lambda s: s["split"].update(split_seed=-1), "its record of the data split is damaged"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_training_state_is_one_line_before_any_training(one_epoch: Path, with_test: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   damage: str) -> None:
+    from tuner.train_command import main
+
+    edit, words = DAMAGES[damage]
+    state = torch.load(one_epoch, weights_only=True)
+    edit(state)
+    damaged = tmp_path / f"{damage}.pt"
+    torch.save(state, damaged)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", str(with_test), "--device", "cpu", "--resume", str(damaged), "--epochs", "3",
+              "--out", str(tmp_path / "out.pt")])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2 and not epoch_lines(out), out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: checkpoint {damaged}") and words in lines[0], err
+    assert "without --resume" in lines[0]
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_config_value_yaml_cannot_construct_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuner.train_command import main
+
+    config = tmp_path / "tagged.yaml"
+    config.write_text('lr: 0.1\nseed: !!int ""\n')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"error: {config}:2: '' cannot be read as an integer; write an integer such as "
+                                       "42 there instead, or remove the !!int tag\n")

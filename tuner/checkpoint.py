@@ -10,11 +10,15 @@ A checkpoint is the dict `tuner.train.TrainingState.checkpoint` builds (and `res
 Reading checks only that `model` and `config` are there (bookkeeping reads just the history of checkpoints
 it finds). What a use needs beyond that is checked where it is used, each as one UserError naming the
 checkpoint: `load_weights` (weights that fit the config's network, for every use that builds one) and
-`require_resumable` (everything `fit(resume=...)` restores).
+`require_resumable` (everything `fit(resume=...)` restores: each part's structure, types, ranges and shapes,
+so that a damaged or edited training state is one line before any training, never a TypeError from the middle
+of restoring it nor a RuntimeError epochs later; `TrainingState.restore` runs it too).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,7 @@ from torch import nn
 
 from tuner.config import TrainConfig
 from tuner.errors import UserError, excerpt
+from tuner.metrics import EpochMetrics
 from tuner.model import build_model
 
 # What to do about a checkpoint that is damaged, for callers that hold a checkpoint file the user named.
@@ -171,3 +176,80 @@ def require_resumable(state: Mapping[str, Any], name: str = "checkpoint", fix: s
     if params is None or "state" not in state["optimizer"] or len(params) != len(list(network.parameters())):
         raise UserError(f"{name} cannot be resumed: its 'optimizer' state does not match the network of its "
                         f"config; {fix}")
+    problem = training_state_problem(state, config, network)
+    if problem:
+        raise UserError(f"{name} is damaged or from another version: {problem}; {fix}, or start without --resume")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_METRICS = [f.name for f in dataclasses.fields(EpochMetrics)]
+
+
+def training_state_problem(state: Mapping[str, Any], config: TrainConfig, network: nn.Module) -> str | None:
+    """What in the training state of checkpoint `state` (its parts' types already checked by
+    `require_resumable`) `TrainingState.restore` or the epochs after it would fail on, in a few words; None
+    when it fits. `network` is the config's, on any device (meta: shapes only)."""
+    if not (isinstance(state["epoch"], int) and state["epoch"] >= 1):  # fit numbers epochs from 1
+        return f"its 'epoch' is {excerpt(state['epoch'])}, not an epoch it trained (1 or more)"
+    if "averaged_steps" in state and not (isinstance(state["averaged_steps"], int)
+                                          and not isinstance(state["averaged_steps"], bool)
+                                          and state["averaged_steps"] >= 0):
+        return f"its 'averaged_steps' is {excerpt(state['averaged_steps'])}, not a count of steps"
+    for i, entry in enumerate(state["history"]):
+        if not (isinstance(entry, Mapping) and set(entry) == set(_METRICS)
+                and all(_is_number(value) for value in entry.values())):
+            return (f"entry {i} of its 'history' is not an epoch's metrics (numbers named "
+                    f"{', '.join(_METRICS)})")
+    schedule = state["schedule"]
+    if not (all(_is_number(schedule.get(key)) for key in ("scale", "best", "bad"))
+            and isinstance(schedule["bad"], int) and schedule["bad"] >= 0 and math.isfinite(schedule["scale"])):
+        return f"its 'schedule' is not the learning-rate schedule's state (scale, best, bad: {excerpt(schedule)})"
+    for key in ("generator", "torch"):
+        value = state["rng"][key]
+        if value.dtype != torch.uint8 or value.dim() != 1:
+            return f"its 'rng' {key} state is a {value.dtype} tensor of shape {list(value.shape)}, not bytes"
+    if state["rng"]["torch"].numel() != torch.get_rng_state().numel():
+        return f"its 'rng' torch state has {state['rng']['torch'].numel()} bytes, not {torch.get_rng_state().numel()}"
+    # The run's generator is on its device, whose state size differs (CPU, CUDA); which device the run takes is
+    # decided later, so any of this machine's sizes passes here and `TrainingState.restore` checks the one it uses
+    sizes = {torch.Generator().get_state().numel()}
+    if torch.cuda.is_available():
+        sizes.add(torch.Generator(device="cuda").get_state().numel())
+    if state["rng"]["generator"].numel() not in sizes:
+        return (f"its 'rng' generator state has {state['rng']['generator'].numel()} bytes, not "
+                f"{' or '.join(map(str, sorted(sizes)))} (this machine's generators)")
+    return _optimizer_problem(state["optimizer"], config, network)
+
+
+def _optimizer_problem(saved: Mapping[str, Any], config: TrainConfig, network: nn.Module) -> str | None:
+    """What keeps the saved optimizer state from continuing the config's optimizer: torch's own load checks the
+    groups; the per-parameter state it does not check (a momentum buffer of another shape fails only at the
+    first step), nor its names (an SGD's state under adam) nor the groups' settings (a probe step tries them)."""
+    from tuner.train import make_optimizer  # here, not at the top: tuner.train imports this module
+
+    optimizer = make_optimizer(config, network)
+    try:
+        optimizer.load_state_dict(saved)  # type: ignore[arg-type]  # a mapping; torch checks the rest
+        for group in optimizer.param_groups:
+            probe = torch.zeros(1, requires_grad=True)  # what state this group's settings keep, on a real tensor
+            settings = {k: v for k, v in group.items() if k != "params"}
+            trial = type(optimizer)([probe], **settings)
+            probe.grad = torch.zeros(1)
+            trial.step()
+            kept = set(trial.state[probe])
+            for param in group["params"]:
+                found = optimizer.state.get(param, {})
+                if found and set(found) != kept:
+                    return (f"its 'optimizer' state holds {', '.join(sorted(map(str, found)))} per parameter, where "
+                            f"the config's {config.optimizer} keeps {', '.join(sorted(kept))}")
+                for key, value in found.items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                        return (f"its 'optimizer' {key} of a {list(param.shape)} parameter is "
+                                f"{list(value.shape)}")
+    except Exception as err:  # noqa: BLE001 - torch's load and the optimizers raise several types for bad input
+        said = str(err).strip().splitlines()
+        return f"its 'optimizer' state does not load ({type(err).__name__}: {excerpt(said[0] if said else '')})"
+    return None

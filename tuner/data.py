@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from tuner.config import MAX_SEED
 from tuner.errors import UserError, excerpt
 
 BATCH_DIR = "cifar-10-batches-py"
@@ -291,13 +292,15 @@ def recorded_split(state: Mapping[str, Any], name: str) -> dict[str, Any] | None
     if record is None:
         return None
 
-    def is_int(value: object) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
+    def is_int(value: object, low: int, high: int | None = None) -> bool:
+        # in range too: a split seed numpy refuses (-1) or a size no split can have would fail later, in numpy
+        in_range = isinstance(value, int) and low <= value and (high is None or value <= high)
+        return in_range and not isinstance(value, bool)
 
     if (not isinstance(record, Mapping) or any(key not in record for key in (*_SPLIT_NAMES, "fingerprint"))
-            or not (is_int(record["val_size"]) and is_int(record["split_seed"]))
-            or not (record["subset"] is None or is_int(record["subset"])) or not isinstance(record["fingerprint"], str)
-            or record.get("train_on", "train") not in TRAINED_ON):
+            or not (is_int(record["val_size"], MIN_VAL_SIZE) and is_int(record["split_seed"], 0, MAX_SEED))
+            or not (record["subset"] is None or is_int(record["subset"], 1))
+            or not isinstance(record["fingerprint"], str) or record.get("train_on", "train") not in TRAINED_ON):
         raise UserError(f"{name}: its record of the data split is damaged ({excerpt(record)}); resume from an "
                         "intact copy, or start a new run without --resume")
     return {"train_on": "train", **record}

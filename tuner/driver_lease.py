@@ -6,6 +6,11 @@ launch trials and both write the study and MLflow: trials run twice, outcomes an
 second is refused, in one line that names the first. A driver that died (SIGKILL, a lost machine) leaves its
 lease behind: on the same host it is taken over at once when its process is gone; from another host once its
 heartbeat is STALE_S old (the hosts' clocks are assumed to agree within a minute).
+
+A damaged lease (not JSON, or not the record a driver writes: `{"pid": "abc"}`) names no driver, so none can be
+asked whether it runs. Its file's age stands in for the heartbeat: a running driver rewrites the lease whole
+every BEAT_S (a damaged one too, see `_renew`), so a damaged lease older than STALE_S has no live driver and
+is taken over, as a stale one is; a younger one is refused in one line that names the file and what to do.
 """
 from __future__ import annotations
 
@@ -19,12 +24,46 @@ from typing import Any
 import psutil
 
 from tuner.errors import UserError
-from tuner.sweep_state import SweepState
+from tuner.sweep_state import Shape, SweepState, is_int, is_number
 
 LEASE_FILE = "driver.json"
 BEAT_S = 15.0  # how often a running driver renews its lease
 STALE_S = 120.0  # a lease not renewed for this long belongs to a dead driver (eight missed renewals)
 CONFIRM_S = 0.3  # two drivers that claim at once both write; the one whose lease is still there after this wins
+
+
+def _is_time(value: object) -> bool:
+    # a Unix time: an infinite heartbeat would hold the sweep forever, a huge one breaks time.localtime
+    return is_number(value) and 0 <= value < 1e11  # type: ignore[operator]  # is_number: int or float
+
+
+def _lease_fits(value: dict) -> bool:
+    return (isinstance(value.get("token"), str) and isinstance(value.get("host"), str) and is_int(value.get("pid"))
+            and all(_is_time(value.get(k)) for k in ("pid_started", "since", "beat"))
+            and isinstance(value.get("released"), bool))
+
+
+LEASE = Shape(_lease_fits, "the driver lease", "")  # the fix depends on the file's age: read_lease words it
+
+
+class DamagedLease(UserError):
+    """A lease file that a running driver may have been about to rewrite (younger than STALE_S)."""
+
+
+def read_lease(state: SweepState, sweep: str) -> dict[str, Any] | None:
+    """The lease of `sweep` as its driver wrote it; None when there is none, or when it is damaged and older than
+    STALE_S (no driver renewed it since: see the module doc). DamagedLease for a younger damaged one."""
+    try:
+        return state.read_json(LEASE_FILE, LEASE)
+    except UserError as err:
+        age = state.age(LEASE_FILE)
+        if age is not None and age >= STALE_S:
+            return None
+        later = f", or resume again in {max(1, round(STALE_S - age))} s (it is taken over then)" \
+            if age is not None else ""
+        raise DamagedLease(f"{str(err).rstrip('; ')}: it names no driver, and a driver of sweep {sweep} that still "
+                           f"runs rewrites it within {BEAT_S:.0f} s; if none runs, delete the file and resume{later}"
+                           ) from None
 
 
 def _process_started(pid: int) -> float | None:
@@ -61,13 +100,13 @@ class DriverLease:
 
     def claim(self) -> DriverLease:
         """Take the lease, or raise UserError naming the driver that holds it."""
-        held = self.state.read_json(LEASE_FILE)
+        held = read_lease(self.state, self.sweep)
         now = time.time()
         if held is not None and holder_alive(held, now):
             raise UserError(refusal(self.sweep, held, now))
         self._write()
         time.sleep(CONFIRM_S)
-        held = self.state.read_json(LEASE_FILE) or {}
+        held = read_lease(self.state, self.sweep) or {}
         if held.get("token") != self.record["token"]:
             raise UserError(refusal(self.sweep, held, time.time()))
         self._thread = threading.Thread(target=self._renew, name="driver-lease", daemon=True)
@@ -80,7 +119,7 @@ class DriverLease:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            if (self.state.read_json(LEASE_FILE) or {}).get("token") == self.record["token"]:
+            if (self.state.read_json(LEASE_FILE, LEASE) or {}).get("token") == self.record["token"]:
                 self._write(released=True)
         except (OSError, UserError):
             pass  # storage unreachable: the lease goes stale on its own
@@ -91,7 +130,10 @@ class DriverLease:
     def _renew(self) -> None:
         while not self._stop.wait(BEAT_S):
             try:
-                held = self.state.read_json(LEASE_FILE) or {}
+                try:
+                    held = self.state.read_json(LEASE_FILE, LEASE) or {}
+                except UserError:  # damaged from outside while this driver holds it: write it whole again
+                    held = {}
                 if held.get("token") not in (None, self.record["token"]):
                     print(f"warning: another driver ({describe(held)}) took over sweep {self.sweep} after this one's "
                           "lease went stale; stop this driver", flush=True)
@@ -103,7 +145,10 @@ class DriverLease:
 
 def running_driver(state: SweepState, sweep: str) -> str:
     """One line for the dry run of a --resume: whether a driver holds the sweep now."""
-    held = state.read_json(LEASE_FILE)
+    try:
+        held = read_lease(state, sweep)
+    except DamagedLease as err:
+        return f"driver: {err}"
     now = time.time()
     if held is None or not holder_alive(held, now):
         return "driver: none holds this sweep now; a --resume takes it over"

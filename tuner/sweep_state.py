@@ -23,6 +23,11 @@ state (whose JSON holds cloudpickled values) from `<storage>/<sweep>/`. The driv
 digest of every such file it writes (the last few versions of each, since Ray uploads them after the
 digest is written), in `digests.json` under `_driver/`, and refuses a resume in which any of them does
 not match, before Ray reads a byte of it.
+
+Damaged state. A JSON file of this prefix that is not what a driver writes (not JSON, or JSON of another
+shape: `{"sha256": 5}`) is one line naming the file and what to do, whichever reader finds it: `read_json`
+checks each file against its `Shape` (`SHAPES`, or the one its reader passes), so no reader meets a value
+of the wrong type. `verify_ray_state` reads them all before a --resume lets Ray start.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +68,60 @@ STATE_FILE = re.compile(r"(tuner\.pkl|experiment_state-.*\.json|searcher-state-.
                         r"|basic-variant-state-.*\.json|callback-states-.*\.pkl)")
 IGNORED_FILES = {".validate_storage_marker"}
 EXPERIMENT_STATE = re.compile(r"experiment_state-.*\.json")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a JSON state file holds when a driver wrote it: `fits(value)` says whether `value` (a dict) is one;
+    `what` names it in the error ("the budget ledger"), `fix` says what to do about a damaged one."""
+
+    fits: Callable[[dict], bool]
+    what: str
+    fix: str = "restore it from a backup, or start a new sweep"
+
+
+def is_number(value: object) -> bool:
+    """An int or a float, not a bool (True is an int to Python, never a number in our files)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _digests_fit(value: dict) -> bool:
+    digests = value.get("sha256")
+    return isinstance(digests, dict) and all(
+        isinstance(versions, list) and all(isinstance(d, str) for d in versions) for versions in digests.values())
+
+
+def _registration_fits(value: dict) -> bool:
+    return (all(isinstance(value.get(k), str) for k in ("trial_id", "checkpoint"))
+            and (isinstance(value.get("version"), str) or is_int(value.get("version")))
+            and value.get("checkpoint_kind", "search") in ("search", "final_fit"))
+
+
+def _final_record_fits(value: dict) -> bool:
+    history = value.get("history")
+    return (isinstance(value.get("trial_id"), str) and isinstance(value.get("run_id"), str)
+            and is_int(value.get("epochs")) and is_int(value.get("train_images"))
+            and isinstance(value.get("train_on"), str) and is_number(value.get("seconds"))
+            and isinstance(history, list) and all(
+                isinstance(row, dict) and is_int(row.get("epoch")) and all(is_number(v) for v in row.values())
+                for row in history))
+
+
+# The JSON files a driver reads back, each with its shape. ENDED_TRIALS is not here: a damaged record of ended
+# trials reads as empty (`ended_results`), as its recorder writes it whole again.
+SHAPES: dict[str, Shape] = {
+    DIGESTS: Shape(_digests_fit, "the record of Ray's state files",
+                   "restore it from a backup, or start a new sweep (without it --resume unpickles nothing)"),
+    REGISTRATION: Shape(_registration_fits, "the registration record",
+                        "restore it from a backup, or delete it to register the champion again (a new model "
+                        "version)"),
+    FINAL_RECORD: Shape(_final_record_fits, "the final fit's record",
+                        "restore it from a backup, or delete it to run the final fit again"),
+}
 
 
 def join(base: str, *parts: str) -> str:
@@ -191,19 +251,31 @@ class SweepState:
             self._unreachable_since = None
         return True
 
-    def read_json(self, file: str) -> dict | None:
+    def read_json(self, file: str, shape: Shape | None = None) -> dict | None:
+        """The JSON object in `file` (None when there is none). One UserError when it is not JSON, not an object,
+        or not of its `shape` (default: `SHAPES[file]`), naming the file and the fix."""
         data = self.read_bytes(file)
         if data is None:
             return None
+        shape = shape or SHAPES.get(file)
+        named = f"{shape.what} {self.describe(file)}" if shape else self.describe(file)
+        fix = shape.fix if shape else "restore it from a backup, or delete it to continue without it"
         try:
             value = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UserError(f"{self.describe(file)} is damaged ({type(err).__name__}: {excerpt(str(err))}); "
-                            f"restore it from a backup, or delete it to continue without it") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise UserError(f"{named} is damaged ({type(err).__name__}: {excerpt(str(err))}); {fix}") from None
         if not isinstance(value, dict):
-            raise UserError(f"{self.describe(file)} is damaged (not a JSON object); restore it from a backup, "
-                            "or delete it to continue without it")
+            raise UserError(f"{named} is damaged (not a JSON object); {fix}")
+        if shape is not None and not shape.fits(value):
+            raise UserError(f"{named} is damaged (not what tuner writes there); {fix}")
         return value
+
+    def age(self, file: str) -> float | None:
+        """Seconds since `file` was last written, by this machine's clock; None when the storage does not say."""
+        info = self.fs.get_file_info(self.where(file))
+        if info.type != pyarrow.fs.FileType.File or info.mtime is None:
+            return None
+        return time.time() - info.mtime.timestamp()
 
     def write_json(self, file: str, value: dict) -> None:
         self.write_bytes(file, json.dumps(value, sort_keys=True).encode())
@@ -320,6 +392,8 @@ class SweepState:
         drivers wrote (digest recorded), and the newest experiment state is whole JSON listing trials.
         Sets `expected_trials`. One line and exit 2 otherwise, with nothing read as code."""
         where = join(self.storage_uri, self.name)
+        for file, shape in SHAPES.items():  # the driver reads them later, mid-sweep: find damage now
+            self.read_json(file, shape)
         digests = self._digests()
         if not digests:
             raise UserError(f"{self.describe(DIGESTS)} is missing: nothing says which of Ray's state files in "

@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from tuner import augment
+from tuner.checkpoint import require_resumable
 from tuner.config import (  # noqa: F401 - re-exported: TrainConfig and its helpers lived here first
     OPTIMIZERS,
     PRECISIONS,
@@ -51,6 +52,7 @@ from tuner.config import (  # noqa: F401 - re-exported: TrainConfig and its help
 )
 from tuner.data import DataSplits
 from tuner.device import autocast_dtype, pick_device
+from tuner.errors import UserError, excerpt
 from tuner.evaluate import DeviceImages, evaluate, normalise
 from tuner.metrics import EpochMetrics  # noqa: F401 - re-exported with fit, whose results they are
 from tuner.model import build_model
@@ -274,8 +276,19 @@ class TrainingState:
             state["averaged_steps"] = self.average.updates
         return state
 
-    def restore(self, state: Mapping[str, Any]) -> int:
-        """Continue from what `checkpoint` saved; returns the first epoch still to run."""
+    def restore(self, state: Mapping[str, Any], name: str = "the checkpoint to resume from") -> int:
+        """Continue from what `checkpoint` saved; returns the first epoch still to run. A training state that
+        does not fit (`require_resumable`, or anything it cannot check ahead, such as a generator state of
+        another device's size) is one UserError naming `name`, raised before any training."""
+        require_resumable(state, name)
+        try:
+            return self._restore(state)
+        except Exception as err:  # noqa: BLE001 - whatever restoring raises, the file is at fault, not the run
+            said = str(err).strip().splitlines()
+            raise UserError(f"{name} is damaged or from another version: restoring it failed ({type(err).__name__}"
+                            f": {excerpt(said[0] if said else '')}); start without --resume") from None
+
+    def _restore(self, state: Mapping[str, Any]) -> int:
         self.model.load_state_dict(state.get("trained", state["model"]))
         if self.average is not None:
             self.average.module.load_state_dict(state["model"])

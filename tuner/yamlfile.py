@@ -8,8 +8,10 @@ hostile files:
 - a repeated key is an error, not a silent overwrite;
 - `1e9` and `1.0e9` are numbers, as in YAML 1.2 and JSON (YAML 1.1, which PyYAML follows, reads a float
   only with a dot and a signed exponent, so `max_macs: 1.0e9` was the string '1.0e9').
-Files above `MAX_BYTES`, nesting deeper than Python can follow, and numbers too long to convert are one
-line each too, never a traceback.
+Files above `MAX_BYTES`, nesting deeper than Python can follow, and values PyYAML cannot construct (a number
+too long to convert; an explicit tag on a value that is not of its type, `!!int ""`, `!!bool maybe`,
+`!!timestamp abc`, on which PyYAML's constructors fail with IndexError, KeyError or AttributeError) are one
+line each too, with the line of the value, never a traceback.
 """
 from __future__ import annotations
 
@@ -38,6 +40,43 @@ class _AliasRefused(yaml.YAMLError):
         self.problem_mark = mark
 
 
+class _ValueRefused(yaml.YAMLError):
+    """A value of the file that PyYAML's constructor failed on, with the node it failed at."""
+
+    def __init__(self, node: yaml.Node, err: Exception) -> None:
+        super().__init__()
+        self.node, self.err = node, err
+        self.problem_mark = node.start_mark
+
+
+# What to write instead of a value PyYAML could not construct, by its tag (those it constructs from the file)
+_EXPECTED = {
+    "int": ("an integer", "such as 42"), "float": ("a number", "such as 0.01 or 1e-3"),
+    "bool": ("true or false", ""), "timestamp": ("a date", "such as 2026-01-31"), "null": ("null", ""),
+    "binary": ("base64 text", ""), "str": ("text", ""), "map": ("a mapping", "such as {a: 1}"),
+    "seq": ("a list", "such as [1, 2]"), "set": ("a set", "such as {a: null}"),
+    "omap": ("a list of one-key mappings", ""), "pairs": ("a list of one-key mappings", ""),
+}
+_TAG_PREFIX = "tag:yaml.org,2002:"
+
+
+def _refusal(path: Path, refused: _ValueRefused) -> str:
+    """`file:line: '' cannot be read as an integer; write an integer such as 42 there instead, or remove the
+    !!int tag` for a value PyYAML's constructor failed on."""
+    node, mark = refused.node, refused.problem_mark
+    tag = node.tag[len(_TAG_PREFIX):] if node.tag.startswith(_TAG_PREFIX) else node.tag
+    tag = tag if len(tag) <= 40 else tag[:37] + "..."  # resolved tags are short; only a file's own can be long
+    kind, example = _EXPECTED.get(tag, (f"a !!{tag} value", ""))
+    value = excerpt(node.value) if isinstance(node, yaml.ScalarNode) else \
+        "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+    # PyYAML's message helps only for a ValueError (too many digits); its IndexError or KeyError says nothing
+    why = f" ({excerpt(str(refused.err))})" if isinstance(refused.err, ValueError) else ""
+    # a tag written in the file (the node starts at it) can go; an implicit one (a bare 99999...) cannot
+    explicit = isinstance(mark.buffer, str) and mark.buffer.startswith("!", mark.pointer)
+    return (f"{path}:{mark.line + 1}: {value} cannot be read as {kind}{why}; write {kind}{' ' * bool(example)}"
+            f"{example} there instead{f', or remove the !!{tag} tag' if explicit else ''}")
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader with key lines, no aliases, no repeated keys and YAML 1.2 floats (see the module doc)."""
 
@@ -49,6 +88,16 @@ class _Loader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             raise _AliasRefused(self.peek_event().start_mark)
         return super().compose_node(parent, index)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # PyYAML's constructors assume a value fits its tag (`!!int ""` indexes an empty string, `!!bool maybe`
+        # looks up a missing key): any failure of one is the file's fault, reported at the value's line
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, RecursionError):
+            raise
+        except Exception as err:  # noqa: BLE001 - IndexError, KeyError, AttributeError, TypeError, ValueError
+            raise _ValueRefused(node, err) from None
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
@@ -111,6 +160,8 @@ def load_yaml(path: str | Path, what: str, fix: str) -> Any:
     except _AliasRefused as err:
         raise UserError(f"{path}:{err.problem_mark.line + 1}: YAML aliases (*name) are not accepted in a {what}; "
                         "write the value out where it is used") from None
+    except _ValueRefused as err:
+        raise UserError(_refusal(path, err)) from None
     except yaml.YAMLError as err:
         raise yaml_error(path, err, fix) from None
     except RecursionError:
