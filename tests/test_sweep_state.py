@@ -158,8 +158,17 @@ def test_storage_naming_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         resolve_storage(str(tmp_path / "f"))
-    with pytest.raises(UserError, match="cannot be opened"):
+    with pytest.raises(UserError, match="'nosuchscheme://' is not a storage a sweep can be resumed from"):
         resolve_storage("nosuchscheme://bucket/x")
+
+
+@pytest.mark.parametrize(("flag", "words"), [
+    ("", "--storage is empty"), ("  ", "--storage is empty"),
+    ("mock://x", "'mock://' is not a storage a sweep can be resumed from"),  # pyarrow's memory filesystem
+])
+def test_storage_that_cannot_hold_a_sweep_is_refused(flag: str, words: str) -> None:
+    with pytest.raises(UserError, match=words):
+        resolve_storage(flag)
 
 
 def test_resume_verifies_ray_state_files_against_the_recorded_digests(tmp_path: Path) -> None:

@@ -133,8 +133,18 @@ def join(base: str, *parts: str) -> str:
     return str(Path(base, *parts))
 
 
+# Filesystems pyarrow (and so Ray) reads and writes that outlive the driver; not mock://, which is memory
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
 def resolve_storage(flag: str) -> tuple[str, pyarrow.fs.FileSystem, str]:
     """--storage as (what Ray writes to, its filesystem, the path on it); one line for a bad one."""
+    if not flag.strip():  # Path("") is the working directory: a sweep's state would land beside everything else
+        raise UserError("--storage is empty: give a folder (default: runs), s3://bucket/prefix or gs://bucket/prefix")
+    scheme = flag.split("://", 1)[0].lower() if "://" in flag else ""
+    if scheme and scheme not in STORAGE_SCHEMES:
+        raise UserError(f"--storage {excerpt(flag)}: '{scheme[:20]}://' is not a storage a sweep can be "
+                        f"resumed from; use a folder or one of {', '.join(f'{s}://' for s in STORAGE_SCHEMES)}")
     storage = flag if "://" in flag else str(Path(flag).expanduser().resolve())
     try:
         if "://" in storage:
