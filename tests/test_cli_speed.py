@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,11 @@ HEAVY = {"torch", "mlflow", "ray", "pandas", "matplotlib", "torchvision"}
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def imported(*args: str, cwd: Path = ROOT) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    """Run `python -X importtime ARGS`; (the result, the top-level packages it imported)."""
+def imported(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None,
+             ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `python -X importtime ARGS` (in `env`, default ours); (the result, the top-level packages it imported)."""
     result = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+                            timeout=120, env={**(os.environ if env is None else env), "PYTHONDONTWRITEBYTECODE": "1"})
     modules = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in result.stderr.splitlines()
                if line.startswith("import time:") and "|" in line}
     return result, modules
@@ -61,6 +63,18 @@ def test_dry_run_says_where_data_and_tracking_are_and_writes_nothing(tmp_path: P
     (["--storage", "a-file/runs"], "lies under"),
     (["--address", "bogus"], "--address 'bogus' is not a Ray address"),
     (["--resume", "s", "--trials", "3"], "leave out --space, --trials"),
+    (["--mlflow-uri", "HTTP://127.0.0.1:9"], "MLflow tracking server http://127.0.0.1:9 is not reachable"),
+    (["--mlflow-uri", "sqlite:/mlflow.db"], "is not an SQLite URL SQLAlchemy can read: write sqlite:///mlflow.db"),
+    (["--mlflow-uri", "sqlite://"], "tracking URI 'sqlite://' is an SQLite database in memory"),
+    (["--mlflow-uri", "sqlite:///:memory:"], "is an SQLite database in memory"),
+    (["--mlflow-uri", "postgresql+psycopg2://tuner:s3cret@127.0.0.1:9/db"],
+     "the database server of tracking URI 'postgresql+psycopg2://tuner:***@127.0.0.1:9/db' is not reachable"),
+    (["--mlflow-uri", "postgresql+nosuch://u@127.0.0.1:9/db"], "SQLAlchemy knows no driver 'nosuch' for postgresql"),
+    pytest.param(["--mlflow-uri", "postgresql://u@127.0.0.1:9/db"],
+                 "SQLAlchemy opens postgresql:// with the Python module 'psycopg', which is not installed; use "
+                 "postgresql+psycopg2:// (its driver is installed), or pip install 'psycopg[binary]'",
+                 marks=pytest.mark.skipif(bool(find_spec("psycopg")) or not find_spec("psycopg2"),
+                                          reason="needs psycopg2 without psycopg 3")),
 ])
 def test_dry_run_refuses_what_the_run_would_fail_on(tmp_path: Path, flags: list[str], fragment: str) -> None:
     (tmp_path / "a-file").write_text("not a folder")
@@ -68,6 +82,26 @@ def test_dry_run_refuses_what_the_run_would_fail_on(tmp_path: Path, flags: list[
     errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
     assert result.returncode == 2 and len(errors) == 1 and fragment in errors[0], errors
     assert not modules & HEAVY and [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+def test_dry_run_refuses_databricks_with_no_workspace_and_takes_one_configured(tmp_path: Path) -> None:
+    """MLflow fails at the first request, with a traceback about credentials, when no workspace is configured."""
+    config = tmp_path / "databrickscfg"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DATABRICKS_")}
+    env["DATABRICKS_CONFIG_FILE"] = str(config)
+    for uri, fragment in (("databricks", f"neither DATABRICKS_HOST nor a [DEFAULT] profile in {config}"),
+                          ("databricks://lab", f"no [lab] profile in {config}): run `databricks configure "
+                                               "--profile lab`")):
+        result, modules = imported("-m", "tuner.run", "--space", "smoke", "--dry-run", "--mlflow-uri", uri,
+                                   cwd=tmp_path, env=env)
+        errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+        assert result.returncode == 2 and len(errors) == 1, errors
+        assert f"tracking URI '{uri}' needs a Databricks workspace and none is configured" in errors[0], errors
+        assert fragment in errors[0] and not modules & HEAVY
+    config.write_text("[DEFAULT]\nhost = https://example.cloud.databricks.com\ntoken = x\n")
+    result, _ = imported("-m", "tuner.run", "--space", "smoke", "--dry-run", "--mlflow-uri", "databricks",
+                         cwd=tmp_path, env=env)
+    assert result.returncode == 0 and "tracking: databricks" in result.stdout, result.stderr[-2000:]
 
 
 def test_train_flag_mistakes_answer_before_torch_is_imported(tmp_path: Path) -> None:

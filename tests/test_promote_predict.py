@@ -578,3 +578,18 @@ def test_a_store_that_stops_answering_while_predict_loads_the_model_is_one_line(
     assert store.refusals >= 1
     assert line.startswith(f"error: the tracking store {store.uri} stopped answering while loading model "
                            f"{model_uri} (HTTP 503)"), line
+
+
+def test_a_damaged_model_file_is_the_only_line_on_stderr(registry, tmp_path):
+    """torch.export logs a damaged program's traceback as warnings before it raises; predict says it in one line,
+    and that line is all of stderr (the process imports torch itself: its logger levels are set again there)."""
+    png = tmp_path / "a.png"
+    Image.fromarray(load_test(registry.data_dir).images[0]).save(png)
+    with mlflow_globals(registry.uri):
+        model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{registry.name}/{registry.good}",
+                                                             dst_path=str(tmp_path / "model")))
+    weights = model_dir / "data" / "model.pt2"
+    weights.write_bytes(weights.read_bytes()[:3000])
+    done = run_with_one_attempt("tuner.predict", str(png), "--model-uri", str(model_dir))
+    assert done.stderr.strip().splitlines() == [one_line(done)]
+    assert f"cannot load model {model_dir}: its files are damaged or incomplete" in done.stderr

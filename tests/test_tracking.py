@@ -2,8 +2,11 @@
 early failure on a dead server, no lost metric across a server outage, and no epoch metric twice."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
+from tests.conftest import free_port
 from tuner import mlflow_store, outcomes, tracking, trial_names
 from tuner.config import TrainConfig
 from tuner.errors import UserError
@@ -349,3 +353,150 @@ def test_an_outage_is_told_from_an_answer_about_the_data(error: Exception, outag
         with pytest.raises(type(error)):
             with mlflow_store.store_outage_is_user_error("http://h", "reading x"):
                 raise error
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mlflow_database(path: Path) -> str:
+    """A real MLflow store (its tables, no runs) at `path`; its sqlite:/// URI."""
+    uri = f"sqlite:///{path}"
+    mlflow_store.client_for(uri).search_experiments(max_results=1)
+    return uri
+
+
+def command(*argv: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([*prefix, sys.executable, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def the_error_line(done: subprocess.CompletedProcess) -> str:
+    """stderr of a command that failed as bad input should: exit 2, one `error:` line and nothing else."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (done.returncode, lines[-20:])
+    return lines[0]
+
+
+def test_a_database_file_that_is_no_usable_mlflow_store_is_one_line_and_left_as_it_was(tmp_path):
+    """A damaged MLflow database (truncated, its header intact) and a sweep's Optuna study given as the store: one
+    line before MLflow opens them (it would write its tables into the study, then fail in alembic)."""
+    import optuna
+
+    damaged = tmp_path / "damaged.db"
+    mlflow_database(damaged)
+    damaged.write_bytes(damaged.read_bytes()[:damaged.stat().st_size // 3])
+    study = tmp_path / "optuna.db"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(storage=f"sqlite:///{study}", study_name="s").optimize(
+        lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    study_bytes = study.read_bytes()
+    for path, fragment in ((damaged, "is a damaged SQLite database (database disk image is malformed)"),
+                           (study, "is an SQLite database but not an MLflow store (its tables: alembic_version, "
+                                   "studies")):
+        for check in (lambda uri: check_tracking_server(uri, create=False), mlflow_store.open_client):
+            with pytest.raises(UserError, match=re.escape(fragment)) as err:
+                check(f"sqlite:///{path}")
+            assert "\n" not in str(err.value) and "--mlflow-uri" in str(err.value)
+    assert study.read_bytes() == study_bytes
+    line = the_error_line(command("-m", "tuner.report", "--sweep", "s", "--mlflow-only", "--mlflow-uri", str(study)))
+    assert "an Optuna study" in line
+
+
+def test_a_read_only_store_is_refused_by_the_commands_that_write_and_read_by_predict(tmp_path):
+    """SQLite refuses only the first write (after promote's evaluation) and MLflow calls that temporarily
+    unavailable: promote, report and the sweep refuse a read-only store up front; predict, which only reads, works."""
+    store = tmp_path / "mlflow.db"
+    uri = mlflow_database(store)
+    store.chmod(0o444)
+    prefix: tuple[str, ...] = ()
+    if os.geteuid() == 0:  # root writes anyway: drop the capabilities that let it
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv: cannot make a file read-only to this test")
+        prefix = ("setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner")
+    probe = ("from tuner.errors import UserError; from tuner.mlflow_store import open_client\n"
+             "try:\n"
+             f"    open_client({uri!r})\n"  # promote's and report's
+             "except UserError as err:\n"
+             "    print(err)\n"
+             f"client, _ = open_client({uri!r}, writes=False)\n"  # predict's
+             "print(len(client.search_experiments()))\n")
+    done = command("-c", probe, prefix=prefix)
+    refused = f"tracking store {store} is read-only: make it writable (chmod u+w {store}) or pass --mlflow-uri with"
+    assert done.stdout.splitlines() == [f"{refused} a writable copy", "1"], (done.stdout, done.stderr[-2000:])
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    ("(sqlite3.OperationalError) attempt to write a readonly database\n[SQL: INSERT INTO model_version_tags]",
+     "is read-only (attempt to write a readonly database): make it and its folder writable"),
+    ("(sqlite3.DatabaseError) database disk image is malformed", "is damaged (database disk image is malformed)"),
+])
+def test_a_store_that_answers_about_its_file_is_no_outage(text: str, shown: str) -> None:
+    """MLflow raises every OperationalError of its database as TEMPORARILY_UNAVAILABLE (the wording here is SQLite's):
+    a store that refuses a write is not one that stopped answering, and running the command again won't help."""
+    error = MlflowException(text, error_code=TEMPORARILY_UNAVAILABLE)
+    assert not mlflow_store.store_unavailable(error)
+    with pytest.raises(UserError, match=re.escape(f"the tracking store sqlite:///s.db {shown}")) as err:
+        with mlflow_store.store_outage_is_user_error("sqlite:///s.db", "reading x"):
+            raise error
+    assert "stopped answering" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_web_server_that_is_not_mlflow_is_refused_and_mlflow_passes(mlflow_server, tmp_path):
+    """Any web server may answer /health (here a file of that name); only MLflow's answers /version."""
+    import functools
+    import http.server
+
+    (tmp_path / "health").write_text("OK")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(UserError, match=re.escape(f"{uri} answers /health but is not an MLflow tracking server "
+                                                      "(/version: HTTP 404)")):
+            mlflow_store.open_client(uri)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    check_tracking_server(mlflow_server.uri)
+    check_tracking_server(mlflow_server.uri.replace("http://", "HTTP://"))  # schemes ignore case
+    assert resolve_tracking_uri("HTTP://Host:5000/") == "http://Host:5000"
+
+
+def test_a_database_server_that_cannot_be_reached_or_opened_is_one_line_within_seconds(tmp_path):
+    """Nothing listens on the port, or something that is no database does: one line in seconds (MLflow tries ten
+    times, about 1m45s, then prints SQLAlchemy's traceback), the password not in it."""
+    import socket
+
+    pytest.importorskip("psycopg2")
+    dead = f"postgresql+psycopg2://tuner:s3cret@127.0.0.1:{free_port()}/mlflow"
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"the database server of tracking URI .* is not reachable \(127\.0\.0\.1:\d+ "
+                                        r"refused the connection\)") as err:
+        check_tracking_server(dead, create=False)
+    assert "s3cret" not in str(err.value) and "tuner:***@" in str(err.value)
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, then hangs up: not a database
+    stop = threading.Event()
+
+    def hang_up() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                listener.accept()[0].close()
+
+    thread = threading.Thread(target=hang_up, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(UserError, match=r"tracking store .* cannot be opened \(OperationalError: .*\); check the "
+                                            r"user, password and database name") as err:
+            mlflow_store.open_client(f"postgresql+psycopg2://tuner:s3cret@127.0.0.1:{listener.getsockname()[1]}/db")
+        assert "s3cret" not in str(err.value) and "\n" not in str(err.value)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        listener.close()
+    assert time.monotonic() - started < 15

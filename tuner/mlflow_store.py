@@ -5,6 +5,7 @@ read a store (report, promote, predict) open it here and turn an outage into one
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -17,7 +18,18 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tuner.errors import UserError
-from tuner.mlflow_names import check_tracking_server, is_server, local_artifact_root, resolve_tracking_uri, sqlite_path
+from tuner.mlflow_names import (
+    DEFAULT_PORTS,
+    check_tracking_server,
+    database_engine,
+    is_server,
+    local_artifact_root,
+    resolve_tracking_uri,
+    shown_uri,
+    sqlite_path,
+    sqlite_tables,
+    without_password,
+)
 
 # One attempt per request, short timeout: the driver never sits in MLflow's retry loop (default: 7
 # retries with exponential backoff, about 4 minutes) while the server is away; we retry ourselves.
@@ -52,9 +64,10 @@ COMMAND_HTTP_ENV = {
 }
 
 
-def open_client(flag: str | None) -> tuple[MlflowClient, str]:
-    """A client for the CLIs that read a store: resolved URI, store must exist, server must answer; this
-    process's MLflow requests give up after COMMAND_HTTP_ENV's retries."""
+def open_client(flag: str | None, writes: bool = True) -> tuple[MlflowClient, str]:
+    """A client for the CLIs that read a store: resolved URI, store must exist, server must answer, a database
+    must open as an MLflow store; with `writes` (promote, report: not predict) a local store must be writable.
+    This process's MLflow requests give up after COMMAND_HTTP_ENV's retries."""
     for key, value in COMMAND_HTTP_ENV.items():
         os.environ.setdefault(key, value)
     uri = resolve_tracking_uri(flag)
@@ -64,15 +77,99 @@ def open_client(flag: str | None) -> tuple[MlflowClient, str]:
             f"no tracking store at {path}: run a sweep in this folder first, or pass --mlflow-uri "
             f"(or set MLFLOW_TRACKING_URI) to the server the sweep logged to"
         )
-    check_tracking_server(uri)
-    if path is not None and path.stat().st_size == 0:  # MLflow would write its tables into it: readers don't
+    check_tracking_server(uri, create=writes, writes=writes)
+    # MLflow would write its tables into an empty database: readers don't
+    if path is not None and (path.stat().st_size == 0 or sqlite_tables(path) == []):
         raise UserError(f"tracking store {path} is empty: no sweep has logged there; pass --mlflow-uri (or set "
                         "MLFLOW_TRACKING_URI) to the store the sweep logged to")
-    return client_for(uri), uri
+    quiet_database_tracebacks()
+    if database_engine(uri) in DEFAULT_PORTS:
+        check_database_opens(uri)
+    client = client_for(uri)
+    if database_engine(uri) is not None:
+        open_database_store(client, uri)
+    return client, uri
 
 
 def client_for(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def check_database_opens(uri: str) -> None:
+    """One connection to a database server (postgresql, mysql, mssql), refused in one line when it fails: a wrong
+    password, a missing database, a port where no database answers. MLflow tries ten times (about 1m45s) and then
+    prints SQLAlchemy's traceback."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        detail = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
+        raise UserError(f"tracking store {shown_uri(uri)} cannot be opened ({type(err).__name__}: {detail}); check the "
+                        "user, password and database name, or fix --mlflow-uri / MLFLOW_TRACKING_URI") from None
+    finally:
+        engine.dispose()
+
+
+def open_database_store(client: MlflowClient, uri: str) -> None:
+    """Open a database store now (MLflow opens it at the first request and checks its schema there), so a database
+    that is no MLflow store of this MLflow's is one line: another tool's tables (alembic: "Can't locate
+    revision"), a newer MLflow's schema, an older one that needs `mlflow db upgrade`, a damaged file."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        client.search_experiments(max_results=1)
+    except CommandError as err:
+        raise UserError(f"tracking store {shown_uri(uri)} is a database whose schema MLflow {mlflow.__version__} does "
+                        f"not know ({str(err).splitlines()[0][:100]}): another tool's database, or a newer MLflow's "
+                        "store; pass the MLflow database the sweep logged to, or upgrade mlflow") from None
+    except (MlflowException, SQLAlchemyError) as err:
+        problem = store_problem(err)
+        if problem is None and isinstance(err, MlflowException) and not store_unavailable(err):
+            problem = " ".join(str(err).split())[:200]
+        if problem is None:
+            raise
+        raise UserError(f"tracking store {shown_uri(uri)} cannot be opened as an MLflow store ({problem}); fix it, "
+                        "or pass another --mlflow-uri") from None
+
+
+class _DatabaseTracebackFilter(logging.Filter):
+    """MLflow logs a database error's whole traceback (about 85 lines) before it raises it as an MlflowException;
+    the commands turn that exception into one line (or let it through), so the log is only noise on stderr."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+def quiet_database_tracebacks() -> None:
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _DatabaseTracebackFilter) for f in logger.filters):
+        logger.addFilter(_DatabaseTracebackFilter())
+
+
+# What a database store's own error says about its file: an answer about the store, not an outage (MLflow raises
+# any sqlalchemy OperationalError as TEMPORARILY_UNAVAILABLE). Each with the fix.
+STORE_PROBLEMS = (
+    ("attempt to write a readonly database", "is read-only", "make it and its folder writable, or pass --mlflow-uri "
+                                                             "with a writable copy"),
+    ("database disk image is malformed", "is damaged", "restore it from a backup, or pass another --mlflow-uri"),
+    ("file is not a database", "is damaged", "restore it from a backup, or pass another --mlflow-uri"),
+    ("database or disk is full", "cannot grow: its disk is full", "free some space"),
+    ("unable to open database file", "cannot be opened", "check that its folder exists and is writable"),
+)
+
+
+def store_problem(err: BaseException) -> str | None:
+    """'is read-only (attempt to write a readonly database): make it ...' for an error of a database store that
+    says what is wrong with its file, else None."""
+    text = str(err)
+    for words, problem, fix in STORE_PROBLEMS:
+        if words in text:
+            return f"{problem} ({words}): {fix}"
+    return None
 
 
 # MLflow's codes for a server that answered "not now" (503, 429), and its wording for a request that got no
@@ -84,6 +181,8 @@ NO_ANSWER_WORDS = ("failed with exception", "failed with timeout exception", "fa
 def store_unavailable(err: BaseException) -> bool:
     """The tracking store did not answer (connection refused, timeout, 5xx): an outage, not an answer about the
     data. A missing run or model, a bad name, a damaged file are answers and stay what they are."""
+    if store_problem(err) is not None:
+        return False
     if isinstance(err, MlflowException):
         text = str(err)
         return err.error_code in UNAVAILABLE_CODES or (
@@ -94,8 +193,8 @@ def store_unavailable(err: BaseException) -> bool:
 
 
 def unavailable_error(uri: str, doing: str, err: BaseException, kept: str) -> UserError:
-    return UserError(f"the tracking store {uri} stopped answering while {doing} ({short_error(err)}); {kept}: run the "
-                     "command again once it answers")
+    return UserError(f"the tracking store {without_password(uri)} stopped answering while {doing} "
+                     f"({short_error(err)}); {kept}: run the command again once it answers")
 
 
 @contextlib.contextmanager
@@ -105,6 +204,10 @@ def store_outage_is_user_error(uri: str, doing: str, kept: str = "nothing was ch
     try:
         yield
     except Exception as err:
+        problem = store_problem(err)
+        if problem is not None:
+            raise UserError(f"the tracking store {without_password(uri)} {problem}; met while {doing}, {kept}"
+                            ) from None
         if not store_unavailable(err):
             raise
         raise unavailable_error(uri, doing, err, kept) from None

@@ -85,7 +85,7 @@ def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
     require_model_folder(model_uri)
     tracking_uri = resolve_tracking_uri(mlflow_uri)
     if model_uri.startswith(("models:/", "runs:/")):
-        _, tracking_uri = open_client(mlflow_uri)
+        _, tracking_uri = open_client(mlflow_uri, writes=False)
     try:
         with mlflow_globals(tracking_uri), _quiet_logger("torch.export"):
             return mlflow.pytorch.load_model(model_uri, map_location="cpu")
@@ -116,17 +116,23 @@ def load_failure(model_uri: str, err: Exception) -> UserError:
                      f"{detail}); {MODEL_REPAIR}")
 
 
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 @contextlib.contextmanager
 def _quiet_logger(name: str) -> Iterator[None]:
     # torch.export logs a damaged program's traceback as a warning before raising; the error below says it
-    # in one line, so that traceback is only noise on stderr
+    # in one line, so that traceback is only noise on stderr. A filter, not the logger's level: importing torch
+    # (inside the load) sets the levels of its loggers again, and so does torch._logging.set_logs
     logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    quiet = _ErrorsOnly()
+    logger.addFilter(quiet)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(quiet)
 
 
 def require_model_folder(model_uri: str) -> None:
@@ -156,7 +162,7 @@ def resolved_version(model_uri: str, mlflow_uri: str | None) -> dict[str, str] |
     from tuner.mlflow_store import open_client, store_unavailable, unavailable_error
 
     name, _, rest = model_uri[len("models:/"):].partition("@")
-    client, uri = open_client(mlflow_uri)
+    client, uri = open_client(mlflow_uri, writes=False)  # predict only reads: a read-only store serves
     try:
         if rest:
             version = client.get_model_version_by_alias(name, rest)
