@@ -39,7 +39,7 @@ def epoch_metrics(epoch: int, scale: float = 1.0) -> dict[str, float]:
             "lr": 0.05}
 
 
-def start_sweep(uri: str, tmp_path: Path, name: str | None = None) -> SweepRun:
+def start_sweep(uri: str, tmp_path: Path, name: str | None = None, new_sweep: bool = False) -> SweepRun:
     space = tmp_path / "space.yaml"
     space.write_text("parameters:\n  lr: {low: 0.01, high: 0.1, log: true}\n")
     return SweepRun.start(
@@ -47,6 +47,7 @@ def start_sweep(uri: str, tmp_path: Path, name: str | None = None) -> SweepRun:
         {"num_samples": 4, "metric": "val_acc", "scheduler": {"type": "asha", "grace_period": 1}},
         {"tuner.git_commit": "abc123", "tuner.space_hash": "s1", "tuner.data_fingerprint": "d1",
          "tuner.ray_address": "local"},
+        new_sweep=new_sweep,
     )
 
 
@@ -500,3 +501,26 @@ def test_a_database_server_that_cannot_be_reached_or_opened_is_one_line_within_s
         thread.join(timeout=10)
         listener.close()
     assert time.monotonic() - started < 15
+
+
+def test_a_new_sweep_under_a_name_that_has_trials_is_refused_and_changes_nothing(tmp_path):
+    """A sweep name is one sweep in a store. A new sweep (not --resume) under a name whose run has trials is
+    refused: that sweep's state may live under another --storage, and the new trials would join its run. A run
+    without trials (a launch that failed before its first trial) is reused; --resume reopens either."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    failed_launch = start_sweep(uri, tmp_path, name="failed-launch")
+    assert start_sweep(uri, tmp_path, name="failed-launch", new_sweep=True).run_id == failed_launch.run_id
+
+    first = start_sweep(uri, tmp_path, name="taken")
+    runs = first.trial_runs()
+    runs.start("t_1", 1, CONFIG)
+    runs.finish("t_1", "completed")
+    assert runs.flush(timeout_s=30)
+    first.end()
+    with pytest.raises(UserError, match=r"^sweep 'taken' already exists in .*: continue it with --resume taken and "
+                                        r"the --storage it ran with, or choose another --name$"):
+        start_sweep(uri, tmp_path, name="taken", new_sweep=True)
+    client = MlflowClient(uri)
+    assert client.get_run(first.run_id).info.status == "FINISHED"  # not reopened
+    assert list(child_runs(client, first)) == ["t_1"]
+    assert start_sweep(uri, tmp_path, name="taken").run_id == first.run_id  # --resume
