@@ -126,8 +126,8 @@ def test_a_study_and_a_tracking_store_that_are_not_sqlite_are_one_line_each_in_t
                                                                                              content: bytes) -> None:
     """Both read the same header; a study must be a database, while an empty tracking store file is one
     MLflow has yet to fill (its readers refuse it elsewhere, in their own words)."""
-    from tuner.mlflow_names import check_sqlite_file
     from tuner.sweep_state import check_sqlite
+    from tuner.tracking_checks import check_sqlite_file
 
     path = tmp_path / "file.db"
     path.write_bytes(content)
@@ -248,7 +248,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_last_readable_one(tmp
 
 @pytest.mark.parametrize("uri", ["foo://bar", "http://", "https://:5000", "http://host:port", "s3://bucket/mlruns"])
 def test_a_tracking_uri_mlflow_cannot_use_is_one_line(uri: str) -> None:
-    from tuner.mlflow_names import check_tracking_server
+    from tuner.tracking_checks import check_tracking_server
 
     with pytest.raises(UserError) as err:
         check_tracking_server(uri)

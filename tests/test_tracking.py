@@ -25,9 +25,10 @@ from tests.conftest import free_port
 from tuner import mlflow_store, outcomes, tracking, trial_names
 from tuner.config import TrainConfig
 from tuner.errors import UserError
-from tuner.mlflow_names import check_tracking_server, resolve_tracking_uri
+from tuner.mlflow_names import resolve_tracking_uri
 from tuner.model import count_macs, count_params
 from tuner.tracking import SweepRun
+from tuner.tracking_checks import check_tracking_server
 
 pytestmark = pytest.mark.integration
 

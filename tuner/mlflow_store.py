@@ -20,16 +20,15 @@ from mlflow.exceptions import MlflowException
 from tuner.errors import UserError
 from tuner.mlflow_names import (
     DEFAULT_PORTS,
-    check_tracking_server,
     database_engine,
     is_server,
     local_artifact_root,
     resolve_tracking_uri,
     shown_uri,
     sqlite_path,
-    sqlite_tables,
     without_password,
 )
+from tuner.tracking_checks import check_tracking_server, sqlite_tables
 
 # One attempt per request, short timeout: the driver never sits in MLflow's retry loop (default: 7
 # retries with exponential backoff, about 4 minutes) while the server is away; we retry ourselves.

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from tuner.data import data_status
 from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
-from tuner.mlflow_names import DEFAULT_MODEL_NAME, check_tracking_server, resolve_tracking_uri
+from tuner.mlflow_names import DEFAULT_MODEL_NAME, resolve_tracking_uri
 from tuner.space import MAX_NAME, NAME_PATTERN, SearchSpace, describe, load_space
 from tuner.sweep_state import (
     REGISTRATION,
@@ -36,6 +36,7 @@ from tuner.sweep_state import (
     open_state,
     resolve_storage,
 )
+from tuner.tracking_checks import check_tracking_server
 
 DEFAULT_STORAGE = "runs"
 ADDRESS_TIMEOUT_S = 30.0  # --address: how long to wait for the cluster before giving up

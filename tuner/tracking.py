@@ -48,7 +48,7 @@ from tuner.config import TrainConfig
 from tuner.errors import UserError
 from tuner.evaluate import preprocess
 from tuner.metrics import EpochMetrics
-from tuner.mlflow_names import DEFAULT_MODEL_NAME, check_tracking_server, health_problem, is_server
+from tuner.mlflow_names import DEFAULT_MODEL_NAME, is_server
 from tuner.mlflow_store import (
     MAX_BATCH_METRICS,
     RetryingSender,
@@ -62,6 +62,7 @@ from tuner.mlflow_store import (
     warn,
 )
 from tuner.outcomes import run_status
+from tuner.tracking_checks import check_tracking_server, health_problem
 from tuner.trial_names import SpaceOutline, config_params, trial_label, trial_run_name, used_fields
 
 # "Creating initial MLflow database tables..." on a store's first open: two INFO lines on stderr ahead of the
