@@ -14,9 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 LONG = "a" * 300  # longer than any file system's name limit (255)
 
 
-def command(*argv: str, cwd: Path, stdout: int | None = subprocess.PIPE) -> subprocess.CompletedProcess:
+def command(*argv: str, cwd: Path, stdout: int | None = subprocess.PIPE,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *argv], cwd=cwd, stdout=stdout, stderr=subprocess.PIPE,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
 def one_error_line(done: subprocess.CompletedProcess) -> str:
@@ -31,6 +32,7 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
     (["tuner.train", "--config", f"{LONG}/train.yaml"], "file name too long"),
     (["tuner.run", "--space", "smoke", "--dry-run", "--data-dir", "loop"], "symlink loop"),
     (["tuner.run", "--space", "smoke", "--dry-run", "--data-dir", "~no-such-user-of-tuner/data"], "home directory"),
+    (["tuner.train", "--out=~no-such-user-of-tuner/final.pt"], "home directory"),  # a tilde after `=` stays
 ])
 def test_a_path_the_system_refuses_is_one_line(tmp_path: Path, argv: list[str], words: str) -> None:
     (tmp_path / "loop").symlink_to("loop")
@@ -54,3 +56,15 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> 
     stderr = child.stderr.read()
     assert child.wait(timeout=120) == 141, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
+def test_an_empty_tracking_flag_is_refused_a_blank_variable_is_unset_and_spaces_around_a_uri_are_dropped(
+        tmp_path: Path) -> None:
+    empty = one_error_line(command("tuner.run", "--space", "smoke", "--dry-run", "--mlflow-uri", "", cwd=tmp_path))
+    assert empty.startswith("error: --mlflow-uri is empty"), empty
+    blank = command("tuner.run", "--space", "smoke", "--dry-run", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": "  "})
+    assert blank.returncode == 0, blank.stderr[-2000:]
+    assert f"tracking: sqlite:///{tmp_path.resolve()}/mlflow.db\n" in blank.stdout, blank.stdout
+    spaced = command("tuner.run", "--space", "smoke", "--dry-run", "--mlflow-uri", "sqlite:///other.db ", cwd=tmp_path)
+    assert spaced.returncode == 0, spaced.stderr[-2000:]
+    assert "tracking: sqlite:///other.db\n" in spaced.stdout, spaced.stdout

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tuner.errors import excerpt
+from tuner.errors import UserError, excerpt
 
 DEFAULT_MODEL_NAME = "modified-resnet-cifar10"
 CHAMPION_ALIAS = "champion"  # the version `tuner.predict` uses unless told otherwise
@@ -63,8 +63,12 @@ def default_tracking_uri(workdir: Path | None = None) -> str:
 def resolve_tracking_uri(flag: str | None) -> str:
     """--mlflow-uri, else MLFLOW_TRACKING_URI, else the local sqlite store in the working directory. A URI's
     scheme is written in lower case (`HTTP://h` is `http://h`: schemes ignore case, the code that follows
-    compares them as written)."""
-    uri = flag or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    compares them as written). Spaces around a value are dropped (`sqlite:///mlflow.db ` would be another
+    file); an empty --mlflow-uri is refused, an empty MLFLOW_TRACKING_URI counts as unset."""
+    if flag is not None and not flag.strip():  # `--mlflow-uri "$UNSET"`: not a choice of the default
+        raise UserError("--mlflow-uri is empty: give a tracking server or store, or leave the flag out to use "
+                        f"MLFLOW_TRACKING_URI, else ./{LOCAL_DB}")
+    uri = (flag or "").strip() or os.environ.get("MLFLOW_TRACKING_URI", "").strip() or default_tracking_uri()
     scheme = URI_SCHEME.match(uri)
     if scheme:
         uri = scheme.group(0).lower() + uri[scheme.end():]

@@ -44,7 +44,7 @@ def out_folder(text: str) -> Path:
     """--out as a path; an empty one is refused (it would mean the current folder, written by accident)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("is empty: give the report's folder, e.g. --out runs/reports/<sweep>")
-    return Path(text)
+    return Path(text).expanduser()  # `--out=~/r`: the shell leaves a tilde after `=` as it is
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -224,7 +224,7 @@ def check_batch_size(config: TrainConfig, train_images: int, sources: ValueSourc
 
 def check_output(path: str | Path) -> Path:
     """`--out` as a file this process can write, checked before training so a finished run is never lost."""
-    path = Path(path)
+    path = Path(path).expanduser()  # `--out=~/x.pt`: the shell leaves a tilde after `=` as it is
     if path.is_dir():
         raise UserError(f"--out {path} is a directory; give a file path, e.g. {path / 'final.pt'}")
     folder = path.parent
@@ -268,7 +268,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Train one ModifiedResNet configuration on CIFAR-10 and save its final checkpoint.",
         epilog="example: python -m tuner.train --widths 32,64,128 --subset 10000 --epochs 10 --out runs/proxy.pt",
     )
-    parser.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
+    # os.path.expanduser: `--config=~/c.yaml` keeps its tilde (the shell expands one only at a word's start)
+    parser.add_argument("--config", type=os.path.expanduser, help="YAML file of TrainConfig fields; flags override it")
     parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default: data)")
     # No defaults here: left out, a resumed run takes the split its checkpoint recorded (SPLIT_DEFAULTS otherwise).
     parser.add_argument("--val-size", type=int, help="validation images carved from training (default: 5000)")
@@ -277,8 +278,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", metavar="{cpu,cuda,cuda:N,mps}",
                         help=f"{DEVICES} (default: cuda when present, else cpu)")
     parser.add_argument("--out", default="runs/train/final.pt", help="where the final checkpoint goes")
-    parser.add_argument("--resume", help="checkpoint to continue from (its config and data split; flags may extend "
-                                         "--epochs)")
+    parser.add_argument("--resume", type=os.path.expanduser,
+                        help="checkpoint to continue from (its config and data split; flags may extend --epochs)")
     for f in dataclasses.fields(TrainConfig):
         default = list(f.default) if isinstance(f.default, tuple) else f.default
         flag = "--" + f.name.replace("_", "-")
