@@ -68,3 +68,22 @@ def test_an_empty_tracking_flag_is_refused_a_blank_variable_is_unset_and_spaces_
     spaced = command("tuner.run", "--space", "smoke", "--dry-run", "--mlflow-uri", "sqlite:///other.db ", cwd=tmp_path)
     assert spaced.returncode == 0, spaced.stderr[-2000:]
     assert "tracking: sqlite:///other.db\n" in spaced.stdout, spaced.stdout
+
+
+def test_predict_names_a_storage_without_credentials_and_a_pipe_given_as_an_image(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    no_aws = {**{key: value for key, value in os.environ.items() if not key.startswith("AWS_")},
+              "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+              "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "PYTHONPATH": str(REPO)}
+    line = one_error_line(subprocess.run(
+        [sys.executable, "-m", "tuner.predict", "a.png", "--model-uri", "s3://no-bucket/model"], cwd=tmp_path,
+        capture_output=True, text=True, timeout=120, env=no_aws))
+    assert "its storage did not serve it (NoCredentialsError" in line and "credentials" in line, line
+    from tuner.errors import UserError
+    from tuner.predict import read_image
+
+    with pytest.raises(UserError, match="pipe.png: not a regular file"):
+        read_image(tmp_path / "pipe.png")

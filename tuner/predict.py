@@ -54,7 +54,8 @@ def read_image(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: is a folder, not an image file; give the paths of PNG or JPEG images "
                         f"(e.g. {path}/*.png)")
     if not path.is_file():
-        raise UserError(f"{path}: no such file; give paths of PNG or JPEG images")
+        what = "not a regular file (a pipe or a device)" if path.exists() else "no such file"
+        raise UserError(f"{path}: {what}; give paths of PNG or JPEG images")
     try:
         with warnings.catch_warnings():
             # between its pixel limit and twice it PIL decodes but warns on stderr: noise beside the one-line
@@ -95,6 +96,11 @@ def load_model(model_uri: str, mlflow_uri: str | None) -> torch.nn.Module:
         raise load_failure(model_uri, err) from None
 
 
+# The libraries MLflow reads a model URI's storage with (s3://, gs://, wasbs://, http://): their errors are about
+# reaching that storage, not about the model's files
+STORAGE_CLIENTS = ("botocore", "boto3", "google", "azure", "requests", "urllib3")
+
+
 def load_failure(model_uri: str, err: Exception) -> UserError:
     """Why `model_uri` could not be loaded (`err`), as one line with the fix."""
     from mlflow.exceptions import MlflowException
@@ -112,6 +118,9 @@ def load_failure(model_uri: str, err: Exception) -> UserError:
     if isinstance(err, OSError):  # not the model's files: the URI's
         return UserError(f"cannot load model {model_uri}: {err}; check the URI")
     detail = " ".join(str(err).split())[:160]
+    if type(err).__module__.partition(".")[0] in STORAGE_CLIENTS:  # no credentials, access denied, no such bucket
+        return UserError(f"cannot load model {model_uri}: its storage did not serve it ({type(err).__name__}: "
+                         f"{detail}); check the URI and this machine's credentials for that storage")
     return UserError(f"cannot load model {model_uri}: its files are damaged or incomplete ({type(err).__name__}: "
                      f"{detail}); {MODEL_REPAIR}")
 

@@ -109,7 +109,7 @@ def require_model(client: MlflowClient, name: str) -> None:
         if err.error_code == "INVALID_PARAMETER_VALUE":  # a name MLflow refuses ('', 'a/b'): say why in its words
             raise UserError(f"--model-name {name!r} is not a model name ({err.message.splitlines()[0][:120]}); "
                             f"{known}") from None
-        raise UserError(f"unknown registered model '{name}'{suggest(name, names)}; {known}") from None
+        raise UserError(f"unknown registered model {excerpt(name)}{suggest(name, names)}; {known}") from None
 
 
 def all_versions(client: MlflowClient, name: str) -> list[ModelVersion]:
