@@ -171,6 +171,24 @@ def test_storage_that_cannot_hold_a_sweep_is_refused(flag: str, words: str) -> N
         resolve_storage(flag)
 
 
+@pytest.mark.parametrize("credentials", ["none", "a missing file"])
+def test_gcs_storage_this_machine_cannot_reach_is_one_line_within_the_retry_limit(
+        monkeypatch, tmp_path, credentials: str) -> None:
+    """No credentials here: pyarrow's default policy retries for 15 minutes before it says so; a credentials
+    file that is not there is a permanent error of another type (ArrowException, not OSError)."""
+    from tuner import sweep_state
+
+    monkeypatch.setattr(sweep_state, "GCS_RETRY_S", 1.0)
+    if credentials == "none":
+        monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    else:
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "none.json"))
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"^--storage 'gs://no-bucket-of-tuner/x' cannot be opened \("):
+        resolve_storage("gs://no-bucket-of-tuner/x")
+    assert time.monotonic() - started < 60
+
+
 def test_resume_verifies_ray_state_files_against_the_recorded_digests(tmp_path: Path) -> None:
     ray_folder(tmp_path)
     state = SweepState(str(tmp_path), "s")

@@ -31,6 +31,7 @@ of the wrong type. `verify_ray_state` reads them all before a --resume lets Ray 
 """
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import re
@@ -137,6 +138,15 @@ def join(base: str, *parts: str) -> str:
 STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
 
+GCS_RETRY_S = 15.0
+
+
+def gcs_filesystem() -> pyarrow.fs.FileSystem:
+    """pyarrow's GCS client retrying for GCS_RETRY_S, not its default 15 minutes: a machine without credentials
+    (or without a route to Google) would sit silent in `--dry-run`, and the driver's own writes retry anyway."""
+    return pyarrow.fs.GcsFileSystem(retry_time_limit=datetime.timedelta(seconds=GCS_RETRY_S))
+
+
 def resolve_storage(flag: str) -> tuple[str, pyarrow.fs.FileSystem, str]:
     """--storage as (what Ray writes to, its filesystem, the path on it); one line for a bad one."""
     if not flag.strip():  # Path("") is the working directory: a sweep's state would land beside everything else
@@ -147,12 +157,14 @@ def resolve_storage(flag: str) -> tuple[str, pyarrow.fs.FileSystem, str]:
                         f"resumed from; use a folder or one of {', '.join(f'{s}://' for s in STORAGE_SCHEMES)}")
     storage = flag if "://" in flag else str(Path(flag).expanduser().resolve())
     try:
-        if "://" in storage:
+        if scheme in ("gs", "gcs") and "?" not in storage:
+            fs, root = gcs_filesystem(), storage.split("://", 1)[1]
+        elif "://" in storage:
             fs, root = pyarrow.fs.FileSystem.from_uri(storage)
         else:
             fs, root = pyarrow.fs.LocalFileSystem(), storage
         info = fs.get_file_info(root)
-    except (pyarrow.ArrowInvalid, pyarrow.ArrowNotImplementedError, OSError, ValueError) as err:
+    except (pyarrow.ArrowException, OSError, ValueError) as err:  # ArrowException: any of pyarrow's, e.g. GCS auth
         raise UserError(f"--storage {excerpt(flag)} cannot be opened ({_first_line(err)}): give a folder, "
                         "s3://bucket/prefix or gs://bucket/prefix that this machine can reach") from None
     if info.type not in (pyarrow.fs.FileType.Directory, pyarrow.fs.FileType.NotFound):
