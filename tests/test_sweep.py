@@ -394,6 +394,7 @@ def test_ctrl_c_stops_the_sweep_unfinished_and_resume_completes_it(workdir: Path
     # load, and carry on).
     assert 'tuner/run.py", line' not in out, out[-3000:]
     assert "registered as model version" not in out
+    assert "Tuner.restore(" not in out, out[-3000:]  # one way to continue: the driver's --resume line
     client = MlflowClient(uri)
     parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                 f"tags.`tuner.sweep` = '{name}' and tags.`mlflow.parentRunId` IS NULL")

@@ -247,6 +247,12 @@ def connect_ray(address: str | None) -> str:
     runtime_env = {"worker_process_setup_hook": "tuner.interrupts.quiet_exit_in_finalizers"}
     import logging
 
+    # Tune's own advice when a run is interrupted (`Tuner.restore(path=...)`) and its warning about trials that
+    # never reported (no result file yet) contradict or repeat the driver's line, which names `--resume NAME`
+    logging.getLogger("ray.tune.tune").addFilter(
+        lambda record: not record.getMessage().startswith("Experiment has been interrupted"))
+    logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(
+        lambda record: not record.getMessage().startswith("Failed to fetch metrics"))
     if not address:
         # The local cluster's token authentication, on by default, is announced as a WARNING ahead of the sweep's
         # own lines; it is the safe setting and needs nothing from the user (the "disabled" warning stays)
