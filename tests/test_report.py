@@ -19,7 +19,8 @@ from tests.store_proxy import StoreProxy
 from tuner import report, report_plots
 from tuner.config import TrainConfig
 from tuner.outcomes import stopped as stopped_outcome
-from tuner.tracking import SweepRun
+from tuner.tracking import TAG_BEST, SweepRun
+from tuner.trial_names import SpaceOutline
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +41,16 @@ TRIALS = [
 ]
 
 
-def _start_sweep(uri: str, folder: Path) -> SweepRun:
+def _start_sweep(uri: str, folder: Path, search_params: dict | None = None) -> SweepRun:
     space = folder / "space.yaml"
     space.write_text("parameters: {lr: {low: 0.01, high: 0.4, log: true}}\n")
-    return SweepRun.start(uri, f"report-{uuid.uuid4().hex[:8]}", space, {"num_samples": 5}, {})
+    return SweepRun.start(uri, f"report-{uuid.uuid4().hex[:8]}", space, search_params or {"num_samples": 5}, {})
 
 
-def _log_trials(sweep: SweepRun, trials: list[tuple], first: int = 0) -> None:
-    """`trials` as t_<first>, t_<first + 1>, ...: child runs with their epochs and outcomes."""
-    runs = sweep.trial_runs()
+def _log_trials(sweep: SweepRun, trials: list[tuple], first: int = 0, outline: SpaceOutline | None = None) -> None:
+    """`trials` as t_<first>, t_<first + 1>, ...: child runs with their epochs and outcomes. With an `outline`
+    (the sweep's metric and mode) each trial is also counted finished, so the driver tags the best trial."""
+    runs = sweep.trial_runs(outline)
     for index, (widths, lr, epochs, outcome, final) in enumerate(trials, start=first):
         trial_id = f"t_{index}"
         runs.start(trial_id, index, TrainConfig(widths=widths, blocks=(1, 1, 1), lr=lr, epochs=3))
@@ -56,6 +58,8 @@ def _log_trials(sweep: SweepRun, trials: list[tuple], first: int = 0) -> None:
             runs.log_epoch(trial_id, {"val_acc": final * epoch / epochs, "val_loss": 2.0 - epoch * 0.3, "lr": lr},
                            epoch)
         runs.finish(trial_id, outcome, {"tuner.gpu_seconds": str(3.0 * epochs)})
+        if outline is not None:
+            runs.count_finished(trial_id, index + 1)
     assert runs.flush(timeout_s=60)
 
 
@@ -439,3 +443,82 @@ def test_a_store_that_stops_answering_while_the_report_reads_is_one_line_and_log
         assert not (tmp_path / "out").exists()
     finally:
         sweep.end()
+
+
+def _report(sweep: SweepRun, out: Path) -> None:
+    report.main(["--sweep", sweep.sweep_name, "--out", str(out), "--mlflow-uri", sweep.uri, "--mlflow-only"])
+
+
+def test_a_sweep_where_no_trial_finished_an_epoch_reports_its_trials_without_plots(mlflow_server, tmp_path, capsys):
+    """Cut short, or every trial diverged in its first epoch: the tables list the trials and their outcomes,
+    and a note says why there are no plots (not a KeyError from a plot)."""
+    sweep = _start_sweep(mlflow_server.uri, tmp_path)
+    _log_trials(sweep, [((8, 16, 32), 0.02, 0, "diverged", 0.1), ((16, 32, 64), 0.3, 0, "diverged", 0.1),
+                        ((32, 64, 128), 0.1, 0, "errored", 0.1)])
+    sweep.end()
+    out = tmp_path / "report"
+    _report(sweep, out)
+    printed = capsys.readouterr().out
+    assert "note: plots skipped: no trial finished an epoch (3 trials: 2 diverged, 1 errored)" in printed
+    assert "no best trial" in printed and "best: " not in printed
+    trials = pd.read_parquet(out / "trials.parquet")
+    assert sorted(trials["outcome"]) == ["diverged", "diverged", "errored"]
+    assert (trials["epochs_run"] == 0).all() and trials["best_val_acc"].isna().all()
+    assert sorted(path.name for path in out.iterdir()) == sorted(TABLES)
+    _, files = _logged_report(sweep)
+    assert sorted(path.rsplit("/", 1)[-1] for path, _ in files) == sorted(TABLES)
+
+
+def test_trials_that_all_scored_the_same_skip_the_importances_with_a_note(mlflow_server, tmp_path, capsys):
+    """Three trials at chance (0.1): fANOVA has no variance to attribute; the rest of the report is made."""
+    sweep = _start_sweep(mlflow_server.uri, tmp_path)
+    _log_trials(sweep, [((8, 16, 32), 0.02, 1, "completed", 0.1), ((16, 32, 64), 0.05, 1, "completed", 0.1),
+                        ((32, 64, 128), 0.3, 1, "completed", 0.1)])
+    sweep.end()
+    out = tmp_path / "report"
+    _report(sweep, out)
+    printed = capsys.readouterr().out
+    assert "note: parameter importances skipped: all 3 trials have the same best val accuracy (0.1000)" in printed
+    assert sorted(path.name for path in out.iterdir()) == sorted(TABLES + [p for p in PLOTS
+                                                                          if p != "param_importances.png"])
+
+
+def test_a_failing_importance_estimate_loses_only_that_plot(sweep, tmp_path, capsys, monkeypatch):
+    """Any failure of fANOVA on degenerate data (it raises its own errors) is a note, not a lost report."""
+    def fails(trials: pd.DataFrame, params: list[str]) -> dict[str, float]:
+        raise RuntimeError("Encountered zero total variance in all trees.")
+
+    monkeypatch.setattr(report, "param_importances", fails)
+    out = tmp_path / "report"
+    _report(sweep, out)
+    printed = capsys.readouterr().out
+    assert "importances skipped: fANOVA could not estimate them from 5 trials (RuntimeError: Encountered zero" \
+        in printed
+    assert (out / "pareto.png").is_file() and not (out / "param_importances.png").exists()
+
+
+def test_the_best_trial_is_by_the_sweeps_metric_and_mode_and_ties_go_to_the_driver_tagged_one(
+        mlflow_server, tmp_path, capsys):
+    """A val_loss (min) sweep: the best is the lowest val loss, not the highest val accuracy (t_2). t_0 and
+    t_1 tie on it; t_1 reached it first (logged first), so the driver tagged t_1, and so does the report."""
+    sweep = _start_sweep(mlflow_server.uri, tmp_path, {"metric": "val_loss", "mode": "min"})
+    outline = SpaceOutline(metric="val_loss", mode="min")
+    _log_trials(sweep, [((16, 32, 64), 0.05, 3, "completed", 0.6)], first=1, outline=outline)  # val loss 1.1
+    _log_trials(sweep, [((8, 16, 32), 0.02, 3, "completed", 0.5)], first=0, outline=outline)  # 1.1, later
+    _log_trials(sweep, [((32, 64, 128), 0.1, 1, "completed", 0.9)], first=2, outline=outline)  # 1.7
+    sweep.end()
+    client = MlflowClient(sweep.uri)
+    tagged = {run.data.tags["tuner.trial_id"]: run.data.tags.get(TAG_BEST)
+              for run in client.search_runs([sweep.experiment_id], f"tags.mlflow.parentRunId = '{sweep.run_id}'")}
+    assert tagged["t_1"] == "true" and tagged["t_0"] != "true"  # the driver's pick, as the report should read it
+    out = tmp_path / "report"
+    _report(sweep, out)
+    printed = capsys.readouterr().out
+    assert "best: t001 " in printed and "val loss 1.1000" in printed
+    trials = pd.read_parquet(out / "trials.parquet").set_index("trial_id")
+    assert bool(trials.loc["t_1", "tagged_best"]) and not trials.loc[["t_0", "t_2"], "tagged_best"].any()
+    # the same trial by the helper, whatever the row order
+    epochs = pd.read_parquet(out / "epochs.parquet")
+    shuffled = trials.reset_index().iloc[::-1]
+    assert report.best_trial(shuffled, epochs, "val_loss", "min") == ("t_1", pytest.approx(1.1))
+    assert report.best_trial(shuffled, epochs, "val_acc", "max") == ("t_2", pytest.approx(0.9))

@@ -5,7 +5,8 @@
 Writes into --out (default runs/reports/<sweep>) and logs the same files to a new artifact folder
 `report/<UTC time>-<random>` of the parent run, whose tag `tuner.report` names the folder of its report:
 - trials.parquet / trials.csv: one row per trial: its TrainConfig params, outcome, epochs run, final and
-  best val accuracy, params count, MACs, GPU-seconds;
+  best val accuracy, whether the driver tagged it the sweep's best (`tagged_best`), params count, MACs,
+  GPU-seconds;
 - epochs.parquet / epochs.csv: one row per trial and epoch, every metric the trial logged;
 - optimisation_history.png: each trial's best val accuracy by trial number, and the best so far;
 - learning_curves.png: val accuracy per epoch of every trial (integer epochs, ASHA's rungs as dashed lines,
@@ -15,7 +16,13 @@ Writes into --out (default runs/reports/<sweep>) and logs the same files to a ne
 - pareto.png: best val accuracy against parameter count, with the Pareto front (no smaller model
   is as accurate);
 - param_importances.png: Optuna's fANOVA importances of the parameters every trial used, for best val
-  accuracy (skipped, with a note, below 3 trials or 2 such parameters; a caveat below 20 trials).
+  accuracy (skipped, with a note, below 3 trials or 2 such parameters, when every trial scored the same, or
+  when fANOVA cannot estimate them; a caveat below 20 trials).
+When no trial finished an epoch (a sweep cut short, every trial diverged), the report is its tables alone,
+with a note: there is nothing to plot.
+
+The best trial it names is the driver's: by the sweep's metric and mode (the parent run's params `metric`
+and `mode`), a tie going to the trial whose run is tagged `tuner.best`.
 
 The sweep's Optuna study (`_driver/<sweep>/optuna.db`, or `<sweep>/optuna.db` in the older layout, under
 --storage) says which parameters each trial was sampled with; the same file opens in optuna-dashboard. It is
@@ -94,6 +101,7 @@ from tuner.report_plots import (
     plot_pareto,
 )
 from tuner.tracking import (
+    TAG_BEST,
     TAG_GPU_SECONDS,
     TAG_OUTCOME,
     TAG_TRIAL,
@@ -104,7 +112,7 @@ from tuner.tracking import (
 
 SUMMARY_COLUMNS = [
     "trial_id", "run_name", "outcome", "status", "epochs_run", "final_val_acc", "best_val_acc", "best_epoch",
-    "params_count", "macs", "gpu_seconds", "run_id",
+    "tagged_best", "params_count", "macs", "gpu_seconds", "run_id",
 ]
 TABLES = ("trials", "epochs")
 PLOTS = ("optimisation_history.png", "learning_curves.png", "parallel_coordinates.png", "pareto.png",
@@ -169,6 +177,7 @@ def collect(client: MlflowClient, parent: Run) -> tuple[pd.DataFrame, pd.DataFra
             "final_val_acc": val[max(val)] if val else math.nan,
             "best_val_acc": val[best_epoch] if val else math.nan,
             "best_epoch": best_epoch if best_epoch is not None else math.nan,
+            "tagged_best": tags.get(TAG_BEST) == "true",
             "params_count": run.data.metrics.get("params_count", _number(tags.get("tuner.params"))),
             "macs": run.data.metrics.get("macs", _number(tags.get("tuner.macs"))),
             "gpu_seconds": run.data.metrics.get("gpu_seconds", _number(tags.get(TAG_GPU_SECONDS))),
@@ -180,7 +189,9 @@ def collect(client: MlflowClient, parent: Run) -> tuple[pd.DataFrame, pd.DataFra
     trial_table = pd.DataFrame(trials, columns=SUMMARY_COLUMNS + param_names)
     for name in param_names:
         trial_table[name] = _typed(trial_table[name])
-    trial_table = trial_table.dropna(axis=1, how="all")
+    # Only parameters no trial has are dropped: the summary columns stay even when empty (no trial finished
+    # an epoch), as the plots and the best-trial pick read them.
+    trial_table = trial_table.drop(columns=[name for name in param_names if trial_table[name].isna().all()])
     epoch_table = pd.DataFrame(epochs, columns=["trial_id", "run_name", "epoch"] + sorted(
         {k for row in epochs for k in row} - {"trial_id", "run_name", "epoch"}))
     return trial_table, epoch_table
@@ -275,6 +286,34 @@ def blank_unused(trials: pd.DataFrame, study: Any) -> pd.DataFrame:
     return trials
 
 
+def sweep_objective(parent: Run) -> tuple[str, str]:
+    """The metric the sweep optimised and its mode, from the parent run's params (the space's summary);
+    val_acc/max, as the driver's default, for a parent run without them."""
+    metric = parent.data.params.get("metric") or "val_acc"
+    mode = parent.data.params.get("mode")
+    return metric, mode if mode in ("max", "min") else ("min" if metric == "val_loss" else "max")
+
+
+def best_trial(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mode: str) -> tuple[str, float] | None:
+    """(trial id, value) of the sweep's best trial as the driver chose it: each trial's best epoch of `metric`
+    in the direction `mode`; of trials tied on the value, the one the driver tagged best (it keeps the first to
+    reach a value), else the earliest sampled. None when no trial logged the metric."""
+    from tuner.report_plots import trial_numbers
+
+    if metric not in epochs:
+        return None
+    values = epochs.dropna(subset=[metric]).groupby("trial_id")[metric]
+    per_trial = values.max() if mode == "max" else values.min()
+    if per_trial.empty:
+        return None
+    top = per_trial.max() if mode == "max" else per_trial.min()
+    tied = trials[trials["trial_id"].isin(per_trial.index[per_trial == top])]
+    tied = tied.assign(number=trial_numbers(tied)).sort_values(["tagged_best", "number"], ascending=[False, True])
+    if tied.empty:  # epochs of a trial without a row: cannot happen from `collect`, kept safe
+        return str(per_trial.index[per_trial == top][0]), float(top)
+    return str(tied["trial_id"].iloc[0]), float(top)
+
+
 def varied_params(trials: pd.DataFrame) -> list[str]:
     """TrainConfig fields that take more than one value across the trials."""
     return [name for name in TrainConfig.field_names()
@@ -356,11 +395,16 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = 
             else:
                 study = open_study(data, study_file, sweep, Path(scratch))
                 trials = blank_unused(trials, study)
-        written, folder = write_report(sweep, trials, epochs, parent, study, out, client, uri)
-    best = trials.sort_values("best_val_acc", ascending=False).head(1)
+        metric, mode = sweep_objective(parent)
+        best = best_trial(trials, epochs, metric, mode)
+        written, folder = write_report(sweep, trials, epochs, parent, study, out, client, uri,
+                                       best[0] if best else None)
     print(f"{len(trials)} trials, {len(epochs)} trial-epochs of sweep '{sweep}' -> {out}")
-    if len(best) and pd.notna(best["best_val_acc"].iloc[0]):
-        print(f"best: {best['run_name'].iloc[0]}  val acc {best['best_val_acc'].iloc[0]:.4f}")
+    if best is not None:
+        name = trials.loc[trials["trial_id"] == best[0], "run_name"].iloc[0]
+        print(f"best: {name}  {metric.replace('_', ' ')} {best[1]:.4f} (the sweep's metric, mode {mode})")
+    else:
+        print(f"note: no best trial: no trial logged {metric} (none finished an epoch)")
     print(f"logged {len(written)} files under {folder} of run {parent.info.run_id} ({TAG_REPORT}={folder})")
     if study is not None:
         local = "://" not in study_file
@@ -370,15 +414,16 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = 
 
 
 def write_report(sweep: str, trials: pd.DataFrame, epochs: pd.DataFrame, parent: Run, study: Any, out: Path,
-                 client: MlflowClient, uri: str) -> tuple[list[Path], str]:
+                 client: MlflowClient, uri: str, champion: str | None = None) -> tuple[list[Path], str]:
     """The tables and plots, in `out` and as the parent run's report: written to a staging folder in `out`,
     uploaded to a new artifact folder (`upload_report`), moved into place in `out`, then shown on the run
-    (`show_report`). The paths in `out` and the artifact folder. One line, and the earlier report unchanged
+    (`show_report`); `champion`, the best trial's id, is drawn as such. The paths in `out` and the artifact
+    folder. One line, and the earlier report unchanged
     in `out` and on the run, when a step before the last fails; the partial upload is then removed."""
     staging = staging_folder(out)
     try:
         try:
-            write_files(sweep, trials, epochs, parent, study, staging)
+            write_files(sweep, trials, epochs, parent, study, staging, champion)
         except OSError as err:  # a full disk, a quota: nothing of the earlier report was touched yet
             raise UserError(f"--out {out}: cannot write the report there ({err.strerror or err}); free space or "
                             "give another --out (the earlier report there is unchanged)") from None
@@ -471,31 +516,49 @@ def remove_superseded(client: MlflowClient, uri: str, parent: Run, previous: str
 
 
 def write_files(sweep: str, trials: pd.DataFrame, epochs: pd.DataFrame, parent: Run, study: Any,
-                folder: Path) -> None:
-    """Every table and plot of the report into `folder`."""
+                folder: Path, champion: str | None = None) -> None:
+    """Every table and plot of the report into `folder`; `champion` (a trial id) is drawn as the best trial.
+    Only the tables when no trial finished an epoch: every plot reads val accuracies."""
     for name, table in zip(TABLES, (trials, epochs)):
         table.to_parquet(folder / f"{name}.parquet", engine="pyarrow", index=False)
         table.to_csv(folder / f"{name}.csv", index=False)
+    scored_trials = trials.dropna(subset=["best_val_acc"])
+    if scored_trials.empty:
+        counts = trials["outcome"].value_counts()
+        print(f"note: plots skipped: no trial finished an epoch ({len(trials)} trials: "
+              f"{', '.join(f'{n} {outcome}' for outcome, n in counts.items())}); the trials table lists each "
+              "trial and its outcome")
+        return
     params = varied_params(trials)
     plot_optimisation_history(trials, sweep, folder / "optimisation_history.png")
-    plot_learning_curves(trials, epochs, sweep, folder / "learning_curves.png", asha_rungs(parent.data.params))
+    plot_learning_curves(trials, epochs, sweep, folder / "learning_curves.png", asha_rungs(parent.data.params),
+                         champion)
     if params:
         plot_parallel_coordinates(trials, params, folder / "parallel_coordinates.png", log_scaled(study))
     else:
         print("note: parallel coordinates skipped: no parameter varies across the trials")
     plot_pareto(trials, folder / "pareto.png")
-    scored_trials = trials.dropna(subset=["best_val_acc"])
     everywhere = [name for name in params if scored_trials[name].notna().all()]  # conditional ones left out
     scored = len(scored_trials)
     if len(everywhere) < 2 or scored < 3:
         print(f"note: parameter importances skipped: need >= 2 parameters every trial used and >= 3 trials with "
               f"a val accuracy (have {len(everywhere)} and {scored})")
-    else:
+        return
+    if scored_trials["best_val_acc"].nunique() < 2:  # fANOVA has no variance to attribute (and raises)
+        print(f"note: parameter importances skipped: all {scored} trials have the same best val accuracy "
+              f"({scored_trials['best_val_acc'].iloc[0]:.4f}), so no parameter explains a difference")
+        return
+    try:
         importances = param_importances(trials, everywhere)
-        plot_importances(importances, folder / "param_importances.png", scored,
-                         [name for name in params if name not in everywhere])
-        if scored < FEW_TRIALS:
-            print(f"note: importances from {scored} trials (under {FEW_TRIALS}): a rough ranking, not a measurement")
+    except Exception as err:  # noqa: BLE001 - fANOVA fails in its own ways on degenerate data: lose the plot only
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        print(f"note: parameter importances skipped: fANOVA could not estimate them from {scored} trials "
+              f"({type(err).__name__}: {reason[:160]})")
+        return
+    plot_importances(importances, folder / "param_importances.png", scored,
+                     [name for name in params if name not in everywhere])
+    if scored < FEW_TRIALS:
+        print(f"note: importances from {scored} trials (under {FEW_TRIALS}): a rough ranking, not a measurement")
 
 
 @exit_on_user_error

@@ -64,13 +64,15 @@ def _label(run_name: Any) -> str:
 
 
 def plot_learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, sweep: str, path: Path,
-                         rungs: list[int] | None = None) -> Path:
+                         rungs: list[int] | None = None, champion: str | None = None) -> Path:
+    """`champion`: the trial id drawn thick as the best (the report's pick, by the sweep's metric); without
+    one, the trial of the highest val accuracy."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = _figure()
     outcome_of = dict(zip(trials["trial_id"], trials["outcome"]))
-    champion = _champion(trials)
+    champion = champion if champion is not None else _champion(trials)
     curves = epochs.dropna(subset=["val_acc"]) if "val_acc" in epochs else epochs.iloc[0:0]
     for rung in rungs or []:
         ax.axvline(rung, color="gray", linestyle="--", linewidth=0.8)
