@@ -92,6 +92,16 @@ class MlflowServer:
         self.start()
 
 
+@pytest.fixture(autouse=True)
+def resumed_sweep_forgotten_after_each_test() -> Iterator[None]:
+    """tuner.run.main(["--resume", ...]) in a test names the sweep it resumes for the rest of the process
+    (tuner.sweep_state.resuming); the next test's sweep of the same name elsewhere is not that one."""
+    yield
+    from tuner.sweep_state import resumed_no_more
+
+    resumed_no_more()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Tiny networks gain nothing from threads, and on a shared 2-core machine threads fight."""

@@ -21,6 +21,7 @@ from tests.store_proxy import StoreProxy, run_with_one_attempt
 from tuner import predict, promote
 from tuner.config import TrainConfig
 from tuner.data import LABEL_NAMES, load_splits, load_test, write_synthetic_cifar10
+from tuner.errors import UserError
 from tuner.evaluate import preprocess
 from tuner.mlflow_store import mlflow_globals
 from tuner.tracking import SweepRun
@@ -593,3 +594,14 @@ def test_a_damaged_model_file_is_the_only_line_on_stderr(registry, tmp_path):
     done = run_with_one_attempt("tuner.predict", str(png), "--model-uri", str(model_dir))
     assert done.stderr.strip().splitlines() == [one_line(done)]
     assert f"cannot load model {model_dir}: its files are damaged or incomplete" in done.stderr
+
+
+def test_a_missing_test_split_is_said_once(tmp_path: Path, capsys) -> None:
+    """Without --allow-val the error line says it all (a bare `no test split` line before it said it twice);
+    with it, the note says what the comparison falls back from."""
+    with pytest.raises(UserError, match="no test split") as err:
+        promote.test_split(tmp_path / "none", allow_val=False)
+    assert "--allow-val" in str(err.value)
+    assert capsys.readouterr().out == ""
+    assert promote.test_split(tmp_path / "none", allow_val=True) is None
+    assert capsys.readouterr().out.startswith("no test split: --data-dir")

@@ -4,13 +4,17 @@ from __future__ import annotations
 import pickle
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from tuner import searcher as searcher_module
+from tuner.bookkeeping import OutcomeRecorder
 from tuner.config import TrainConfig
+from tuner.errors import UserError
 from tuner.searcher import SpaceSearcher, create_study, warm_start
 from tuner.space import load_space
 from tuner.sweep_state import SweepState
@@ -262,3 +266,48 @@ def test_the_optuna_internal_the_searcher_reads_still_exists() -> None:
     told = study.get_trials(deepcopy=False)[asked.number]
     assert (told.number, told.state, told.intermediate_values, told.user_attrs) == (
         asked.number, TrialState.COMPLETE, {1: 0.5}, {"seen": True})
+
+
+def test_a_search_whose_constraints_reject_every_sample_stops_with_one_user_error(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """Not a RuntimeError traceback: the sweep ends with one `error:` line naming the constraint and the fix, and
+    the rejected samples stay in the study (told PRUNED, as every infeasible one is)."""
+    path = tmp_path / "cut.yaml"
+    # Only widths (4, 4) fit: 1 of 16,384 draws, so a run of 20 rejections at search.seed 3 (the load refuses a
+    # limit below the smallest network, so a space cannot be made infeasible outright)
+    path.write_text(textwrap.dedent(SPACE).replace("choices: [[4, 8], [8, 16], [32, 64], [48, 96]]",
+                                                   "type: int, low: 4, high: 512, step: 4, per_stage: 2")
+                    .replace("max_params: 30000", "max_params: 1000"))
+    space = load_space(path)
+    monkeypatch.setattr(searcher_module, "MAX_REJECTIONS", 20)  # the give-up itself, without 1,000 asks
+    study = create_study(space, None, "cut")
+    rejected: list[int] = []
+    searcher = SpaceSearcher(space, study, on_rejected=lambda i, c, r: rejected.append(i))
+    with pytest.raises(UserError) as err:
+        searcher.suggest("t")
+    message = str(err.value)
+    assert len(message.splitlines()) == 1 and str(path) in message
+    assert "20 samples in a row broke the constraints" in message and "max_params 1,000" in message
+    assert "raise max_params" in message
+    assert rejected == list(range(1, 21)) and searcher.rejected == 20
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 20
+
+
+def test_the_progress_count_leaves_out_the_trials_a_warm_start_copied(space) -> None:
+    """`[3/2] trial t001 completed`: the finished trials copied from the earlier sweep are not this sweep's."""
+    old = create_study(space, None, "old")
+    searcher = SpaceSearcher(space, old)
+    for trial_id in ("a", "b"):
+        searcher.suggest(trial_id)
+        searcher.on_trial_complete(trial_id, {"val_acc": 0.5, "epoch": 4})
+    new = create_study(space, None, "new")
+    assert warm_start(new, old, space)[0] >= 2
+    recorder = OutcomeRecorder(None, SimpleNamespace(study=new), None, "val_acc", max_epochs=4,  # type: ignore[arg-type]
+                               trials=2)
+    recorder.count_finished()
+    assert recorder.done == 0
+    resumed = SpaceSearcher(space, new)  # a trial of this sweep, finished by an earlier driver of it, still counts
+    resumed.suggest("c")
+    resumed.on_trial_complete("c", {"val_acc": 0.6, "epoch": 4})
+    recorder.count_finished()
+    assert recorder.done == 1

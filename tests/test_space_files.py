@@ -450,3 +450,37 @@ def test_any_value_at_any_key_of_a_shipped_space_loads_or_is_a_user_error(shippe
                 load_space(path)
             except UserError as err:
                 assert str(err).strip() and "Traceback" not in str(err), (key_path, value)
+
+
+CUT = """
+fixed: {blocks: [1, 1, 1]}
+parameters:
+  widths: {type: int, low: 8, high: 512, step: 8, per_stage: 3}
+scheduler: {type: fifo, max_epochs: 1}
+budget: {trials: 2}
+constraints: {max_params: 12000}
+"""
+
+
+def test_a_space_none_of_whose_samples_meets_the_constraints_is_refused_by_the_dry_run_and_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its sweep would record 1,000 infeasible runs, then give up with nothing trained: the dry run said only
+    `warning` and exited 0, and the real run started. Both refuse, in one line, before anything is written."""
+    from tuner import run
+
+    path = write(tmp_path, CUT)
+    space = load_space(path)  # loads: the smallest network fits, only no random sample does
+    assert all(space.constraints.violation(c) for c in sample_configs(space))
+    monkeypatch.chdir(tmp_path)
+    common = ["--space", str(path), "--storage", str(tmp_path / "store"),
+              "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--data-dir", str(tmp_path / "data")]
+    for argv in ([*common, "--dry-run"], common):
+        with pytest.raises(SystemExit) as exited:
+            run.main(argv)
+        assert exited.value.code == 2
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {path}: none of 1,000 random samples"), captured.err
+        assert "max_params 12,000 breaks 1,000" in lines[0] and "raise max_params" in lines[0], lines[0]
+        assert captured.out == ""
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "store").exists()

@@ -19,9 +19,11 @@ from tuner.sweep_state import (
     REGISTRATION,
     STUDY_FILE,
     SweepState,
+    close_states,
     join,
     open_state,
     resolve_storage,
+    resuming,
 )
 
 
@@ -450,3 +452,22 @@ def test_state_files_as_a_driver_writes_them_pass_their_shape_check(tmp_path: Pa
                                                  "reported_at": 1.0}]})
     state.verify_ray_state()
     assert state.read_json(FINAL_RECORD)["epochs"] == 2
+
+
+def test_a_resumed_sweep_whose_folder_moved_is_one_line_and_a_link_at_the_old_place_resumes(tmp_path: Path) -> None:
+    """Ray's snapshot unpickles the sweep's state with the storage it ran under (and its trials' too): a moved
+    folder would be read and written where it was. Refused in one line; through a link at the old place, the
+    driver's state is the one unpickled."""
+    moved = tmp_path / "new"
+    moved.mkdir()
+    state = open_state(str(moved), "s")
+    resuming(state)
+    try:
+        ran_under = SweepState(str(tmp_path / "old"), "s")
+        with pytest.raises(UserError, match=r"^sweep s ran under '.*old'.*put the folder back there, or make"):
+            pickle.loads(pickle.dumps(ran_under))  # what Tuner.restore does with the bookkeeping
+        (tmp_path / "old").symlink_to(moved)
+        assert pickle.loads(pickle.dumps(ran_under)) is state
+        assert open_state(str(tmp_path / "other"), "t") is not state  # another sweep (a warm start's) is its own
+    finally:
+        close_states()

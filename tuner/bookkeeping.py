@@ -30,7 +30,7 @@ from tuner import interrupts, outcomes
 from tuner.config import TrainConfig
 from tuner.console import trial_line
 from tuner.errors import UserError
-from tuner.searcher import SpaceSearcher, fail_trials, tell_stopped
+from tuner.searcher import SpaceSearcher, fail_trials, own_trials, tell_stopped
 from tuner.sweep_state import BUDGET_LEDGER, ENDED_TRIALS, SweepState, ended_results
 from tuner.tracking import EPOCH_METRICS, SYSTEM_PREFIX, TrialRuns
 from tuner.trial_names import trial_label
@@ -209,8 +209,9 @@ class OutcomeRecorder:
                                    lambda: self.state.record_digests(ray_staging_folder(self.state.name)))
 
     def count_finished(self) -> None:
-        """Start the progress count at the trials already finished (a resumed sweep's earlier drivers)."""
-        finished = {t.user_attrs["ray_trial_id"] for t in self.searcher.study.get_trials(deepcopy=False)
+        """Start the progress count at the trials already finished (a resumed sweep's earlier drivers); not
+        those a warm start copied from another sweep (`own_trials`), which this sweep never ran."""
+        finished = {t.user_attrs["ray_trial_id"] for t in own_trials(self.searcher.study)
                     if "ray_trial_id" in t.user_attrs and t.state.is_finished()
                     and not t.user_attrs.get(outcomes.ABANDONED)}
         self.done, self._finished_before = len(finished), finished

@@ -2,7 +2,9 @@
 
 1. Feasibility: `SAMPLES` configurations drawn through `SearchSpace.sample`, the path the searcher uses,
    with Optuna's RandomSampler seeded with `search.seed`. The share that breaks a constraint is rejected
-   before launch and drawn again, so the cost is priced on the feasible ones only.
+   before launch and drawn again, so the cost is priced on the feasible ones only. A space none of whose
+   samples is feasible is refused (`require_feasible`, which the real run calls too): its search could only
+   reject samples until it gave up.
 2. Epochs: under ASHA all trials run to the first rung and 1/reduction_factor of them pass each rung
    (`estimate_epochs`); an epoch budget stops the sweep sooner.
 3. Compute per trial-epoch: the training images at `TRAIN_MACS_PER_FORWARD` times the forward MACs
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,14 +126,59 @@ class _RandomTrial:
         return self._sampler.sample_independent(None, None, name, distribution)  # type: ignore[arg-type]
 
 
+def _draws(space: SearchSpace, samples: int) -> Iterator[TrainConfig]:
+    """`samples` configurations as the searcher draws them, at random (seeded with search.seed), one at a time."""
+    trial = _RandomTrial(space.search.seed)
+    for _ in range(samples):
+        try:
+            config = space.sample(trial)
+        except UserError as err:  # a combination the per-parameter checks cannot see
+            raise UserError(f"{space.path}: a sampled configuration is invalid, so a real sweep would fail on it: "
+                            f"{str(err).splitlines()[0]}") from None
+        yield config
+
+
 def sample_configs(space: SearchSpace, samples: int = SAMPLES) -> list[TrainConfig]:
     """`samples` configurations as the searcher draws them, at random (seeded with search.seed)."""
-    trial = _RandomTrial(space.search.seed)
-    try:
-        return [space.sample(trial) for _ in range(samples)]
-    except UserError as err:  # a combination the per-parameter checks cannot see
-        raise UserError(f"{space.path}: a sampled configuration is invalid, so a real sweep would fail on it: "
-                        f"{str(err).splitlines()[0]}") from None
+    return list(_draws(space, samples))
+
+
+def require_feasible(space: SearchSpace, samples: int = SAMPLES) -> None:
+    """Refuse a space whose constraints break every one of the draws the dry run prices (the same draws, so
+    the dry run and the real run agree). Its sweep would record one `infeasible` run per sample until the
+    searcher gives up after searcher.MAX_REJECTIONS in a row, having trained nothing. Stops at the first
+    feasible draw: a space with any real feasible share costs a few samples."""
+    c = space.constraints
+    if not (c.max_params or c.max_macs):
+        return
+    drawn = []
+    for config in _draws(space, samples):
+        if c.violation(config) is None:
+            return
+        drawn.append(config)
+    raise UserError(infeasible_message(space, drawn))
+
+
+def infeasible_message(space: SearchSpace, drawn: list[TrainConfig]) -> str:
+    """Why no sample of `drawn` (all infeasible) fits: each constraint with how many samples break it and the
+    smallest value the space reaches, and the fix."""
+    c, small = space.constraints, space.corner_configs()[0]
+    broken, names = [], []
+    for name, limit, count, unit in (("max_params", c.max_params, count_params, "params"),
+                                     ("max_macs", c.max_macs, count_macs, "MACs")):
+        if not limit:
+            continue
+        values = [count(x) for x in drawn]
+        over = sum(v > limit for v in values)
+        if over:
+            names.append(name)
+            # The smallest network of the space (corner_configs) tells whether anything fits at all, the smallest
+            # sample how far the limit is from what the search actually draws
+            broken.append(f"{name} {limit:,} breaks {over:,} (the smallest sample has {min(values):,} {unit}, the "
+                          f"smallest network in the space {min(count(small), *values):,})")
+    return (f"{space.path}: none of {len(drawn):,} random samples meets the constraints: {'; '.join(broken)}; the "
+            f"search would reject every sample and give up, having trained nothing: raise {' or '.join(names)} or "
+            "narrow the ranges toward smaller networks")
 
 
 @dataclass(frozen=True)
@@ -222,6 +270,7 @@ def trials_that_fit(space: SearchSpace, cpus: float, gpus: float) -> int:
 def describe_cost(space: SearchSpace, samples: int = SAMPLES) -> list[str]:
     """The dry run's cost lines: feasible share, epochs, compute per trial-epoch, the assumed throughput,
     device-hours against the budget, and wall clock at max_concurrent and on this machine."""
+    require_feasible(space, samples)  # a sweep that can only reject has no cost to estimate: refused
     est = estimate_cost(space, samples)
     res, budget = space.resources, space.budget
     lines = ["cost estimate (training and validation only; Ray start-up, data loading and checkpoints not counted):"]
@@ -229,9 +278,12 @@ def describe_cost(space: SearchSpace, samples: int = SAMPLES) -> list[str]:
         lines.append(f"  feasible: about {1 - est.rejected / est.samples:.0%} of {est.samples:,} random samples"
                      + (f"; {_rejected(space, est)}: they are rejected before launch"
                         if est.rejected else "; none breaks the constraints"))
-        if est.rejected == est.samples:
-            lines.append(f"  warning: none of {est.samples:,} samples is feasible: the search would give up after "
-                         "rejecting samples in a row; loosen the constraints or shrink the ranges")
+        feasible = est.samples - est.rejected
+        if feasible < est.samples / 100:  # none is refused above; this few, most trials start after ~100 rejections
+            lines.append(f"  warning: only {feasible:,} of {est.samples:,} samples {'is' if feasible == 1 else 'are'} "
+                         f"feasible: each trial is drawn after about {est.samples // feasible:,} rejected samples "
+                         "(each an infeasible run), and a long enough run of them makes the search give up; loosen "
+                         "the constraints or narrow the ranges")
     if budget.epochs and est.epochs == budget.epochs:
         how = "the epoch budget stops the sweep"
     elif space.scheduler.type == "asha":

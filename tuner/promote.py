@@ -303,10 +303,10 @@ def test_split(data_dir: str | Path, allow_val: bool) -> ImageSet | None:
     test = load_test(folder, source="the test_batch of CIFAR-10's cifar-10-python.tar.gz: promote never downloads")
     if test is None:
         missing = f"--data-dir {data_dir} does not exist" if not folder.exists() else f"{where} does not exist"
-        print(f"no test split: {missing}")
         if not allow_val:
             raise UserError(f"no test split: {missing}; put the CIFAR-10 {TEST_FILE} at {where}, or pass --allow-val "
                             f"to compare the validation accuracies recorded at registration")
+        print(f"no test split: {missing}")  # only as the note before --allow-val's fallback: else the error says it
         return None
     if len(test) == 0:
         raise UserError(f"{where} holds 0 images: nothing to evaluate on; replace it with the CIFAR-10 {TEST_FILE} "

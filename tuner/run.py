@@ -35,6 +35,7 @@ from tuner.sweep_state import (
     join,
     open_state,
     resolve_storage,
+    resuming,
 )
 from tuner.tracking_checks import check_tracking_server
 
@@ -110,6 +111,7 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
     storage = resolve_storage(args.storage)[0]
     if args.resume:
         state = open_state(storage, args.resume)
+        resuming(state)  # the bookkeeping Ray unpickles names the storage it ran under: this is where it is now
         copy = state.read_bytes(SPACE_COPY)
         if copy is None:
             known = state.known_sweeps()
@@ -578,7 +580,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dry run: no trial started (sweep would be named {plan.name})")
         return
     from tuner.driver_lease import DriverLease
+    from tuner.estimate import require_feasible
 
+    require_feasible(space)  # the dry run's refusal (describe), before MLflow or --storage is written
     check_tracking_server(uri)  # before anything launches
     try:  # the first write under --storage: a place that cannot be written fails here, before anything else
         lease = DriverLease(plan.state, plan.name).claim()  # before anything is written to storage or MLflow

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from tuner.config import TrainConfig
+from tuner.errors import UserError
 from tuner.outcomes import ABANDONED, RESUMED_EPOCHS
 from tuner.space import SearchSpace
 from tuner.sweep_state import SweepState
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial drowns the sweep's progress
 MAX_REJECTIONS = 1000
 EPOCH = "epoch"
+WARM_START_FROM = "warm_start_from"  # user attribute of a trial copied from an earlier sweep (`warm_start`)
 
 
 def create_study(space: SearchSpace, storage_url: str | None, study_name: str) -> optuna.Study:
@@ -44,6 +46,12 @@ def create_study(space: SearchSpace, storage_url: str | None, study_name: str) -
     direction = "maximize" if space.mode == "max" else "minimize"
     return optuna.create_study(storage=storage_url, study_name=study_name, sampler=sampler, direction=direction,
                                load_if_exists=True)
+
+
+def own_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials that this sweep drew, without those `warm_start` copied from an earlier sweep: the
+    copies are another sweep's draws and runs, so no count of this sweep's samples or finished trials holds them."""
+    return [t for t in study.get_trials(deepcopy=False) if WARM_START_FROM not in t.user_attrs]
 
 
 # Sweeps started before 2026-12 pickled their sampler under these names (a TPE whose start-up trials came from a
@@ -130,7 +138,7 @@ class SpaceSearcher(Searcher):
         one a trial already has (two t003 runs). Warm-started copies are another sweep's draws."""
         if not self.__dict__.pop("_count_from_study", False):
             return
-        own = [t for t in self.study.get_trials(deepcopy=False) if "warm_start_from" not in t.user_attrs]
+        own = own_trials(self.study)
         self.suggested = max(self.suggested, sum(1 for t in own if "ray_trial_id" in t.user_attrs))
         self.rejected = max(self.rejected, sum(1 for t in own if "infeasible" in t.user_attrs))
 
@@ -166,7 +174,13 @@ class SpaceSearcher(Searcher):
             logger.info("rejected infeasible config before launch: %s", reason)
             if self._on_rejected is not None:
                 self._on_rejected(self.suggested + self.rejected, config, reason)
-        raise RuntimeError(f"{MAX_REJECTIONS} samples in a row broke the constraints; loosen them")
+        # A UserError, not a bug: the space's constraints leave (almost) nothing to sample. The driver ends the
+        # sweep FAILED with what it recorded so far, and prints this one line.
+        c = self._space_spec.constraints
+        names = " or ".join(name for name, value in (("max_params", c.max_params), ("max_macs", c.max_macs)) if value)
+        raise UserError(f"{self._space_spec.path}: {MAX_REJECTIONS:,} samples in a row broke the constraints (the "
+                        f"last: {reason}), so the search gave up: raise {names} or narrow the ranges toward smaller "
+                        "networks, then start a new sweep (--dry-run shows the feasible share)")
 
     def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial:
         """The trial as the study holds it. After --resume, Ray's older snapshot of this searcher may not
@@ -297,7 +311,7 @@ def warm_start(study: optuna.Study, previous: optuna.Study, space: SearchSpace) 
         study.add_trial(optuna.trial.create_trial(
             state=trial.state, value=trial.value, params=params,
             distributions={name: distributions[name] for name in params},
-            user_attrs={**trial.user_attrs, "warm_start_from": previous.study_name},
+            user_attrs={**trial.user_attrs, WARM_START_FROM: previous.study_name},
             intermediate_values=trial.intermediate_values,
         ))
         copied += 1

@@ -449,14 +449,36 @@ class SweepState:
 
 
 _states: dict[tuple[str, str], SweepState] = {}
+_resumed: dict[str, SweepState] = {}
 
 
 def open_state(storage: str, name: str) -> SweepState:
-    """This process's SweepState of sweep `name` under `storage` (the one working copy of its study)."""
+    """This process's SweepState of sweep `name` under `storage` (the one working copy of its study). For the
+    sweep this driver resumes (`resuming`), another storage is a folder that moved since (see `resuming`)."""
+    resumed = _resumed.get(name)
+    if resumed is not None and storage != resumed.storage:
+        local = "://" not in storage and "://" not in resumed.storage
+        if local and Path(storage).resolve() == Path(resumed.storage).resolve():  # reached through a link
+            return resumed
+        raise UserError(f"sweep {name} ran under {excerpt(storage, 200)}, and Ray's snapshot of it names that "
+                        f"folder (it does not follow a move): put the folder back there, or make "
+                        f"{excerpt(storage, 200)} a link to {excerpt(resumed.storage, 200)}, then resume")
     key = (storage, name)
     if key not in _states:
         _states[key] = SweepState(storage, name)
     return _states[key]
+
+
+def resuming(state: SweepState) -> None:
+    """This driver resumes `state`'s sweep. Ray unpickles the sweep's bookkeeping with the storage it ran under
+    (`SweepState.__reduce__` -> `open_state`), and its trials' storage too: a folder copied or moved since would
+    be read and written where it was, and its trials fail to checkpoint. `open_state` refuses that in one line."""
+    _resumed[state.name] = state
+
+
+def resumed_no_more() -> None:
+    """Forget the sweep `resuming` named (for a process that runs more than one driver: the tests)."""
+    _resumed.clear()
 
 
 def close_states() -> None:
@@ -464,6 +486,7 @@ def close_states() -> None:
     for state in _states.values():
         shutil.rmtree(state.workdir, ignore_errors=True)
     _states.clear()
+    resumed_no_more()
 
 
 def check_sqlite(path: Path, where: str, fix: str = "restore it from a backup, or start a new sweep") -> list[str]:
