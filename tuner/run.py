@@ -438,7 +438,10 @@ class SweepSummary:
             lines.append("no trial finished an epoch: nothing to register")
         else:
             b = self.best
-            lines += [f"best trial {b['label']} ({b['trial_id']}): val_acc {b['val_acc']:.4f} at epoch {b['epoch']} "
+            metric = b.get("metric", "val_acc")  # what the search optimised; val_acc beside it when another
+            shown = f"val_acc {b['val_acc']:.4f}" if metric == "val_acc" else \
+                f"{metric} {b['value']:.4f} (val_acc {b['val_acc']:.4f})"
+            lines += [f"best trial {b['label']} ({b['trial_id']}): {shown} at epoch {b['epoch']} "
                       f"({b['epochs_run']} epochs run), {b['params']:,} params, "
                       f"{b['gpu_seconds'] / 3600:.3f} GPU-hours",
                       f"  MLflow run:  {b['run_name']}",
@@ -533,6 +536,7 @@ def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float, data: A
         label = trial_label(int(result.config.get("index", 0)))
         searched = searched_text(SpaceOutline.of(space).searched_values(TrainConfig.from_dict(result.config["train"])))
         best = {"trial_id": metrics.get("trial_id", ""), "val_acc": metrics["val_acc"], "epoch": metrics["epoch"],
+                "metric": space.metric, "value": float(metrics[space.metric]),
                 "label": label, "searched": searched, "run_name": f"{label} {searched}".strip(),
                 "epochs_run": result.metrics["epoch"], "params": int(metrics["params"]),
                 "gpu_seconds": float(result.metrics.get("gpu_seconds", 0.0)),
