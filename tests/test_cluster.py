@@ -366,3 +366,5 @@ def test_diverged_trial_is_recorded_not_retried_and_the_sweep_goes_on(workdir: P
         outcome, status = ("diverged", "FAILED") if trial_id in huge else ("completed", "FINISHED")
         assert (runs[trial_id].data.tags["tuner.outcome"], runs[trial_id].info.status) == (outcome, status)
     assert "best trial" in out
+    # its line names the epoch it diverged in, not the placeholder metric it reported (the worst value)
+    assert "trial t00" in out and " diverged in epoch 1 | " in out and " diverged: " not in out, out[-3000:]

@@ -58,7 +58,9 @@ def trial_line(done: int, total: int, trial_id: str, outcome: str, result: Mappi
     label, _, searched = name.partition(" ")
     value = result.get(metric)
     line = f"[{done}/{total}] trial {label} {outcome}"
-    if isinstance(value, (int, float)):
+    if result.get("diverged") or result.get("error"):  # its metric is the worst value, a placeholder: not shown
+        line += f" in epoch {result.get('epoch')}"
+    elif isinstance(value, (int, float)):
         line += f": {metric} {value:.4f} at epoch {result.get('epoch')}"
     if searched:
         line += f" | {searched}"
