@@ -402,3 +402,15 @@ def test_an_interrupt_in_the_sweeps_end_stops_it_for_resume_and_loses_nothing(
     assert [r.info.status for r in client.search_runs([parent[0].info.experiment_id],
                                                       f"attributes.run_id = '{parent[0].info.run_id}'")] == ["FINISHED"]
     assert_each_epoch_once(uri, child_runs(uri, name))
+
+
+@pytest.mark.parametrize("champion", [False, True])
+def test_the_summary_says_whether_the_registered_version_is_the_champion_already(champion: bool) -> None:
+    """A --resume of a sweep whose version was promoted since must not tell the user to promote it."""
+    from tuner.run import SweepSummary
+
+    best = {"label": "t001", "trial_id": "abc", "val_acc": 0.5, "epoch": 3, "epochs_run": 3, "params": 1000,
+            "gpu_seconds": 0.0, "run_name": "t001 lr=0.1", "searched": "lr=0.1", "checkpoint": "/x"}
+    text = SweepSummary("s", best, 1, 0, 0.0, 3, 1.0, "4", "m", champion=champion).text()
+    assert ("registered as model version 4 of m: the search checkpoint (@champion)" in text) is champion
+    assert ("(not yet @champion: promote it below)" in text) is not champion

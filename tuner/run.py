@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from tuner.data import data_status
 from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
-from tuner.mlflow_names import DEFAULT_MODEL_NAME, resolve_tracking_uri
+from tuner.mlflow_names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, resolve_tracking_uri
 from tuner.space import MAX_NAME, NAME_PATTERN, SearchSpace, describe, load_space
 from tuner.sweep_state import (
     REGISTRATION,
@@ -418,6 +418,7 @@ class SweepSummary:
     model_name: str = ""
     next_commands: tuple[str, ...] = ()
     checkpoint_kind: str | None = None  # what the registered version holds: final_fit or search
+    champion: bool = False  # the registered version is @champion already (a --resume of a promoted sweep)
     final: dict[str, Any] | None = None  # the final fit's record (tuner/final_fit.py), failed ones too
 
     def metrics(self) -> dict[str, float]:
@@ -459,8 +460,9 @@ class SweepSummary:
             if self.registered_version:
                 held = {"final_fit": "the final fit's checkpoint", "search": "the search checkpoint"}.get(
                     self.checkpoint_kind or "search", "the search checkpoint")
+                state = "@champion" if self.champion else "not yet @champion: promote it below"
                 lines.append(f"  registered as model version {self.registered_version} of {self.model_name}: {held} "
-                             f"(not yet @champion: promote it below)")
+                             f"({state})")
         if self.next_commands:
             lines += ["next:"] + [f"  {command}" for command in self.next_commands]
         return "\n".join(lines)
@@ -547,7 +549,9 @@ def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float, data: A
     return SweepSummary(plan.name, best, len(results), rejected,
                         sum(float(m.get("gpu_seconds", 0.0)) for m in totals),
                         sum(int(m.get("epoch", 0)) for m in totals), time.monotonic() - started, version,
-                        DEFAULT_MODEL_NAME, checkpoint_kind=kind, final=final)
+                        DEFAULT_MODEL_NAME, checkpoint_kind=kind, final=final,
+                        champion=version is not None and sweep.version_with_alias(DEFAULT_MODEL_NAME, CHAMPION_ALIAS)
+                        == str(version))
 
 
 def next_commands(name: str, uri: str, mlflow_flag: str | None, storage_flag: str) -> tuple[str, ...]:

@@ -704,6 +704,14 @@ class SweepRun:
         ready = sorted((v for v in found if v.status == "READY"), key=lambda v: int(v.version))
         return str(ready[0].version) if ready else None
 
+    def version_with_alias(self, model_name: str, alias: str) -> str | None:
+        """The version of `model_name` that `alias` points at, None when none does (or the store cannot say: the
+        summary line it serves is not worth failing a finished sweep)."""
+        try:
+            return str(self._client.get_model_version_by_alias(model_name, alias).version)
+        except Exception:  # noqa: BLE001 - no such alias or model, or the store away: "not known" either way
+            return None
+
     def end(self, status: str = "FINISHED", timeout_s: float = 120.0) -> bool:
         """Deliver the summary metrics and end the parent run; False (with a warning) if the store stayed
         unreachable for `timeout_s`."""
