@@ -108,6 +108,22 @@ def test_report_of_an_unknown_sweep_is_one_line_error(sweep, capsys):
     assert "\n" not in error and f"no sweep named '{sweep.sweep_name}x'" in error and sweep.sweep_name in error
 
 
+def test_a_sweep_in_a_deleted_experiment_is_named_with_the_restore_command(tmp_path, capsys):
+    """Deleting the experiment hides its runs; 'no sweep named ...; this store has no sweep yet' was untrue."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = _start_sweep(uri, tmp_path)
+    sweep.end()
+    client = MlflowClient(uri)
+    client.delete_experiment(sweep.experiment_id)
+    with pytest.raises(SystemExit) as exit_info:
+        report.main(["--sweep", sweep.sweep_name, "--mlflow-uri", uri, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"error: sweep '{sweep.sweep_name}' is in experiment 'tuner', which is deleted: restore it in "
+                     f"the MLflow UI (or `mlflow experiments restore --experiment-id {sweep.experiment_id}`), then "
+                     "report again"), error
+
+
 def test_pareto_front_keeps_only_trials_no_smaller_model_beats():
     trials = pd.DataFrame({
         "run_name": list("abcde"),

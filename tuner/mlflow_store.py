@@ -240,8 +240,9 @@ def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
-            raise UserError(f"experiment '{name}' is deleted in {uri}: restore it in the MLflow UI "
-                            f"(or `mlflow experiments restore`) or choose another experiment name")
+            raise UserError(f"experiment '{name}' is deleted in {uri}: restore it in the MLflow UI (or `mlflow "
+                            f"experiments restore --experiment-id {experiment.experiment_id}`), or track to another "
+                            "store (--mlflow-uri)")
         return experiment.experiment_id
     root = local_artifact_root(uri)
     location = (root / safe_name(name)).as_uri() if root else None

@@ -369,6 +369,15 @@ def install(staging: Path, out: Path) -> list[Path]:
     return [out / name for name in names]
 
 
+def deleted_experiment_of(client: MlflowClient, sweep: str) -> Any:
+    """The deleted experiment that holds sweep `sweep`'s parent run, else None: its runs are hidden, not gone."""
+    from mlflow.entities import ViewType
+
+    by_id = {e.experiment_id: e for e in client.search_experiments(view_type=ViewType.DELETED_ONLY)}
+    parent = find_sweep_run(client, sweep, list(by_id), deleted_too=True) if by_id else None
+    return by_id[parent.info.experiment_id] if parent is not None else None
+
+
 def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = "runs",
            mlflow_only: bool = False) -> Path:
     out = Path(out) if out else Path("runs") / "reports" / safe_name(sweep)
@@ -377,6 +386,11 @@ def report(sweep: str, out: Path | None, mlflow_uri: str | None, storage: str = 
     with store_outage_is_user_error(uri, f"reading sweep '{sweep}'"):
         parent = find_sweep_run(client, sweep)
         if parent is None:
+            deleted = deleted_experiment_of(client, sweep)
+            if deleted is not None:
+                raise UserError(f"sweep '{sweep}' is in experiment '{deleted.name}', which is deleted: restore it in "
+                                f"the MLflow UI (or `mlflow experiments restore --experiment-id "
+                                f"{deleted.experiment_id}`), then report again")
             names = sweep_names(client)
             known = f"sweeps in this store: {', '.join(names)}" if names else "this store has no sweep yet"
             raise UserError(f"no sweep named '{sweep}'{suggest(sweep, names)}; {known} (or pass --mlflow-uri)")

@@ -130,14 +130,19 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def find_sweep_run(client: MlflowClient, sweep_name: str, experiment_ids: list[str] | None = None) -> Run | None:
-    """The parent run of a sweep (tag tuner.sweep, no parent), newest first; None when absent."""
+def find_sweep_run(client: MlflowClient, sweep_name: str, experiment_ids: list[str] | None = None,
+                   deleted_too: bool = False) -> Run | None:
+    """The parent run of a sweep (tag tuner.sweep, no parent), newest first; None when absent. `deleted_too`:
+    deleted runs count (a deleted experiment's runs are deleted with it)."""
+    from mlflow.entities import ViewType
+
     if experiment_ids is None:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
     if not experiment_ids:
         return None
     runs = client.search_runs(
-        experiment_ids, f"tags.`{TAG_SWEEP}` = '{_quote(sweep_name)}'", order_by=["attributes.start_time DESC"]
+        experiment_ids, f"tags.`{TAG_SWEEP}` = '{_quote(sweep_name)}'", order_by=["attributes.start_time DESC"],
+        run_view_type=ViewType.ALL if deleted_too else ViewType.ACTIVE_ONLY,
     )
     parents = [run for run in runs if TAG_PARENT not in run.data.tags]
     return parents[0] if parents else None
