@@ -471,3 +471,27 @@ def test_a_resumed_sweep_whose_folder_moved_is_one_line_and_a_link_at_the_old_pl
         assert open_state(str(tmp_path / "other"), "t") is not state  # another sweep (a warm start's) is its own
     finally:
         close_states()
+
+
+def test_a_launch_that_failed_before_ray_recorded_it_runs_again_under_its_name(tmp_path: Path, capsys) -> None:
+    """The space copy is written once the Tuner exists; a fit that fails at once (a bad TUNE_* variable) leaves
+    no snapshot of Ray's. Such a name is free for the same command again, and --resume says so; with a
+    snapshot, the name is taken."""
+    from tuner.run import main
+    from tuner.space import SPACES_DIR
+
+    state = SweepState(str(tmp_path), "s")
+    state.write_bytes("space.yaml", (SPACES_DIR / "smoke.yaml").read_bytes())
+    argv = ["--space", "smoke", "--name", "s", "--storage", str(tmp_path), "--dry-run",
+            "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    main(argv)  # the dry run of the same command: accepted
+    with pytest.raises(SystemExit) as exit_:
+        main(["--resume", "s", "--storage", str(tmp_path), "--dry-run"])
+    assert exit_.value.code == 2
+    assert "sweep s never started" in capsys.readouterr().err
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "experiment_state-2026-12-07_00-00-00.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert "sweep 's' already exists" in capsys.readouterr().err

@@ -125,7 +125,9 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         space, overrides = space.with_trials(args.trials), {"trials": args.trials}
     name = args.name or default_sweep_name(space.name)
     state = open_state(storage, name)
-    if state.exists(SPACE_COPY):
+    # A space copy without Ray's snapshot: a launch that failed as Tune started (a bad TUNE_* variable, a lost
+    # cluster), before any trial ran. Nothing can resume it, so the same command may run it again.
+    if state.exists(SPACE_COPY) and state.ray_recorded():
         raise UserError(f"sweep '{name}' already exists in {args.storage}: use --resume {name} or another --name")
     warm = None
     if args.warm_start:
@@ -180,6 +182,9 @@ def prepare_resume(plan: SweepPlan) -> None:
     are whole, and Ray's are the ones this sweep's drivers wrote (their digests, sweep_state.py)."""
     from tuner.bookkeeping import read_ledger
 
+    if not plan.state.ray_recorded():
+        raise UserError(f"sweep {plan.name} never started: its launch failed before Ray recorded it, so there is "
+                        f"nothing to resume; run the command that launched it again (--space ... --name {plan.name})")
     if not plan.state.download_study():
         raise UserError(f"sweep {plan.name} has no Optuna study at {plan.state.describe(STUDY_FILE)}; it cannot be "
                         "resumed (restore the file from a backup, or start a new sweep)")

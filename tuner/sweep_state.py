@@ -409,6 +409,15 @@ class SweepState:
         stored = self.read_json(DIGESTS)
         return {k: list(v) for k, v in (stored or {}).get("sha256", {}).items()}
 
+    def ray_recorded(self) -> bool:
+        """Whether Ray saved a snapshot of this sweep's experiment (experiment_state-*.json): without one, its
+        launch failed before Ray recorded anything, and there is nothing to resume."""
+        try:
+            found = self.fs.get_file_info(pyarrow.fs.FileSelector(self.experiment_path, allow_not_found=True))
+        except OSError:
+            return True  # the storage cannot say: assume the sweep is there, as a resume would find out
+        return any(EXPERIMENT_STATE.fullmatch(info.base_name) for info in found)
+
     def verify_ray_state(self) -> None:
         """Before Ray reads `<storage>/<sweep>/`: every state file it would unpickle is one this sweep's
         drivers wrote (digest recorded), and the newest experiment state is whole JSON listing trials.
