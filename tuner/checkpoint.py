@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tuner.config import TrainConfig
+from tuner.config import TrainConfig, is_int, is_number
 from tuner.errors import UserError, excerpt
 from tuner.metrics import EpochMetrics
 from tuner.model import build_model
@@ -181,10 +181,6 @@ def require_resumable(state: Mapping[str, Any], name: str = "checkpoint", fix: s
         raise UserError(f"{name} is damaged or from another version: {problem}; {fix}, or start without --resume")
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 _METRICS = [f.name for f in dataclasses.fields(EpochMetrics)]
 
 
@@ -194,17 +190,15 @@ def training_state_problem(state: Mapping[str, Any], config: TrainConfig, networ
     when it fits. `network` is the config's, on any device (meta: shapes only)."""
     if not (isinstance(state["epoch"], int) and state["epoch"] >= 1):  # fit numbers epochs from 1
         return f"its 'epoch' is {excerpt(state['epoch'])}, not an epoch it trained (1 or more)"
-    if "averaged_steps" in state and not (isinstance(state["averaged_steps"], int)
-                                          and not isinstance(state["averaged_steps"], bool)
-                                          and state["averaged_steps"] >= 0):
+    if "averaged_steps" in state and not (is_int(state["averaged_steps"]) and state["averaged_steps"] >= 0):
         return f"its 'averaged_steps' is {excerpt(state['averaged_steps'])}, not a count of steps"
     for i, entry in enumerate(state["history"]):
         if not (isinstance(entry, Mapping) and set(entry) == set(_METRICS)
-                and all(_is_number(value) for value in entry.values())):
+                and all(is_number(value) for value in entry.values())):
             return (f"entry {i} of its 'history' is not an epoch's metrics (numbers named "
                     f"{', '.join(_METRICS)})")
     schedule = state["schedule"]
-    if not (all(_is_number(schedule.get(key)) for key in ("scale", "best", "bad"))
+    if not (all(is_number(schedule.get(key)) for key in ("scale", "best", "bad"))
             and isinstance(schedule["bad"], int) and schedule["bad"] >= 0 and math.isfinite(schedule["scale"])):
         return f"its 'schedule' is not the learning-rate schedule's state (scale, best, bad: {excerpt(schedule)})"
     for key in ("generator", "torch"):

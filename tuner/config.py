@@ -263,6 +263,15 @@ def parse_stages(value: str | Iterable[Any]) -> tuple[int, ...]:
     return tuple(whole_number(v) for v in items if str(v).strip() != "")
 
 
+def is_number(value: object) -> bool:
+    """An int or a float, not a bool (True is an int to Python, never a number in our files)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def whole_number(value: Any) -> int:
     """An int from an int, a whole finite float, or text of one ('256', '1e3'); ValueError for anything else."""
     if isinstance(value, bool):

@@ -23,8 +23,9 @@ from typing import Any
 
 import psutil
 
+from tuner.config import is_int, is_number
 from tuner.errors import UserError
-from tuner.sweep_state import Shape, SweepState, is_int, is_number
+from tuner.sweep_state import Shape, SweepState
 
 LEASE_FILE = "driver.json"
 BEAT_S = 15.0  # how often a running driver renews its lease

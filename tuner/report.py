@@ -309,8 +309,6 @@ def best_trial(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mode: st
     top = per_trial.max() if mode == "max" else per_trial.min()
     tied = trials[trials["trial_id"].isin(per_trial.index[per_trial == top])]
     tied = tied.assign(number=trial_numbers(tied)).sort_values(["tagged_best", "number"], ascending=[False, True])
-    if tied.empty:  # epochs of a trial without a row: cannot happen from `collect`, kept safe
-        return str(per_trial.index[per_trial == top][0]), float(top)
     return str(tied["trial_id"].iloc[0]), float(top)
 
 

@@ -47,6 +47,7 @@ from typing import Any
 
 import pyarrow.fs
 
+from tuner.config import is_int, is_number
 from tuner.errors import UserError, excerpt
 from tuner.mlflow_names import SQLITE_HEADER, sqlite_header
 
@@ -79,15 +80,6 @@ class Shape:
     fits: Callable[[dict], bool]
     what: str
     fix: str = "restore it from a backup, or start a new sweep"
-
-
-def is_number(value: object) -> bool:
-    """An int or a float, not a bool (True is an int to Python, never a number in our files)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _digests_fit(value: dict) -> bool:
