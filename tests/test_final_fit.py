@@ -265,6 +265,15 @@ def test_a_driver_killed_during_the_final_fit_resumes_into_it_and_a_finished_swe
     assert "holds other images than sweep killed-final ran on" in out and "Traceback" not in out
     assert find_sweep_run(MlflowClient(uri), "killed-final").info.status == "FINISHED"  # not reopened
 
+    # another tracking store, where the sweep has no run: refused with the store it ran with, none made there
+    other_uri = f"sqlite:///{workdir / 'other.db'}"
+    refused = driver(workdir, ray_head, other_uri, "--resume", "killed-final")
+    out, _ = refused.communicate(timeout=300)
+    assert refused.returncode == 2, out
+    assert f"sweep killed-final has no run in the tracking store '{other_uri}'; it ran with '{uri}': resume " \
+           f"with --mlflow-uri '{uri}'" in out and "Traceback" not in out and "registered" not in out
+    assert MlflowClient(other_uri).get_experiment_by_name("tuner") is None
+
 
 def test_train_on_all_trains_on_train_and_val_and_monitors_a_few_of_them() -> None:
     import numpy as np

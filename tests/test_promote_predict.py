@@ -507,6 +507,9 @@ def test_predict_says_what_is_wrong_with_a_model_or_image_path(registry, tmp_pat
         assert "models:/" in line and "MLmodel" in line
     line = predict_line(f"runs:/{registry.client.get_model_version(registry.name, registry.good).run_id}/checkpoint")
     assert "not an MLflow model (no MLmodel file there)" in line
+    for web in ("https://models.example.org/resnet", "HTTP://127.0.0.1:1/model"):  # no artifact proxy: not read
+        line = predict_line(web)
+        assert f"--model-uri '{web}' is a web address" in line and "mlflow-artifacts" in line and "models:/" in line
 
     # image paths: a folder, and an image too large to decode safely
     line = predict_line(model_dir, tmp_path)

@@ -97,8 +97,12 @@ def states(study: optuna.Study) -> dict[str, TrialState]:
     return {t.user_attrs["ray_trial_id"]: t.state for t in study.trials}
 
 
-def test_a_spent_budget_prunes_the_running_trials_and_abandons_the_unknown_ones(tmp_path: Path) -> None:
+def test_a_spent_budget_prunes_the_running_trials_and_abandons_the_unknown_ones(tmp_path: Path, capsys) -> None:
     client, sweep, study = end_sweep(tmp_path, spent=True)
+    # e never started (no run is made for it): its line names it as its run would have been, not by Ray's id
+    never_run = [line for line in capsys.readouterr().out.splitlines() if "stopped_by_budget_at_epoch_0" in line]
+    assert len(never_run) == 2 and all(" trial t001 stopped_by_budget_at_epoch_0" in line for line in never_run), \
+        never_run
     assert outcomes(client, sweep) == {"b": ("stopped_by_budget_at_epoch_2", "FINISHED", "0.0"),
                                        "c": ("abandoned", "KILLED", None),
                                        "d": ("stopped_by_budget_at_epoch_3", "FINISHED", "4.5"),

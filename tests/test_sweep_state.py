@@ -474,7 +474,7 @@ def test_a_resumed_sweep_whose_folder_moved_is_one_line_and_a_link_at_the_old_pl
 
 
 def test_a_launch_that_failed_before_ray_recorded_it_runs_again_under_its_name(tmp_path: Path, capsys) -> None:
-    """The space copy is written once the Tuner exists; a fit that fails at once (a bad TUNE_* variable) leaves
+    """The space copy is written once the Tuner exists; a fit that fails at once (Tune failing as it starts) leaves
     no snapshot of Ray's. Such a name is free for the same command again, and --resume says so; with a
     snapshot, the name is taken."""
     from tuner.run import main

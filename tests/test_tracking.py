@@ -40,7 +40,7 @@ def epoch_metrics(epoch: int, scale: float = 1.0) -> dict[str, float]:
             "lr": 0.05}
 
 
-def start_sweep(uri: str, tmp_path: Path, name: str | None = None, new_sweep: bool = False) -> SweepRun:
+def start_sweep(uri: str, tmp_path: Path, name: str | None = None, resume: bool | None = None) -> SweepRun:
     space = tmp_path / "space.yaml"
     space.write_text("parameters:\n  lr: {low: 0.01, high: 0.1, log: true}\n")
     return SweepRun.start(
@@ -48,7 +48,7 @@ def start_sweep(uri: str, tmp_path: Path, name: str | None = None, new_sweep: bo
         {"num_samples": 4, "metric": "val_acc", "scheduler": {"type": "asha", "grace_period": 1}},
         {"tuner.git_commit": "abc123", "tuner.space_hash": "s1", "tuner.data_fingerprint": "d1",
          "tuner.ray_address": "local"},
-        new_sweep=new_sweep,
+        resume=resume,
     )
 
 
@@ -510,7 +510,7 @@ def test_a_new_sweep_under_a_name_that_has_trials_is_refused_and_changes_nothing
     without trials (a launch that failed before its first trial) is reused; --resume reopens either."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     failed_launch = start_sweep(uri, tmp_path, name="failed-launch")
-    assert start_sweep(uri, tmp_path, name="failed-launch", new_sweep=True).run_id == failed_launch.run_id
+    assert start_sweep(uri, tmp_path, name="failed-launch", resume=False).run_id == failed_launch.run_id
 
     first = start_sweep(uri, tmp_path, name="taken")
     runs = first.trial_runs()
@@ -520,8 +520,33 @@ def test_a_new_sweep_under_a_name_that_has_trials_is_refused_and_changes_nothing
     first.end()
     with pytest.raises(UserError, match=r"^sweep 'taken' already exists in .*: continue it with --resume taken and "
                                         r"the --storage it ran with, or choose another --name$"):
-        start_sweep(uri, tmp_path, name="taken", new_sweep=True)
+        start_sweep(uri, tmp_path, name="taken", resume=False)
     client = MlflowClient(uri)
     assert client.get_run(first.run_id).info.status == "FINISHED"  # not reopened
     assert list(child_runs(client, first)) == ["t_1"]
     assert start_sweep(uri, tmp_path, name="taken").run_id == first.run_id  # --resume
+
+
+def test_a_resume_reopens_the_sweeps_run_and_makes_none_where_it_is_missing(tmp_path):
+    """--resume against a store without the sweep's parent run (another store, or its run deleted) raises
+    SweepRunMissing and writes nothing there: a new parent run would leave the earlier trials in the other
+    store and register the champion twice."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(tracking.SweepRunMissing) as missing:
+        start_sweep(uri, tmp_path, name="elsewhere", resume=True)
+    assert missing.value.deleted is None
+    client = MlflowClient(uri)
+    assert client.get_experiment_by_name(tracking.DEFAULT_EXPERIMENT) is None  # not even the experiment made
+
+    sweep = start_sweep(uri, tmp_path, name="here")
+    sweep.end()
+    with pytest.raises(tracking.SweepRunMissing) as missing:  # the experiment exists, the sweep's run does not
+        start_sweep(uri, tmp_path, name="elsewhere", resume=True)
+    assert missing.value.deleted is None
+    client.delete_run(sweep.run_id)
+    with pytest.raises(tracking.SweepRunMissing) as missing:
+        start_sweep(uri, tmp_path, name="here", resume=True)
+    assert missing.value.deleted == sweep.run_id
+    assert client.get_run(sweep.run_id).info.lifecycle_stage == "deleted"  # left as it was
+    client.restore_run(sweep.run_id)
+    assert start_sweep(uri, tmp_path, name="here", resume=True).run_id == sweep.run_id

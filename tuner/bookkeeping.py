@@ -33,7 +33,7 @@ from tuner.errors import UserError
 from tuner.searcher import SpaceSearcher, fail_trials, own_trials, tell_stopped
 from tuner.sweep_state import BUDGET_LEDGER, ENDED_TRIALS, SweepState, ended_results
 from tuner.tracking import EPOCH_METRICS, SYSTEM_PREFIX, TrialRuns
-from tuner.trial_names import trial_label
+from tuner.trial_names import trial_label, trial_run_name
 
 RESULT_FILE = "result.json"  # Ray's per-trial record of every reported result, one JSON object a line
 FLUSH_TIMEOUT_S = 120.0
@@ -287,7 +287,7 @@ class OutcomeRecorder:
         self.runs.log_epoch(trial_id, logged, int(result["epoch"]), timestamp_ms)
 
     def complete(self, trial_id: str, result: dict, errored: bool, outcome: str | None = None,
-                 create_run: bool = True) -> None:
+                 create_run: bool = True, name: str | None = None) -> None:
         if result.get(outcomes.ENDED_EARLIER) or (trial_id in self._finished_before and trial_id not in self._ended):
             # Counted, logged and given its outcome by the driver that ended it. Without ENDED_EARLIER: a driver
             # killed after the study had its outcome but before ended.json did; Ray restarted it and it trained on.
@@ -297,7 +297,8 @@ class OutcomeRecorder:
         self.done += 1
         self.runs.finish(trial_id, outcome, _outcome_tags(result), create=create_run)
         self.runs.count_finished(trial_id, self.done)
-        print(trial_line(self.done, self.trials, trial_id, outcome, result, self.metric, self.runs), flush=True)
+        print(trial_line(self.done, self.trials, trial_id, outcome, result, self.metric, self.runs, name),
+              flush=True)
         self._ended.add(trial_id)
         self.record_ended(trial_id, result)
         if self.state is not None:
@@ -331,6 +332,7 @@ class OutcomeRecorder:
         unfinished = {t.user_attrs["ray_trial_id"]: t for t in study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if "ray_trial_id" in t.user_attrs}
         results = {trial.trial_id: trial.last_result or {} for trial in trials}
+        configs = {trial.trial_id: trial.config for trial in trials}
         for trial in trials:
             ended_earlier = (trial.last_result or {}).get(outcomes.ENDED_EARLIER)
             if (trial.status in (Trial.TERMINATED, Trial.ERROR) and trial.trial_id not in unfinished
@@ -371,9 +373,15 @@ class OutcomeRecorder:
             else:  # started without finishing an epoch, or never started: no MLflow run is made for it
                 not_run.append(frozen)
                 self.complete(trial_id, {"epoch": 0}, errored=False, create_run=False,
-                              outcome=outcomes.stopped(0, "budget"))
+                              outcome=outcomes.stopped(0, "budget"), name=self._would_be_named(configs[trial_id]))
         tell_stopped(study, stopped, self.metric, self.max_epochs)
         fail_trials(study, not_run, outcomes.NOT_RUN)
+
+    def _would_be_named(self, config: dict) -> str | None:
+        """The run name of a trial from its Ray config, for one whose run was never made (None without one)."""
+        if "train" not in config:
+            return None
+        return trial_run_name(int(config.get("index", 0)), TrainConfig.from_dict(config["train"]), self.runs.outline)
 
     def _heard(self, frozen: Any, trial_id: str) -> dict:
         """The last result the study holds of a trial (its last intermediate value), as a result; {} if none."""

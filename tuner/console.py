@@ -52,9 +52,10 @@ def searched_text(values: Mapping[str, Any]) -> str:
 
 
 def trial_line(done: int, total: int, trial_id: str, outcome: str, result: Mapping[str, Any], metric: str,
-               runs: TrialRuns) -> str:
-    """The line printed as a trial ends: `[4/6] trial t004 completed: val_acc 0.4120 at epoch 3 | lr=...`."""
-    name = runs.run_name(trial_id)
+               runs: TrialRuns, name: str | None = None) -> str:
+    """The line printed as a trial ends: `[4/6] trial t004 completed: val_acc 0.4120 at epoch 3 | lr=...`.
+    `name`: the run name it would have, for a trial that never started (its run was never made)."""
+    name = name or runs.run_name(trial_id)
     label, _, searched = name.partition(" ")
     value = result.get(metric)
     line = f"[{done}/{total}] trial {label} {outcome}"

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuner.errors import OneLineParser, UserError, exit_on_user_error
+from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
 from tuner.mlflow_names import DEFAULT_MODEL_URI, add_tracking_argument, quiet_downloads, resolve_tracking_uri
 
 if TYPE_CHECKING:  # numpy, torch and mlflow load inside the functions that use them: --help stays instant
@@ -147,6 +147,10 @@ def _quiet_logger(name: str) -> Iterator[None]:
 def require_model_folder(model_uri: str) -> None:
     """A --model-uri without a scheme is a local folder: refuse a file (a checkpoint, an image) or a folder
     without MLmodel here, with what to pass instead, before MLflow says `No such artifact: 'MLmodel'`."""
+    if re.match(r"^https?://", model_uri, re.IGNORECASE) and "/mlflow-artifacts/artifacts" not in model_uri:
+        # MLflow reads http(s) only through a tracking server's artifact proxy; any other address fails inside it
+        raise UserError(f"--model-uri {excerpt(model_uri)} is a web address, which MLflow reads only from a tracking "
+                        f"server's artifact proxy (.../api/2.0/mlflow-artifacts/artifacts/...); {MODEL_URI_FORMS}")
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", model_uri):  # models:/, runs:/, file:/, s3:/ ...: MLflow's to read
         return
     path = Path(model_uri).expanduser()

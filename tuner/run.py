@@ -22,13 +22,14 @@ from typing import Any, NoReturn
 
 from tuner.data import data_status
 from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
-from tuner.mlflow_names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, resolve_tracking_uri
+from tuner.mlflow_names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, resolve_tracking_uri, shown_uri, without_password
 from tuner.space import MAX_NAME, NAME_PATTERN, SearchSpace, describe, load_space
 from tuner.sweep_state import (
     REGISTRATION,
     SPACE_COPY,
     SPACE_OVERRIDES,
     STUDY_FILE,
+    TRACKING_RECORD,
     TUNER_STATE,
     SweepState,
     ended_results,
@@ -38,6 +39,7 @@ from tuner.sweep_state import (
     resuming,
 )
 from tuner.tracking_checks import check_tracking_server
+from tuner.tune_env import check_tune_environment
 
 DEFAULT_STORAGE = "runs"
 ADDRESS_TIMEOUT_S = 30.0  # --address: how long to wait for the cluster before giving up
@@ -125,7 +127,7 @@ def plan_sweep(args: argparse.Namespace) -> SweepPlan:
         space, overrides = space.with_trials(args.trials), {"trials": args.trials}
     name = args.name or default_sweep_name(space.name)
     state = open_state(storage, name)
-    # A space copy without Ray's snapshot: a launch that failed as Tune started (a bad TUNE_* variable, a lost
+    # A space copy without Ray's snapshot: a launch that failed as Tune started (a Tune error, a lost
     # cluster), before any trial ran. Nothing can resume it, so the same command may run it again.
     if state.exists(SPACE_COPY) and state.ray_recorded():
         raise UserError(f"sweep '{name}' already exists in {args.storage}: use --resume {name} or another --name")
@@ -573,6 +575,7 @@ def next_commands(name: str, uri: str, mlflow_flag: str | None, storage_flag: st
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_tune_environment()  # Tune parses them deep inside fit, after the sweep is recorded
     plan = plan_sweep(args)
     space = plan.space
     uri = resolve_tracking_uri(args.mlflow_uri)
@@ -631,13 +634,17 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
             uri, plan.name, space.path, space.summary(),
             {"tuner.git_commit": git_commit(), "tuner.space_hash": space.digest,
              "tuner.data_fingerprint": data.fingerprint(), "tuner.ray_address": address},
-            new_sweep=not plan.resume,
+            resume=plan.resume,
         )
+    except tracking.SweepRunMissing as err:
+        raise missing_run_error(plan, uri, err.deleted) from None
     except tracking.ResumeMismatch as err:  # trials would continue, and the champion be fitted, on other images
         recorded, now = err.changed["tuner.data_fingerprint"]
         raise UserError(f"--data-dir {excerpt(args.data_dir)} holds other images than sweep {plan.name} ran on "
                         f"(data fingerprint {now}, recorded {recorded}): resume with the data folder it started "
                         "with") from None
+    if not plan.resume:
+        plan.state.write_json(TRACKING_RECORD, {"uri": without_password(uri), "run_id": sweep.run_id})
     print(f"sweep {plan.name}: {len(data.train)} train / {len(data.val)} val images, tracking at {uri}", flush=True)
 
     settings = TrialSettings(gpus=space.resources.gpus, cpus=space.resources.cpus, metric=space.metric,
@@ -684,6 +691,25 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
     except BaseException:
         sweep.end("FAILED")
         raise
+
+
+def missing_run_error(plan: SweepPlan, uri: str, deleted: str | None) -> UserError:
+    """--resume against a tracking store without the sweep's parent run: which store it ran with, when known."""
+    if deleted:
+        return UserError(f"sweep {plan.name}'s run {deleted} is deleted in {shown_uri(uri)}: restore it (`mlflow runs "
+                         f"restore --run-id {deleted}` with MLFLOW_TRACKING_URI={shown_uri(uri)}, or the MLflow UI) "
+                         "and --resume again")
+    try:
+        record = plan.state.read_json(TRACKING_RECORD)
+    except UserError:  # the record only names the store here: a damaged one names none
+        record = None
+    ran_with = record["uri"] if record else None
+    if ran_with and ran_with != without_password(uri):
+        return UserError(f"sweep {plan.name} has no run in the tracking store {shown_uri(uri)}; it ran with "
+                         f"{excerpt(ran_with)}: resume with --mlflow-uri {excerpt(ran_with)} (or MLFLOW_TRACKING_URI)")
+    return UserError(f"sweep {plan.name} has no run in the tracking store {shown_uri(uri)}"
+                     f"{' (the store it started with)' if ran_with else ''}: resume with the store that holds its "
+                     "trials (--mlflow-uri or MLFLOW_TRACKING_URI), or restore that store from a backup")
 
 
 def exit_interrupted(plan: SweepPlan, args: argparse.Namespace, sweep: Any) -> NoReturn:

@@ -60,6 +60,7 @@ REGISTRATION = "registered.json"  # trial_id, checkpoint, checkpoint_kind (final
 FINAL_CHECKPOINT = "final_fit.pt"  # the final fit's checkpoint as the task returned it (read with weights_only)
 FINAL_RECORD = "final_fit.json"  # what the final fit was and measured; written after final_fit.pt
 DIGESTS = "digests.json"
+TRACKING_RECORD = "tracking.json"  # the tracking store (password hidden) and parent run a sweep started with
 # The trials this sweep's drivers gave an outcome, with their last result: a driver killed before Ray's next
 # snapshot leaves Ray listing such a trial as running, and a resumed trial reads this to end at once.
 ENDED_TRIALS = "ended.json"
@@ -104,6 +105,10 @@ def _final_record_fits(value: dict) -> bool:
                 for row in history))
 
 
+def _tracking_record_fits(value: dict) -> bool:
+    return isinstance(value.get("uri"), str) and isinstance(value.get("run_id"), str)
+
+
 # The JSON files a driver reads back, each with its shape. ENDED_TRIALS is not here: a damaged record of ended
 # trials reads as empty (`ended_results`), as its recorder writes it whole again.
 SHAPES: dict[str, Shape] = {
@@ -112,6 +117,8 @@ SHAPES: dict[str, Shape] = {
     REGISTRATION: Shape(_registration_fits, "the registration record",
                         "restore it from a backup, or delete it to register the champion again (a new model "
                         "version)"),
+    TRACKING_RECORD: Shape(_tracking_record_fits, "the record of the sweep's tracking store",
+                           "delete it (it only names that store in --resume's errors)"),
     FINAL_RECORD: Shape(_final_record_fits, "the final fit's record",
                         "restore it from a backup, or delete it to run the final fit again"),
 }

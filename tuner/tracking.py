@@ -101,6 +101,14 @@ class ResumeMismatch(Exception):
     def __init__(self, changed: dict[str, tuple[str, str]]) -> None:
         super().__init__(changed)
         self.changed = changed
+
+
+class SweepRunMissing(Exception):
+    """--resume found no parent run of the sweep in this store. `deleted`: the id of its deleted run, if any."""
+
+    def __init__(self, deleted: str | None) -> None:
+        super().__init__(deleted)
+        self.deleted = deleted
 # A final fit's child run (tuner/final_fit.py) carries no tuner.trial_id: it is not a trial of the search.
 TAG_FINAL_OF = "tuner.final_of"          # the search trial whose configuration it trains again
 TAG_SEARCH_RUN = "tuner.search_run_id"   # that trial's run
@@ -495,17 +503,24 @@ class SweepRun:
         search_params: dict,
         tags: dict,
         experiment: str = DEFAULT_EXPERIMENT,
-        new_sweep: bool = False,
+        resume: bool | None = None,
     ) -> SweepRun:
         """Create the parent run (or reopen the one of the same sweep name: resume) and log the setup.
-        ResumeMismatch when a reopened run recorded other RESUME_INVARIANT_TAGS than `tags` gives. A
-        `new_sweep` refuses a name whose run has trials: its sweep state may live under another --storage (or
-        be gone), and a second sweep under the name would add its trials to the first one's run."""
+        ResumeMismatch when a reopened run recorded other RESUME_INVARIANT_TAGS than `tags` gives. `resume`
+        True (a --resume) reopens the run or raises SweepRunMissing: a new run in another store would leave the
+        trials of the first driver elsewhere. False (a new sweep) refuses a name whose run has trials: its sweep
+        state may live under another --storage (or be gone), and a second sweep under the name would add its
+        trials to the first one's run. None: either (a library user's sweep)."""
         check_tracking_server(uri)
         client = client_for(uri)
+        if resume and client.get_experiment_by_name(experiment) is None:  # before ensure_experiment makes one
+            raise SweepRunMissing(None)
         experiment_id = ensure_experiment(client, uri, experiment)
         run = find_sweep_run(client, sweep_name, [experiment_id])
-        if new_sweep and run is not None and has_trial_runs(client, run):
+        if resume and run is None:
+            deleted = find_sweep_run(client, sweep_name, [experiment_id], deleted_too=True)
+            raise SweepRunMissing(deleted.info.run_id if deleted else None)
+        if resume is False and run is not None and has_trial_runs(client, run):
             raise UserError(f"sweep '{sweep_name}' already exists in {uri} (run {run.info.run_id}, with trials): "
                             f"continue it with --resume {sweep_name} and the --storage it ran with, or choose "
                             "another --name")
