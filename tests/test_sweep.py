@@ -235,7 +235,8 @@ def run_trial_script(code: str, workdir: Path, ray_head: RayNode, tmp_path: Path
     done = subprocess.run([sys.executable, str(script), str(workdir), ray_head.address], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    return json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"epochs"')))
+    line = next(line for line in done.stdout.splitlines() if line.startswith('{"epochs"'))
+    return json.JSONDecoder().raw_decode(line)[0]  # a worker's log line may follow it on the same line
 
 
 def test_a_trial_restarted_after_all_its_epochs_reports_its_last_one_again_and_trains_nothing(
@@ -246,6 +247,72 @@ def test_a_trial_restarted_after_all_its_epochs_reports_its_last_one_again_and_t
     reported = run_trial_script(RESTARTED_TRIAL, workdir, ray_head, tmp_path)
     assert reported["epochs"] == [2] and reported["val_acc"] == [pytest.approx(reported["stored"])]
     assert reported["resumed"] == [1, 2]  # the checkpoint's epochs, for the driver to fill in (outcomes.RESUMED_EPOCHS)
+
+
+DELETED_CHECKPOINT_TRIAL = """
+import json, os, shutil, sys, tempfile
+from pathlib import Path
+import ray
+from ray import tune
+from tuner.checkpoint import save_checkpoint
+from tuner.config import TrainConfig
+from tuner.data import load_splits
+from tuner.sweep_state import SweepState
+from tuner.train import fit
+from tuner.trainable import CHECKPOINT_FILE, TrialSettings, train_trial
+
+root, address = Path(sys.argv[1]), sys.argv[2]
+experiment = root / "runs" / "stand-in"
+config = TrainConfig(widths=(4, 8), blocks=(1, 1), epochs=3, batch_size=50, warmup_epochs=0, tta_flip=False)
+data = load_splits(root / "data", 200)
+states = {}
+fit(config, data, lambda metrics, make: states.__setitem__(metrics.epoch, make()))
+first_attempt = root / "stand-in-first-attempt"
+
+def trainable(trial_config):
+    trial_id = tune.get_context().get_trial_id()
+    if first_attempt.exists():  # Ray restarted it from the checkpoint it holds: the stand-in
+        train_trial(trial_config, data, TrialSettings(gpus=0, cpus=1, metric="val_acc", experiment=str(experiment)))
+        return
+    first_attempt.write_text("")
+    with tempfile.TemporaryDirectory() as folder:  # epoch 1, the checkpoint Ray's snapshot names
+        save_checkpoint(states[1], Path(folder) / CHECKPOINT_FILE)
+        tune.report({"epoch": 1, "val_acc": states[1]["history"][-1]["val_acc"]},
+                    checkpoint=tune.Checkpoint.from_directory(folder))
+    # What a killed driver leaves: epoch 2 checkpointed (not yet in a snapshot), epoch 1's deleted by retention
+    own = experiment / f"t001-{trial_id}"
+    save_checkpoint(states[2], own / "checkpoint_000001" / CHECKPOINT_FILE)
+    shutil.rmtree(own / "checkpoint_000000")
+    state = SweepState(str(root / "runs"), "stand-in")
+    state.restored_checkpoints = {trial_id: "checkpoint_000000"}
+    assert state.stand_in_for_deleted_checkpoints() == [f"t001-{trial_id}/checkpoint_000000"]
+    assert state.stand_in_for_deleted_checkpoints() == []  # once
+    raise RuntimeError("the trial's worker dies")
+
+ray.init(address=address)
+results = tune.Tuner(
+    trainable, param_space={"train": config.to_dict(), "index": 1},
+    tune_config=tune.TuneConfig(trial_dirname_creator=lambda trial: f"t001-{trial.trial_id}"),
+    run_config=tune.RunConfig(name="stand-in", storage_path=str(root / "runs"),
+                              failure_config=tune.FailureConfig(max_failures=1))).fit()
+frame = results[0].metrics_dataframe
+stand_in = experiment / f"t001-{results[0].metrics['trial_id']}" / "checkpoint_000000"
+print(json.dumps({"epochs": frame["epoch"].tolist(), "error": str(results[0].error),
+                  "resumed": [row["epoch"] for row in results[0].metrics.get("resumed_epochs", [])],
+                  "stand_in": sorted(os.listdir(stand_in)) if stand_in.is_dir() else None}))
+"""
+
+
+def test_a_trial_whose_restored_checkpoint_was_deleted_continues_from_its_newest_through_a_stand_in(
+        workdir: Path, ray_head: RayNode, tmp_path: Path) -> None:
+    """Ray's retention deletes a trial's older checkpoints; a driver killed after such a deletion and before its
+    next snapshot leaves a snapshot naming a deleted folder, and Ray fails a trial it cannot restore from there.
+    The resumed driver stands a note-only folder in for it (SweepState.stand_in_for_deleted_checkpoints): Ray
+    restores from that, and the trial continues from its newest checkpoint, losing and repeating no epoch."""
+    reported = run_trial_script(DELETED_CHECKPOINT_TRIAL, workdir, ray_head, tmp_path)
+    assert reported["error"] == "None", reported
+    assert reported["epochs"] == [1, 3] and reported["resumed"] == [1, 2], reported  # epoch 3 trained, on epoch 2's
+    assert reported["stand_in"] == ["deleted_by_ray.txt"], reported
 
 
 ENDED_TRIAL = """

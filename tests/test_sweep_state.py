@@ -17,6 +17,7 @@ from tuner.sweep_state import (
     DIGESTS,
     FINAL_RECORD,
     REGISTRATION,
+    STAND_IN_NOTE,
     STUDY_FILE,
     SweepState,
     close_states,
@@ -196,6 +197,35 @@ def test_resume_verifies_ray_state_files_against_the_recorded_digests(tmp_path: 
     state = SweepState(str(tmp_path), "s")
     state.verify_ray_state()
     assert state.expected_trials == {"abc"}
+    assert state.restored_checkpoints == {} and state.stand_in_for_deleted_checkpoints() == []
+
+
+def test_the_checkpoints_ray_restores_from_are_read_from_its_snapshot_and_a_deleted_one_is_stood_in_for(
+        tmp_path: Path) -> None:
+    """What the snapshot names for each unfinished trial (its last result's checkpoint_dir_name); a finished trial
+    is not restored, so not listed. The end to end case (Ray restoring from the stand-in) is in test_sweep.py."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+
+    def trial(trial_id: str, status: str, checkpoint: object) -> list[str]:
+        return [json.dumps({"trial_id": trial_id, "status": status}),
+                json.dumps({"last_result": {"epoch": 2, "checkpoint_dir_name": checkpoint}})]
+
+    trials = [trial("run1", "RUNNING", "checkpoint_000001"), trial("err1", "ERROR", "checkpoint_000004"),
+              trial("pend1", "PENDING", "checkpoint_000000"), trial("done1", "TERMINATED", "checkpoint_000002"),
+              trial("odd1", "RUNNING", "../../elsewhere"), trial("none1", "RUNNING", None)]
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": trials}))
+    SweepState(str(tmp_path), "s").record_digests(folder)
+    for name in ("t001-run1/checkpoint_000002", "t002-err1/checkpoint_000004", "t004-done1"):
+        (folder / name).mkdir(parents=True)
+    state = SweepState(str(tmp_path), "s")
+    state.verify_ray_state()
+    assert state.restored_checkpoints == {"run1": "checkpoint_000001", "err1": "checkpoint_000004",
+                                          "pend1": "checkpoint_000000"}
+    # run1's was deleted (err1's is there; pend1 has no folder: it never started)
+    assert state.stand_in_for_deleted_checkpoints() == ["t001-run1/checkpoint_000001"]
+    assert [p.name for p in (folder / "t001-run1" / "checkpoint_000001").iterdir()] == [STAND_IN_NOTE]
+    assert state.stand_in_for_deleted_checkpoints() == []
 
 
 def test_a_planted_tuner_pkl_is_refused_without_being_unpickled(tmp_path: Path) -> None:

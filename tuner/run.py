@@ -394,6 +394,9 @@ def restored_tuner(plan: SweepPlan, trainable: Any) -> Any:
     if not tune.Tuner.can_restore(plan.experiment):
         raise UserError(f"sweep {plan.name} has no Ray experiment state at {plan.experiment}; it cannot be resumed")
     plan.state.verify_ray_state()  # again, just before Ray unpickles: nothing changed since prepare_resume
+    for checkpoint in plan.state.stand_in_for_deleted_checkpoints():
+        print(f"{checkpoint}, which Ray's last snapshot names, was deleted after it (Ray keeps 2 per trial): the "
+              "trial continues from its newest checkpoint", flush=True)
     return tune.Tuner.restore(plan.experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
 

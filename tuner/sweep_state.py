@@ -71,6 +71,8 @@ STATE_FILE = re.compile(r"(tuner\.pkl|experiment_state-.*\.json|searcher-state-.
                         r"|basic-variant-state-.*\.json|callback-states-.*\.pkl)")
 IGNORED_FILES = {".validate_storage_marker"}
 EXPERIMENT_STATE = re.compile(r"experiment_state-.*\.json")
+CHECKPOINT_NAME = re.compile(r"checkpoint_[0-9]{6}")  # Ray's name for a trial's checkpoint folder
+STAND_IN_NOTE = "deleted_by_ray.txt"  # the one file of a stand-in for a checkpoint Ray deleted (see below)
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,8 @@ class SweepState:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"tuner-{name}-"))
         self._study_stamp: tuple[int, int] | None = None
         self.expected_trials: set[str] | None = None  # what Ray's newest experiment state lists (--resume)
+        # The checkpoint Ray restores each unfinished trial from, as its newest experiment state names it (--resume)
+        self.restored_checkpoints: dict[str, str] = {}
         self._unreachable_since: float | None = None  # storage failed a write during the sweep (best_effort)
 
     def __reduce__(self) -> tuple[Any, tuple[str, str]]:
@@ -449,11 +453,43 @@ class SweepState:
         newest, data = max(states)  # Ray reads the newest by name (a timestamp)
         try:
             state = json.loads(data)
-            self.expected_trials = {json.loads(entry[0])["trial_id"] for entry in state["trial_data"]}
+            trials = [(json.loads(entry[0]), json.loads(entry[1])) for entry in state["trial_data"]]
+            self.expected_trials = {trial["trial_id"] for trial, _ in trials}
+            self.restored_checkpoints = {
+                trial["trial_id"]: run["last_result"]["checkpoint_dir_name"] for trial, run in trials
+                if trial.get("status") != "TERMINATED" and isinstance(run.get("last_result"), dict)
+                and CHECKPOINT_NAME.fullmatch(str(run["last_result"].get("checkpoint_dir_name")))}
         except (ValueError, KeyError, TypeError, IndexError) as err:
             raise UserError(f"Ray's experiment state {join(where, newest)} is damaged ({type(err).__name__}); "
                             f"Ray would start the sweep afresh. Delete that file to resume from the snapshot "
                             "before it, or start a new sweep") from None
+
+    def stand_in_for_deleted_checkpoints(self) -> list[str]:
+        """Ray restores an unfinished trial from the checkpoint its last snapshot names, and fails the trial when
+        that folder is gone. Its retention (CheckpointConfig.num_to_keep) deletes a trial's older checkpoints as
+        newer ones arrive, and a driver killed after such a deletion but before its next snapshot leaves a
+        snapshot that names a deleted folder. Each such folder gets a stand-in holding only a note: Ray restores
+        from it, and the trial continues from its newest readable checkpoint (tuner.trainable). Call after
+        verify_ray_state; returns the trial folders' names with the checkpoint stood in for."""
+        if not self.restored_checkpoints:
+            return []
+        folders = {info.base_name: info.path
+                   for info in self.fs.get_file_info(pyarrow.fs.FileSelector(self.experiment_path))
+                   if info.type == pyarrow.fs.FileType.Directory}
+        made = []
+        for trial_id, checkpoint in sorted(self.restored_checkpoints.items()):
+            trial_folder = next((path for name, path in folders.items() if name.endswith(f"-{trial_id}")), None)
+            if trial_folder is None:
+                continue
+            path = f"{trial_folder}/{checkpoint}"
+            if self.fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+                continue
+            self.fs.create_dir(path, recursive=True)
+            with self.fs.open_output_stream(f"{path}/{STAND_IN_NOTE}") as stream:
+                stream.write(b"tuner: a stand-in for a checkpoint Ray deleted after its last snapshot named it; "
+                             b"the trial continues from its newest readable checkpoint\n")
+            made.append(f"{trial_folder.rpartition('/')[2]}/{checkpoint}")
+        return made
 
 
 _states: dict[tuple[str, str], SweepState] = {}
