@@ -646,8 +646,9 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
         raise UserError(f"--data-dir {excerpt(args.data_dir)} holds other images than sweep {plan.name} ran on "
                         f"(data fingerprint {now}, recorded {recorded}): resume with the data folder it started "
                         "with") from None
-    if not plan.resume:
-        plan.state.write_json(TRACKING_RECORD, {"uri": without_password(uri), "run_id": sweep.run_id})
+    # The store that holds the sweep's run, for --resume's error when a later driver tracks elsewhere (a resume
+    # through another address of the same store writes that one)
+    plan.state.write_json(TRACKING_RECORD, {"uri": without_password(uri), "run_id": sweep.run_id})
     print(f"sweep {plan.name}: {len(data.train)} train / {len(data.val)} val images, tracking at {uri}", flush=True)
 
     settings = TrialSettings(gpus=space.resources.gpus, cpus=space.resources.cpus, metric=space.metric,
@@ -711,7 +712,7 @@ def missing_run_error(plan: SweepPlan, uri: str, deleted: str | None) -> UserErr
         return UserError(f"sweep {plan.name} has no run in the tracking store {shown_uri(uri)}; it ran with "
                          f"{excerpt(ran_with)}: resume with --mlflow-uri {excerpt(ran_with)} (or MLFLOW_TRACKING_URI)")
     return UserError(f"sweep {plan.name} has no run in the tracking store {shown_uri(uri)}"
-                     f"{' (the store it started with)' if ran_with else ''}: resume with the store that holds its "
+                     f"{' (the store it last ran with)' if ran_with else ''}: resume with the store that holds its "
                      "trials (--mlflow-uri or MLFLOW_TRACKING_URI), or restore that store from a backup")
 
 

@@ -60,7 +60,7 @@ REGISTRATION = "registered.json"  # trial_id, checkpoint, checkpoint_kind (final
 FINAL_CHECKPOINT = "final_fit.pt"  # the final fit's checkpoint as the task returned it (read with weights_only)
 FINAL_RECORD = "final_fit.json"  # what the final fit was and measured; written after final_fit.pt
 DIGESTS = "digests.json"
-TRACKING_RECORD = "tracking.json"  # the tracking store (password hidden) and parent run a sweep started with
+TRACKING_RECORD = "tracking.json"  # the tracking store (password hidden) and parent run of the sweep's last driver
 # The trials this sweep's drivers gave an outcome, with their last result: a driver killed before Ray's next
 # snapshot leaves Ray listing such a trial as running, and a resumed trial reads this to end at once.
 ENDED_TRIALS = "ended.json"
