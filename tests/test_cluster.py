@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.ray_nodes import RayNode, new_token, ray_env, trial_failures, trial_results
 from tuner.data import write_synthetic_cifar10
-from tuner.tracking import EPOCH_METRICS
+from tuner.tracking import EPOCH_METRICS, find_sweep_run
 
 pytestmark = pytest.mark.integration
 
@@ -132,14 +132,18 @@ def driver_env(head: RayNode) -> dict[str, str]:
 
 
 @contextmanager
-def sweep(workdir: Path, head: RayNode, mlflow_uri: str, space: Path, name: str) -> Iterator[subprocess.Popen]:
+def sweep(workdir: Path, head: RayNode, mlflow_uri: str, space: Path, name: str,
+          as_a_ray_job: bool = False) -> Iterator[subprocess.Popen]:
     """`python -m tuner.run --address HEAD` in its own session (output in <name>.log, not a pipe that could
-    fill while the test polls); killed with everything it started if the test leaves early."""
+    fill while the test polls); killed with everything it started if the test leaves early. `as_a_ray_job`:
+    the address in RAY_ADDRESS and no --address, as `ray job submit` and KubeRay's RayJob run the driver."""
     log = open(workdir / f"{name}.log", "w")
-    command = [sys.executable, "-m", "tuner.run", "--address", head.address, "--mlflow-uri", mlflow_uri,
+    address = [] if as_a_ray_job else ["--address", head.address]
+    command = [sys.executable, "-m", "tuner.run", *address, "--mlflow-uri", mlflow_uri,
                "--storage", str(workdir / "runs"), "--data-dir", str(workdir / "data"),
                "--space", str(space), "--name", name]
-    driver = subprocess.Popen(command, cwd=workdir, env=driver_env(head), stdout=log, stderr=subprocess.STDOUT,
+    env = {**driver_env(head), **({"RAY_ADDRESS": head.address} if as_a_ray_job else {})}
+    driver = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
         yield driver
@@ -347,8 +351,10 @@ def test_trial_on_a_stopped_node_moves_to_the_other_node_and_completes(workdir: 
 def test_diverged_trial_is_recorded_not_retried_and_the_sweep_goes_on(workdir: Path, head: RayNode,
                                                                       mlflow_server) -> None:
     space = write_space(workdir, DIVERGING, "diverging")
-    with sweep(workdir, head, mlflow_server.uri, space, "diverging") as driver:
+    with sweep(workdir, head, mlflow_server.uri, space, "diverging", as_a_ray_job=True) as driver:
         out = finish(driver, workdir, "diverging")
+    # run as a Ray job runs it (RAY_ADDRESS, no --address): on the cluster, not on a local Ray of its own
+    assert find_sweep_run(MlflowClient(mlflow_server.uri), "diverging").data.tags["tuner.ray_address"] == head.address
     experiment = workdir / "runs" / "diverging"
     trials = trial_results(experiment)
     assert len(trials) == 4

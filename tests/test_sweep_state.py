@@ -305,12 +305,34 @@ def test_a_tracking_uri_mlflow_cannot_use_is_one_line(uri: str) -> None:
     assert "\n" not in str(err.value) and "--mlflow-uri" in str(err.value)
 
 
-@pytest.mark.parametrize("address", ["garbage", "host:", ":6379", "host:99999", "http://h:6379", "a b:1", "h:6379/x"])
+@pytest.mark.parametrize("address", ["garbage", "host:", ":6379", "host:99999", "a b:1", "h:6379/x", "ray://h"])
 def test_a_garbage_address_is_one_line(address: str) -> None:
     from tuner.run import parse_address
 
     with pytest.raises(UserError, match="is not a Ray address"):
         parse_address(address)
+
+
+def test_ray_address_is_the_default_address_and_a_dashboard_url_there_is_one_line(monkeypatch, capsys) -> None:
+    """A driver that `ray job submit` (or a RayJob) runs learns its cluster only from RAY_ADDRESS; a user who
+    exported the dashboard's URL for `ray job submit` is told so, and how to run locally instead."""
+    from tuner.run import main, parse_address, parse_args
+
+    monkeypatch.setenv("RAY_ADDRESS", " 10.0.0.5:6379 ")
+    args = parse_args(["--space", "smoke"])
+    assert (args.address, args.address_named) == ("10.0.0.5:6379", "RAY_ADDRESS")
+    args = parse_args(["--space", "smoke", "--address", "auto"])
+    assert (args.address, args.address_named) == ("auto", "--address")
+    monkeypatch.setenv("RAY_ADDRESS", "  ")
+    assert parse_args(["--space", "smoke"]).address is None  # blank: a local Ray
+    for named in ("--address", "RAY_ADDRESS"):
+        with pytest.raises(UserError, match=rf"^{named} 'http://127.0.0.1:8265' is a dashboard address .*auto"):
+            parse_address("http://127.0.0.1:8265", named)
+    monkeypatch.setenv("RAY_ADDRESS", "HTTP://127.0.0.1:8265")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--space", "smoke", "--dry-run"])
+    assert exit_.value.code == 2
+    assert "RAY_ADDRESS 'HTTP://127.0.0.1:8265' is a dashboard address" in capsys.readouterr().err
 
 
 def test_a_dead_address_gives_up_by_the_deadline() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -61,13 +62,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", metavar="NAME", help="continue the sweep NAME (finished trials are kept)")
     parser.add_argument("--warm-start", metavar="SWEEP", help="seed the search with the trials of sweep SWEEP")
     parser.add_argument("--dry-run", action="store_true", help="validate, print the plan, start nothing")
-    parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, which `ray job submit` "
+                                           "sets for its entrypoint; else start a local Ray)")
     parser.add_argument("--storage", default=DEFAULT_STORAGE,
                         help="results location shared by all nodes: a path or s3://... (default: ./runs)")
     parser.add_argument("--mlflow-uri", help="tracking server (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default: data)")
     parser.add_argument("--trials", type=int, help="override budget.trials")
     args = parser.parse_args(argv)
+    # A driver run by `ray job submit` (or KubeRay's RayJob) is told its cluster only through RAY_ADDRESS
+    args.address_named = "--address"
+    if args.address is None and os.environ.get("RAY_ADDRESS", "").strip():
+        args.address, args.address_named = os.environ["RAY_ADDRESS"].strip(), "RAY_ADDRESS"
     if not args.space and not args.resume:
         parser.error("give --space FILE (or --resume NAME)")
     if args.resume:
@@ -194,24 +200,30 @@ def prepare_resume(plan: SweepPlan) -> None:
     plan.state.verify_ray_state()
 
 
-def parse_address(address: str) -> tuple[str, int] | None:
-    """(host, port) of a `host:port` or `ray://host:port` --address to probe; None for `auto`/`local`."""
+def parse_address(address: str, named: str = "--address") -> tuple[str, int] | None:
+    """(host, port) of a `host:port` or `ray://host:port` address to probe; None for `auto`/`local`. `named`:
+    where the address came from (--address, or RAY_ADDRESS), for the errors."""
     if address in ("auto", "local"):
         return None
+    unset = ", or unset RAY_ADDRESS to start a local Ray" if named == "RAY_ADDRESS" else ""
+    if re.match(r"^https?://", address, re.IGNORECASE):
+        raise UserError(f"{named} {excerpt(address)} is a dashboard address (what `ray job submit` takes), not the "
+                        f"cluster's: give host:port of the head's GCS (e.g. 10.0.0.5:6379), ray://host:10001, or "
+                        f"auto{unset}")
     host_port = address[len("ray://"):] if address.startswith("ray://") else address
     host, _, port = host_port.rpartition(":")
     if "://" in host_port or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(
             c.isspace() or c in "/?#@" for c in host):
-        raise UserError(f"--address {excerpt(address)} is not a Ray address: give host:port of the head's GCS "
-                        "(e.g. 10.0.0.5:6379), ray://host:10001, or auto")
+        raise UserError(f"{named} {excerpt(address)} is not a Ray address: give host:port of the head's GCS "
+                        f"(e.g. 10.0.0.5:6379), ray://host:10001, or auto{unset}")
     return host.strip("[]"), int(port)
 
 
-def probe_address(address: str, deadline: float) -> None:
+def probe_address(address: str, deadline: float, named: str = "--address") -> None:
     """Wait (Ctrl-C works) until the head's port accepts a connection, or give up at `deadline`."""
     import socket
 
-    target = parse_address(address)
+    target = parse_address(address, named)
     if target is None:
         return
     last = "no answer"
@@ -220,13 +232,13 @@ def probe_address(address: str, deadline: float) -> None:
             with socket.create_connection(target, timeout=min(2.0, max(0.1, deadline - time.monotonic()))):
                 return
         except socket.gaierror:
-            raise UserError(f"--address {excerpt(address)}: host {excerpt(target[0])} is unknown; fix --address "
+            raise UserError(f"{named} {excerpt(address)}: host {excerpt(target[0])} is unknown; fix {named} "
                             "(host:port of the Ray head)") from None
         except OSError as err:
             last = err.strerror or type(err).__name__
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     raise UserError(f"cannot reach the Ray cluster at {address} within {ADDRESS_TIMEOUT_S:.0f} s ({last}); start it "
-                    "with `ray start --head` or fix --address")
+                    f"with `ray start --head` or fix {named}")
 
 
 def git_commit() -> str:
@@ -238,7 +250,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def connect_ray(address: str | None) -> str:
+def connect_ray(address: str | None, named: str = "--address") -> str:
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -277,7 +289,7 @@ def connect_ray(address: str | None) -> str:
     logging.getLogger("ray._private.worker").addFilter(
         lambda record: not record.getMessage().startswith("SIGTERM handler is not set"))
     deadline = time.monotonic() + ADDRESS_TIMEOUT_S
-    probe_address(address, deadline)
+    probe_address(address, deadline, named)
     # ray.init can still wait minutes (a port that answers but no GCS behind it): it runs in a thread that
     # the main thread polls, so Ctrl-C works and the wait ends at the deadline.
     outcome: dict[str, BaseException | None] = {}
@@ -295,12 +307,12 @@ def connect_ray(address: str | None) -> str:
         thread.join(0.2)
     if thread.is_alive():
         raise UserError(f"cannot reach the Ray cluster at {address} within {ADDRESS_TIMEOUT_S:.0f} s (it accepts "
-                        "connections but does not answer as a Ray head); check --address")
+                        f"connections but does not answer as a Ray head); check {named}")
     err = outcome.get("error")
     if isinstance(err, (ConnectionError, ValueError, RuntimeError)):
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"cannot reach the Ray cluster at {address} ({excerpt(reason)}); "
-                        "start it with `ray start --head` or fix --address (with token auth, export "
+                        f"start it with `ray start --head` or fix {named} (with token auth, export "
                         "RAY_AUTH_MODE=token)") from None
     if err is not None:
         raise err
@@ -586,7 +598,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.dry_run:
         check_tracking_server(uri, create=False)
         if args.address:
-            parse_address(args.address)  # its form; whether a cluster answers there is the real run's question
+            # its form; whether a cluster answers there is the real run's question
+            parse_address(args.address, args.address_named)
         if plan.resume:
             prepare_resume(plan)  # the study, ledger and Ray state a --resume would take over are whole
         print(describe(space))
@@ -629,7 +642,7 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
     with mlflow_store.store_opened_meanwhile(uri):  # its ~2 s overlap Ray's start
         data = load_splits(args.data_dir, space.data.val_size, space.data.subset, space.data.split_seed,
                            named=lambda key, value: f"{space.path}: data.{key}={value}")
-        address = connect_ray(args.address)
+        address = connect_ray(args.address, args.address_named)
     interrupts.sigterm_as_sigint()
     check_cluster_resources(space)
     try:
