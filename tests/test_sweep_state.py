@@ -335,6 +335,23 @@ def test_ray_address_is_the_default_address_and_a_dashboard_url_there_is_one_lin
     assert "RAY_ADDRESS 'HTTP://127.0.0.1:8265' is a dashboard address" in capsys.readouterr().err
 
 
+def test_a_cluster_is_taken_to_grow_only_when_its_autoscaler_has_node_types_or_launches() -> None:
+    """`ray status`'s report (v1): a head of `ray start` nodes (as test_sweep's, which refuses a GPU trial at
+    once) names its node types after the nodes; a `ray up` cluster after its config. Only the shape of the
+    report is checked here: no autoscaler that launches nodes runs on this machine."""
+    from tuner.run import autoscaler_adds_nodes
+
+    fixed = {"autoscaler_report": {"active_nodes": {"node_e1e8": 1}, "pending_nodes": [], "pending_launches": {},
+                                   "node_type_mapping": {"e1e8": "node_e1e8", "9f0a": "node_9f0a"}}}
+    assert not autoscaler_adds_nodes(fixed)
+    configured = {"autoscaler_report": {**fixed["autoscaler_report"], "node_type_mapping": {"e1e8": "head"}}}
+    assert autoscaler_adds_nodes(configured)
+    launching = {"autoscaler_report": {**fixed["autoscaler_report"], "pending_launches": {"gpu_worker": 1}}}
+    assert autoscaler_adds_nodes(launching)
+    for odd in ({}, {"autoscaler_report": None}, {"autoscaler_report": {"node_type_mapping": []}}, []):
+        assert not autoscaler_adds_nodes(odd)
+
+
 def test_a_dead_address_gives_up_by_the_deadline() -> None:
     from tuner.run import probe_address
 

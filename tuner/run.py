@@ -320,6 +320,9 @@ def connect_ray(address: str | None, named: str = "--address") -> str:
 
 
 def check_cluster_resources(space: SearchSpace) -> None:
+    """Refuse a trial no node can hold, on a cluster that cannot grow; where an autoscaler can add such a node
+    (a `ray up` or KubeRay cluster whose GPU workers scale from zero), say so and go on: the trials' pending
+    requests are what makes it add one."""
     import ray
 
     total = ray.cluster_resources()
@@ -327,12 +330,48 @@ def check_cluster_resources(space: SearchSpace) -> None:
     per_node_cpus = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
     per_node_gpus = max((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
     want = space.resources
+    problem = None
     if want.gpus > per_node_gpus:
-        raise UserError(f"{space.path}: resources.gpus={want.gpus:g} per trial but the largest node has "
-                        f"{per_node_gpus:g} GPU ({gpus:g} in the cluster); lower resources.gpus or add GPU nodes")
-    if want.cpus > per_node_cpus:
-        raise UserError(f"{space.path}: resources.cpus={want.cpus:g} per trial but the largest node has "
-                        f"{per_node_cpus:g} CPUs ({cpus:g} in the cluster); lower resources.cpus")
+        problem = (f"resources.gpus={want.gpus:g} per trial but the largest node has {per_node_gpus:g} GPU "
+                   f"({gpus:g} in the cluster)", "lower resources.gpus or add GPU nodes")
+    elif want.cpus > per_node_cpus:
+        problem = (f"resources.cpus={want.cpus:g} per trial but the largest node has {per_node_cpus:g} CPUs "
+                   f"({cpus:g} in the cluster)", "lower resources.cpus")
+    if problem is None:
+        return
+    if cluster_can_grow():
+        print(f"{space.path}: {problem[0]} now; the cluster's autoscaler can add a node that fits, so the trials "
+              f"wait for it (PENDING). If none comes, stop with Ctrl-C and {problem[1]}", flush=True)
+        return
+    raise UserError(f"{space.path}: {problem[0]}; {problem[1]}")
+
+
+def cluster_can_grow() -> bool:
+    """Whether the connected cluster's autoscaler can add nodes: autoscaler v2 (KubeRay), or v1 with node types
+    from a cluster config (`ray up`). Every head runs v1, but for a cluster of `ray start` nodes with a read-only
+    provider, whose node types are the nodes' own ids (`node_<id>`)."""
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        if is_autoscaler_v2(fetch_from_server=True):
+            return True
+        status = json.loads(_internal_kv_get(DEBUG_AUTOSCALING_STATUS) or b"{}")
+    except (ValueError, RuntimeError, ConnectionError, AssertionError):  # no report (yet): as a fixed cluster
+        return False
+    return autoscaler_adds_nodes(status)
+
+
+def autoscaler_adds_nodes(status: dict) -> bool:
+    """From the v1 autoscaler's status report (`ray status`'s source): node types that are not the read-only
+    provider's `node_<id>` names, or a node being launched."""
+    report = status.get("autoscaler_report") if isinstance(status, dict) else None
+    if not isinstance(report, dict):
+        return False
+    types = report.get("node_type_mapping") or {}
+    configured = isinstance(types, dict) and any(not str(kind).startswith("node_") for kind in types.values())
+    return configured or bool(report.get("pending_launches")) or bool(report.get("pending_nodes"))
 
 
 def new_tuner(plan: SweepPlan, trainable: Any, sweep: Any) -> Any:
