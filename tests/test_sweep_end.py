@@ -293,6 +293,41 @@ def test_such_a_trial_ends_at_its_newest_checkpoint_when_its_result_file_and_the
     assert ("checkpoint_000003); trying an older checkpoint" in capsys.readouterr().out) is torn_newest
 
 
+def test_a_resumed_trial_that_errors_before_reporting_again_ends_at_its_newest_checkpoint(tmp_path: Path) -> None:
+    """Seen in test_sweep's chaos test: the killed driver logged epochs 1-3 of e (its checkpoints hold them), its
+    snapshot only epoch 1; the resumed e failed on every retry before it reported. Its outcome counts the 3
+    epochs its run holds (was: epochs_run 1 beside metrics for epochs 1-3); a trial without such checkpoints
+    ends on its last result, as before."""
+    from tuner.checkpoint import save_checkpoint
+    from tuner.trainable import CHECKPOINT_FILE
+
+    state = SweepState(str(tmp_path), "end")
+    experiment = Path(state.experiment_path)
+    history = [{"epoch": epoch, "val_acc": 0.1 * epoch, "train_loss": 1.0 / epoch} for epoch in (1, 2, 3)]
+    for epoch in (1, 3):
+        save_checkpoint({"model": {}, "config": CONFIG.to_dict(), "epoch": epoch, "history": history[:epoch]},
+                        experiment / "t001-e" / f"checkpoint_00000{epoch}" / CHECKPOINT_FILE)
+    study = make_study(f"sqlite:///{tmp_path / 'optuna.db'}", {"e": [1], "h": [1]}, complete=set())
+    sweep = start(tmp_path)
+    killed = sweep.trial_runs()  # the killed driver's writes
+    killed.start("e", 1, CONFIG)
+    for epoch in (1, 2, 3):
+        killed.log_epoch("e", {"val_acc": 0.1 * epoch}, epoch, 1_700_000_000_000 + epoch)
+    assert killed.flush(30)
+    runs = sweep.trial_runs()
+    recorder = OutcomeRecorder(runs, SimpleNamespace(study=study), BudgetStopper(epochs=100, ledger=state),
+                               "val_acc", max_epochs=4, trials=2)
+    for trial_id in ("e", "h"):
+        runs.start(trial_id, 1, CONFIG)
+        recorder.errored(trial_id, {"epoch": 1, "val_acc": 0.1})  # the snapshot's last result
+    assert sweep.end()
+    client = MlflowClient(sweep.uri)
+    ended = {r.data.tags["tuner.trial_id"]: r for r in tracking.trial_runs(client, client.get_run(sweep.run_id))}
+    assert (ended["e"].data.tags["tuner.outcome"], ended["e"].data.tags["tuner.epochs_run"]) == ("errored", "3")
+    assert sorted(m.step for m in client.get_metric_history(ended["e"].info.run_id, "val_acc")) == [1, 2, 3]
+    assert ended["h"].data.tags["tuner.epochs_run"] == "1"
+
+
 def test_a_restarted_trials_first_result_brings_the_epochs_its_checkpoint_held(tmp_path: Path) -> None:
     """The flake this pins: a trial continued from a checkpoint of epoch 3 that its killed driver never heard
     of; its first result (epoch 4) carries the checkpoint's epochs, and the run ends with 1-4, each once."""

@@ -377,6 +377,15 @@ class OutcomeRecorder:
         tell_stopped(study, stopped, self.metric, self.max_epochs)
         fail_trials(study, not_run, outcomes.NOT_RUN)
 
+    def errored(self, trial_id: str, result: dict) -> None:
+        """A trial Ray gave up on (its retries spent). After a driver kill its last result can be older than its
+        checkpoints: a resumed trial that failed before it reported again ends at its newest checkpoint's epoch,
+        with the epochs that checkpoint holds, as a lost trial does (_end_lost)."""
+        saved = [] if result.get(outcomes.ENDED_EARLIER) else self._checkpointed_epochs(trial_id)
+        if saved and saved[-1]["epoch"] > int(result.get("epoch", 0)):
+            result = {**result, **saved[-1], outcomes.RESUMED_EPOCHS: saved}
+        self.complete(trial_id, result, errored=True)
+
     def _would_be_named(self, config: dict) -> str | None:
         """The run name of a trial from its Ray config, for one whose run was never made (None without one)."""
         if "train" not in config:
@@ -482,7 +491,7 @@ class SweepCallback(tune.Callback):
         self.recorder.complete(trial.trial_id, trial.last_result or {}, errored=False)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.recorder.complete(trial.trial_id, trial.last_result or {}, errored=True)
+        self.recorder.errored(trial.trial_id, trial.last_result or {})
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self.recorder.experiment_end(trials)
