@@ -70,6 +70,15 @@ def test_an_empty_tracking_flag_is_refused_a_blank_variable_is_unset_and_spaces_
     assert "tracking: sqlite:///other.db\n" in spaced.stdout, spaced.stdout
 
 
+@pytest.mark.parametrize("argv", [["tuner.run", "--space", "smoke", "--dry-run"], ["tuner.train"],
+                                  ["tuner.promote", "--sweep", "s"]])
+def test_an_empty_data_dir_is_refused_not_read_as_the_current_folder(tmp_path: Path, argv: list[str]) -> None:
+    """`--data-dir "$DATA"` with DATA unset: the run would download CIFAR-10 into the current folder."""
+    line = one_error_line(command(*argv, "--data-dir", " ", cwd=tmp_path))
+    assert "--data-dir: is empty: give the folder that holds" in line, line
+    assert not list(tmp_path.iterdir())  # nothing downloaded or made
+
+
 def test_predict_names_a_storage_without_credentials_and_a_pipe_given_as_an_image(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -94,6 +94,15 @@ PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENAMETOOLONG, errno.EL
 PATH_RUNTIME_ERRORS = ("Could not determine home directory", "Symlink loop")
 
 
+def data_folder(value: str) -> str:
+    """argparse type of every --data-dir: an empty value (a variable that expanded to nothing) would otherwise
+    read as the current folder, where a run then downloads CIFAR-10."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty: give the folder that holds (or will hold) cifar-10-batches-py "
+                                         "(default: data)")
+    return value
+
+
 def path_problem(err: BaseException) -> str | None:
     """One line for an error about a path or stream the user gave (see PATH_ERRNOS); None for any other error."""
     if isinstance(err, OSError) and err.errno in PATH_ERRNOS:

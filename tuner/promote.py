@@ -22,7 +22,7 @@ from __future__ import annotations
 # ruff: noqa: E402 - `python -m tuner.promote` parses its flags before mlflow and torch load (below)
 import argparse
 
-from tuner.errors import OneLineParser
+from tuner.errors import OneLineParser, data_folder
 from tuner.mlflow_names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, add_tracking_argument, quiet_downloads
 
 
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--version", help="candidate = this version number")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
                         help=f"registered model (default: {DEFAULT_MODEL_NAME})")
-    parser.add_argument("--data-dir", default="data",
+    parser.add_argument("--data-dir", default="data", type=data_folder,
                         help="folder holding cifar-10-batches-py/test_batch (default: data)")
     parser.add_argument("--force", action="store_true", help="move the alias even if the candidate is not better")
     parser.add_argument("--allow-val", action="store_true",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from tuner.data import data_status
-from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
+from tuner.errors import OneLineParser, UserError, data_folder, excerpt, exit_on_user_error
 from tuner.mlflow_names import CHAMPION_ALIAS, DEFAULT_MODEL_NAME, resolve_tracking_uri, shown_uri, without_password
 from tuner.space import MAX_NAME, NAME_PATTERN, SearchSpace, describe, load_space
 from tuner.sweep_state import (
@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage", default=DEFAULT_STORAGE,
                         help="results location shared by all nodes: a path or s3://... (default: ./runs)")
     parser.add_argument("--mlflow-uri", help="tracking server (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
-    parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default: data)")
+    parser.add_argument("--data-dir", default="data", type=data_folder,
+                        help="folder holding cifar-10-batches-py (default: data)")
     parser.add_argument("--trials", type=int, help="override budget.trials")
     args = parser.parse_args(argv)
     # A driver run by `ray job submit` (or KubeRay's RayJob) is told its cluster only through RAY_ADDRESS

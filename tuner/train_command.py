@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.config import DEVICES, OPTIMIZERS, PRECISIONS, SCHEDULES, TrainConfig, check_device_name
-from tuner.errors import OneLineParser, UserError, excerpt, exit_on_user_error
+from tuner.errors import OneLineParser, UserError, data_folder, excerpt, exit_on_user_error
 from tuner.yamlfile import load_yaml
 
 CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "precision": PRECISIONS}
@@ -270,7 +270,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     # os.path.expanduser: `--config=~/c.yaml` keeps its tilde (the shell expands one only at a word's start)
     parser.add_argument("--config", type=os.path.expanduser, help="YAML file of TrainConfig fields; flags override it")
-    parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default: data)")
+    parser.add_argument("--data-dir", default="data", type=data_folder,
+                        help="folder holding cifar-10-batches-py (default: data)")
     # No defaults here: left out, a resumed run takes the split its checkpoint recorded (SPLIT_DEFAULTS otherwise).
     parser.add_argument("--val-size", type=int, help="validation images carved from training (default: 5000)")
     parser.add_argument("--subset", type=int, help="train on the first N training images only")
