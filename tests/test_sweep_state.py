@@ -352,6 +352,16 @@ def test_a_cluster_is_taken_to_grow_only_when_its_autoscaler_has_node_types_or_l
         assert not autoscaler_adds_nodes(odd)
 
 
+def test_a_local_storage_on_a_cluster_of_several_machines_is_warned_of() -> None:
+    from tuner.run import local_storage_warning
+
+    assert local_storage_warning("/home/u/runs", 1, False) is None  # one machine: local is fine
+    assert local_storage_warning("s3://bucket/runs", 3, True) is None
+    assert "3 machines" in local_storage_warning("/home/u/runs", 3, False)
+    assert "machines its autoscaler adds" in local_storage_warning("/home/u/runs", 1, True)
+    assert "s3://bucket/prefix" in local_storage_warning("/home/u/runs", 2, False)
+
+
 def test_a_dead_address_gives_up_by_the_deadline() -> None:
     from tuner.run import probe_address
 

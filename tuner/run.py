@@ -347,6 +347,18 @@ def check_cluster_resources(space: SearchSpace) -> None:
     raise UserError(f"{space.path}: {problem[0]}; {problem[1]}")
 
 
+def local_storage_warning(storage: str, machines: int, can_grow: bool) -> str | None:
+    """A local --storage on a cluster of several machines (or one that can add some): every node writes its
+    trials' checkpoints there, so it must be one folder they all mount; otherwise the driver cannot register,
+    resume or final-fit from them. Ray does not check it; a warning, since a shared mount is a local path too."""
+    if "://" in storage or (machines <= 1 and not can_grow):
+        return None
+    where = f"{machines} machines" if machines > 1 else "machines its autoscaler adds"
+    return (f"warning: --storage {storage} is a local path and the cluster runs on {where}: it must be a folder "
+            "every node mounts (NFS); otherwise give --storage s3://bucket/prefix, or the trials' checkpoints stay "
+            "on the nodes that wrote them")
+
+
 def cluster_can_grow() -> bool:
     """Whether the connected cluster's autoscaler can add nodes: autoscaler v2 (KubeRay), or v1 with node types
     from a cluster config (`ray up`). Every head runs v1, but for a cluster of `ray start` nodes with a read-only
@@ -685,6 +697,12 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
         address = connect_ray(args.address, args.address_named)
     interrupts.sigterm_as_sigint()
     check_cluster_resources(space)
+    import ray
+
+    machines = {n.get("NodeManagerAddress") for n in ray.nodes() if n.get("Alive")}
+    warning = local_storage_warning(plan.storage, len(machines), address != "local" and cluster_can_grow())
+    if warning:
+        print(warning, flush=True)
     try:
         sweep = tracking.SweepRun.start(
             uri, plan.name, space.path, space.summary(),
