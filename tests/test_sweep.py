@@ -354,7 +354,7 @@ def test_a_trial_an_earlier_driver_ended_reports_that_result_again_and_trains_no
 FINALIZERS = """
 import os, select, signal, sys, weakref
 import ray
-from tuner.run import connect_ray
+from tuner.ray_cluster import connect_ray
 
 connect_ray(sys.argv[1])
 

@@ -307,7 +307,7 @@ def test_a_tracking_uri_mlflow_cannot_use_is_one_line(uri: str) -> None:
 
 @pytest.mark.parametrize("address", ["garbage", "host:", ":6379", "host:99999", "a b:1", "h:6379/x", "ray://h"])
 def test_a_garbage_address_is_one_line(address: str) -> None:
-    from tuner.run import parse_address
+    from tuner.ray_cluster import parse_address
 
     with pytest.raises(UserError, match="is not a Ray address"):
         parse_address(address)
@@ -316,7 +316,8 @@ def test_a_garbage_address_is_one_line(address: str) -> None:
 def test_ray_address_is_the_default_address_and_a_dashboard_url_there_is_one_line(monkeypatch, capsys) -> None:
     """A driver that `ray job submit` (or a RayJob) runs learns its cluster only from RAY_ADDRESS; a user who
     exported the dashboard's URL for `ray job submit` is told so, and how to run locally instead."""
-    from tuner.run import main, parse_address, parse_args
+    from tuner.ray_cluster import parse_address
+    from tuner.run import main, parse_args
 
     monkeypatch.setenv("RAY_ADDRESS", " 10.0.0.5:6379 ")
     args = parse_args(["--space", "smoke"])
@@ -339,7 +340,7 @@ def test_a_cluster_is_taken_to_grow_only_when_its_autoscaler_has_node_types_or_l
     """`ray status`'s report (v1): a head of `ray start` nodes (as test_sweep's, which refuses a GPU trial at
     once) names its node types after the nodes; a `ray up` cluster after its config. Only the shape of the
     report is checked here: no autoscaler that launches nodes runs on this machine."""
-    from tuner.run import autoscaler_adds_nodes
+    from tuner.ray_cluster import autoscaler_adds_nodes
 
     fixed = {"autoscaler_report": {"active_nodes": {"node_e1e8": 1}, "pending_nodes": [], "pending_launches": {},
                                    "node_type_mapping": {"e1e8": "node_e1e8", "9f0a": "node_9f0a"}}}
@@ -353,7 +354,7 @@ def test_a_cluster_is_taken_to_grow_only_when_its_autoscaler_has_node_types_or_l
 
 
 def test_a_local_storage_on_a_cluster_of_several_machines_is_warned_of() -> None:
-    from tuner.run import local_storage_warning
+    from tuner.ray_cluster import local_storage_warning
 
     assert local_storage_warning("/home/u/runs", 1, False) is None  # one machine: local is fine
     assert local_storage_warning("s3://bucket/runs", 3, True) is None
@@ -363,7 +364,7 @@ def test_a_local_storage_on_a_cluster_of_several_machines_is_warned_of() -> None
 
 
 def test_a_dead_address_gives_up_by_the_deadline() -> None:
-    from tuner.run import probe_address
+    from tuner.ray_cluster import probe_address
 
     started = time.monotonic()
     with pytest.raises(UserError, match="cannot reach the Ray cluster"):
