@@ -465,15 +465,22 @@ def _report(sweep: SweepRun, out: Path) -> None:
     report.main(["--sweep", sweep.sweep_name, "--out", str(out), "--mlflow-uri", sweep.uri, "--mlflow-only"])
 
 
-def test_a_sweep_where_no_trial_finished_an_epoch_reports_its_trials_without_plots(mlflow_server, tmp_path, capsys):
-    """Cut short, or every trial diverged in its first epoch: the tables list the trials and their outcomes,
-    and a note says why there are no plots (not a KeyError from a plot)."""
+def _report_of(mlflow_server, tmp_path: Path, trials: list[tuple]) -> tuple[SweepRun, Path]:
+    """A finished sweep with these trials (as _log_trials takes them), reported into tmp_path/report."""
     sweep = _start_sweep(mlflow_server.uri, tmp_path)
-    _log_trials(sweep, [((8, 16, 32), 0.02, 0, "diverged", 0.1), ((16, 32, 64), 0.3, 0, "diverged", 0.1),
-                        ((32, 64, 128), 0.1, 0, "errored", 0.1)])
+    _log_trials(sweep, trials)
     sweep.end()
     out = tmp_path / "report"
     _report(sweep, out)
+    return sweep, out
+
+
+def test_a_sweep_where_no_trial_finished_an_epoch_reports_its_trials_without_plots(mlflow_server, tmp_path, capsys):
+    """Cut short, or every trial diverged in its first epoch: the tables list the trials and their outcomes,
+    and a note says why there are no plots (not a KeyError from a plot)."""
+    sweep, out = _report_of(mlflow_server, tmp_path, [
+        ((8, 16, 32), 0.02, 0, "diverged", 0.1), ((16, 32, 64), 0.3, 0, "diverged", 0.1),
+        ((32, 64, 128), 0.1, 0, "errored", 0.1)])
     printed = capsys.readouterr().out
     assert "note: plots skipped: no trial finished an epoch (3 trials: 2 diverged, 1 errored)" in printed
     assert "no best trial" in printed and "best: " not in printed
@@ -487,12 +494,9 @@ def test_a_sweep_where_no_trial_finished_an_epoch_reports_its_trials_without_plo
 
 def test_trials_that_all_scored_the_same_skip_the_importances_with_a_note(mlflow_server, tmp_path, capsys):
     """Three trials at chance (0.1): fANOVA has no variance to attribute; the rest of the report is made."""
-    sweep = _start_sweep(mlflow_server.uri, tmp_path)
-    _log_trials(sweep, [((8, 16, 32), 0.02, 1, "completed", 0.1), ((16, 32, 64), 0.05, 1, "completed", 0.1),
-                        ((32, 64, 128), 0.3, 1, "completed", 0.1)])
-    sweep.end()
-    out = tmp_path / "report"
-    _report(sweep, out)
+    _, out = _report_of(mlflow_server, tmp_path, [
+        ((8, 16, 32), 0.02, 1, "completed", 0.1), ((16, 32, 64), 0.05, 1, "completed", 0.1),
+        ((32, 64, 128), 0.3, 1, "completed", 0.1)])
     printed = capsys.readouterr().out
     assert "note: parameter importances skipped: all 3 trials have the same best val accuracy (0.1000)" in printed
     assert sorted(path.name for path in out.iterdir()) == sorted(TABLES + [p for p in PLOTS

@@ -122,26 +122,23 @@ def train_final(config: dict[str, Any], data: DataSplits, train_on: str, cpus: f
     return summary, buffer.getvalue()
 
 
-def run_task(space: SearchSpace, config: TrainConfig, data: DataSplits, label: str) -> tuple[dict, bytes | None]:
-    """`train_final` as one Ray task with the trials' resources; waits, watching for Ctrl-C."""
+def run_task(space: SearchSpace, config: TrainConfig, data_ref: Any, label: str) -> tuple[dict, bytes | None]:
+    """`train_final` as one Ray task with the trials' resources, on the sweep's data (`data_ref`, the object the
+    trials had: not put a second time); waits, watching for Ctrl-C."""
     import ray
 
     # train_final is looked up here, at call time: a test swaps it for a task that fails
     task = ray.remote(train_final).options(num_cpus=space.resources.cpus, num_gpus=space.resources.gpus,
                                            max_retries=TASK_RETRIES, name=f"final fit of {label}")
-    data_ref = ray.put(data)
     ref = task.remote(config.to_dict(), data_ref, space.final.train_on, space.resources.cpus, label)
-    try:
-        while not ray.wait([ref], timeout=WAIT_S)[0]:
-            if interrupts.interrupted():
-                ray.cancel(ref, force=True)
-                raise FinalFitInterrupted
-        return ray.get(ref)
-    finally:
-        del data_ref  # the driver's reference: the data leaves the object store once the task is done with it
+    while not ray.wait([ref], timeout=WAIT_S)[0]:
+        if interrupts.interrupted():
+            ray.cancel(ref, force=True)
+            raise FinalFitInterrupted
+    return ray.get(ref)
 
 
-def fit_champion(state: SweepState, sweep: Any, space: SearchSpace, data: DataSplits,
+def fit_champion(state: SweepState, sweep: Any, space: SearchSpace, data: DataSplits, data_ref: Any,
                  best: Mapping[str, Any]) -> FinalFitOutcome:
     """The final fit of the best trial (`best`: trial_id, label, config, checkpoint as run.summarise has them):
     the one an earlier driver of this sweep stored, else a new one. `sweep` is the tracking.SweepRun."""
@@ -171,7 +168,7 @@ def fit_champion(state: SweepState, sweep: Any, space: SearchSpace, data: DataSp
           f"({space.final.describe(short=True)}), as one Ray task with {res.cpus:g} CPU, {res.gpus:g} GPU", flush=True)
     started = time.monotonic()
     try:
-        summary, blob = run_task(space, config, data, label)
+        summary, blob = run_task(space, config, data_ref, label)
     except ray.exceptions.RayError as err:  # an error in the task, or its worker lost beyond the retries
         if interrupts.interrupted():  # the stop that reached the driver reached the task's worker too (one group)
             raise FinalFitInterrupted from None

@@ -377,7 +377,7 @@ def registration_of(plan: SweepPlan, trial_id: str, checkpoint: str) -> dict[str
 
 
 def register_champion(plan: SweepPlan, sweep: Any, best: dict[str, Any], checkpoint: Any,
-                      data: Any) -> tuple[str, str, dict[str, Any] | None]:
+                      data: Any, data_ref: Any) -> tuple[str, str, dict[str, Any] | None]:
     """Register the champion: with a `final:` section its final fit (run here, or stored by an earlier driver),
     else, or when that fit failed, the best trial's search checkpoint. (version, checkpoint kind, final record)."""
     from tuner import final_fit
@@ -393,7 +393,7 @@ def register_champion(plan: SweepPlan, sweep: Any, best: dict[str, Any], checkpo
     outcome = None
     if plan.space.final is not None:
         stop_if_interrupted()  # nothing of the fit exists yet
-        outcome = final_fit.fit_champion(plan.state, sweep, plan.space, data, best)
+        outcome = final_fit.fit_champion(plan.state, sweep, plan.space, data, data_ref, best)
     # A fit that ended after the driver's last look for Ctrl-C is stored: the resumed driver registers it
     stop_if_interrupted()
     if outcome is not None and not outcome.failed:
@@ -412,9 +412,10 @@ def register_champion(plan: SweepPlan, sweep: Any, best: dict[str, Any], checkpo
     return version, kind, outcome.record if outcome is not None else None
 
 
-def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float, data: Any) -> SweepSummary:
+def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float, data: Any, data_ref: Any) -> SweepSummary:
     """Totals over all trials; the champion (the best checkpoint of any trial, by the space's metric) is
-    registered, after its final fit when the space has a `final:` section."""
+    registered, after its final fit when the space has a `final:` section (`data_ref`: `data` in Ray's object
+    store, as the trials had it)."""
     space = plan.space
     sign = 1 if space.mode == "max" else -1
     candidates = [(ckpt, m, r) for r in results if r.metrics and not r.metrics.get("diverged")
@@ -439,7 +440,7 @@ def summarise(plan: SweepPlan, results: Any, sweep: Any, started: float, data: A
                 "epochs_run": result.metrics["epoch"], "params": int(metrics["params"]),
                 "gpu_seconds": float(result.metrics.get("gpu_seconds", 0.0)),
                 "config": result.config.get("train"), "checkpoint": checkpoint.path}
-        version, kind, final = register_champion(plan, sweep, best, checkpoint, data)
+        version, kind, final = register_champion(plan, sweep, best, checkpoint, data, data_ref)
     # Each trial's config counts the infeasible samples drawn before it (the searcher's running count).
     rejected = max((int(r.config.get("rejected", 0)) for r in results if r.config), default=0)
     return SweepSummary(plan.name, best, len(results), rejected,
@@ -504,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
     """The sweep, from loading the data to the summary, by the driver that holds its lease."""
+    import ray
     from ray import tune
 
     from tuner import final_fit, interrupts, mlflow_store, tracking
@@ -541,7 +543,9 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
 
     settings = TrialSettings(gpus=space.resources.gpus, cpus=space.resources.cpus, metric=space.metric,
                              experiment=plan.experiment, ended=ended_before(plan, space) if plan.resume else {})
-    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data, settings=settings),
+    # Put once: the trials get it from here, and so does the final fit (tune.with_parameters keeps a reference)
+    data_ref = ray.put(data)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, data=data_ref, settings=settings),
                                     {"cpu": space.resources.cpus, "gpu": space.resources.gpus})
     started = time.monotonic()
     recorded = plan.resume  # --resume can continue the sweep from here on (its space copy is stored)
@@ -563,7 +567,7 @@ def drive(args: argparse.Namespace, plan: SweepPlan, uri: str) -> None:
         plan.state.upload_study(force=True)
         stop_if_interrupted()
         try:
-            summary = summarise(plan, results, sweep, started, data)
+            summary = summarise(plan, results, sweep, started, data, data_ref)
         except final_fit.FinalFitInterrupted:
             raise SweepInterrupted from None
         stop_if_interrupted()  # the champion's registration is recorded: a --resume prints the summary
