@@ -42,17 +42,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-for candidate in "${PYTHON:-}" .venv/bin/python python3 python; do
-    if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 \
-        && "$candidate" -c 'import torch, numpy, PIL' >/dev/null 2>&1; then
-        PY=$candidate
-        break
-    fi
-done
-if [ -z "${PY:-}" ]; then
-    echo "error: no Python with torch, numpy and Pillow (tried \$PYTHON, .venv/bin/python, python3, python)" >&2
-    exit 2
-fi
+source bench/find_python.sh
+find_python torch numpy PIL || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 if [ "$SMOKE" = 1 ]; then

@@ -7,16 +7,7 @@
 #   bash bench/gpu_packing.sh --cpu-smoke   # here, to prove the script runs (a couple of minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for candidate in "${PYTHON:-}" .venv/bin/python python3 python; do
-    if [ -n "$candidate" ] && command -v "$candidate" >/dev/null 2>&1 \
-        && "$candidate" -c 'import torch, numpy' >/dev/null 2>&1; then
-        PY=$candidate
-        break
-    fi
-done
-if [ -z "${PY:-}" ]; then
-    echo "error: no Python with torch and numpy found (tried \$PYTHON, .venv/bin/python, python3, python)" >&2
-    exit 2
-fi
+source bench/find_python.sh
+find_python torch numpy || exit 2
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" bench/gpu_packing.py "$@"
