@@ -311,3 +311,30 @@ def test_the_progress_count_leaves_out_the_trials_a_warm_start_copied(space) -> 
     resumed.on_trial_complete("c", {"val_acc": 0.6, "epoch": 4})
     recorder.count_finished()
     assert recorder.done == 1
+
+
+def test_tpe_models_a_conditional_parameter_jointly_with_the_rest(tmp_path: Path) -> None:
+    """Optuna's TPE draws jointly only the parameters every finished trial has. momentum, which an adamw trial does
+    not use, is drawn in every trial all the same, so that TPE keeps it in its joint model after the start-up
+    trials (drawn only for sgd, it fell back to being sampled on its own)."""
+    path = tmp_path / "conditional.yaml"
+    path.write_text(textwrap.dedent("""
+        parameters:
+          optimizer: [sgd, adamw]
+          lr: {type: float, low: 0.01, high: 0.3, log: true}
+          momentum: {type: float, low: 0.8, high: 0.97, when: {optimizer: sgd}}
+        search: {seed: 5, startup_trials: 4}
+        scheduler: {type: asha, max_epochs: 4, grace_period: 1, reduction_factor: 2}
+        """))
+    space = load_space(path)
+    study = create_study(space, None, "conditional")  # the sampler a sweep gets
+    optimizers = set()
+    for _ in range(8):
+        trial = study.ask()
+        config = space.sample(trial)
+        optimizers.add(config.optimizer)
+        study.tell(trial, config.lr)
+    assert optimizers == {"sgd", "adamw"}
+    trial = study.ask()
+    joint = study.sampler.infer_relative_search_space(study, study.trials[trial.number])
+    assert set(joint) == {"optimizer", "lr", "momentum"}

@@ -8,6 +8,7 @@ import optuna
 import pytest
 
 from tuner.architecture import count_params
+from tuner.config import TrainConfig
 from tuner.errors import UserError
 from tuner.space import SPACES_DIR, describe, estimate_epochs, load_space
 
@@ -60,8 +61,10 @@ def test_sampling_respects_conditions_and_ranges(tmp_path: Path) -> None:
         assert 0.01 <= config.lr <= 0.5
         assert config.batch_size == 64 and config.epochs == 9
         assert len(config.widths) == 3 and all(w % 8 == 0 and 8 <= w <= 64 for w in config.widths)
-        # momentum is a parameter only when the optimizer is sgd
-        assert ("momentum" in trial.params) == (config.optimizer == "sgd")
+        # momentum is drawn in every trial (TPE models it jointly with the rest) and configured only for sgd
+        assert "momentum" in trial.params
+        expected = trial.params["momentum"] if config.optimizer == "sgd" else TrainConfig.momentum
+        assert config.momentum == expected
         study.tell(trial, 0.5)
     assert seen_optimizers == {"sgd", "adamw"}
 

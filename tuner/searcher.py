@@ -1,7 +1,8 @@
 """Optuna TPE as a Ray Tune searcher, with constraints at sampling time and honest multi-fidelity bookkeeping.
 
-The sampler is Optuna's TPE as Optuna ships it (independent random start-up draws, its own good/bad split);
-what the searcher adds to the stock `OptunaSearch` is bookkeeping:
+The sampler is Optuna's TPE as Optuna 5 ships it (independent random start-up draws, then one joint density over
+the parameters every trial has, running trials counted as bad: multivariate with a constant liar, its own
+good/bad split); what the searcher adds to the stock `OptunaSearch` is bookkeeping:
 - Constraints. A sampled configuration whose analytic params/MACs break `constraints` is told to Optuna
   as PRUNED before its first epoch (user attribute `infeasible`) and sampled again, inside `suggest`: it
   never becomes a Ray trial.
@@ -9,8 +10,10 @@ what the searcher adds to the stock `OptunaSearch` is bookkeeping:
   accuracy, so TPE compares a 3-epoch score with 15-epoch scores. Here such a trial is told as PRUNED (its
   per-epoch values are already reported as intermediate values), and only trials that ran every epoch are
   COMPLETE. A diverged trial is FAIL with user attribute `diverged`.
-Sampler variants (a Latin-hypercube start, a constant liar, a rung-fitted TPE, multivariate TPE) were
+Sampler variants (a Latin-hypercube start, a rung-fitted TPE, group-decomposed TPE, no constant liar) were
 measured against stock at equal budgets and did not earn their lines (docs/benchmarks.md#search-efficiency).
+A conditional parameter is drawn in every trial (tuner.space, SearchSpace.sample) so that it stays in the joint
+density.
 """
 from __future__ import annotations
 

@@ -13,10 +13,10 @@ Every setting of the format is read by one typed reader (`Setting.read`), declar
 JSON Schema is written from the same declarations, so a rule cannot be checked in one place and forgotten in
 the other.
 
-Sampling is define-by-run (`sample(trial)` takes an Optuna trial) so conditional parameters exist only when
-their condition holds, e.g. momentum only for sgd. Parameter count and MACs are computed analytically
-(tuner.architecture), so an infeasible configuration is rejected before it reaches a GPU. This module
-imports neither torch, Ray, MLflow nor Optuna: `--dry-run` and `--help` stay fast.
+Sampling takes an Optuna trial (`sample(trial)`); a conditional parameter, e.g. momentum only for sgd, is
+drawn in every trial but reaches the configuration only when its condition holds. Parameter count and MACs
+are computed analytically (tuner.architecture), so an infeasible configuration is rejected before it reaches
+a GPU. This module imports neither torch, Ray, MLflow nor Optuna: `--dry-run` and `--help` stay fast.
 """
 from __future__ import annotations
 
@@ -394,11 +394,18 @@ class SearchSpace:
         return self.final.epochs or self.scheduler.max_epochs
 
     def sample(self, trial: SuggestingTrial) -> TrainConfig:
-        """One configuration: fixed values, then each parameter whose `when` condition holds."""
+        """One configuration: fixed values, then each parameter whose `when` condition holds.
+
+        Every parameter is drawn in every trial, its condition holding or not, and the configuration takes it
+        only where the condition holds (momentum is drawn for an adamw trial and left out of its config).
+        Optuna's TPE models jointly only the parameters every trial has: drawn only for sgd, momentum and
+        nesterov fell out of the joint model, and the search ended below stock OptunaSearch, which is given
+        no conditions (docs/benchmarks.md#search-efficiency)."""
         values = self.base_config()
         for param in self.parameters:
+            value = param.sample(trial)
             if all(values.get(k, getattr(TrainConfig, k, None)) == v for k, v in param.when.items()):
-                values[param.name] = param.sample(trial)
+                values[param.name] = value
         return TrainConfig.from_dict(values, source=f"{self.path.name} (sampled)")
 
     def corner_configs(self) -> tuple[TrainConfig, TrainConfig]:
