@@ -30,8 +30,10 @@ TINY = """
 name: tiny
 fixed: {batch_size: 50, warmup_epochs: 0, blocks: [1, 1], crop_padding: 2, tta_flip: false, ema_epochs: 0.5}
 parameters:
+  nesterov: {choices: [true, false]}  # first: the two trials launched before any result differ in it
   widths: {choices: [[4, 8], [8, 16], [32, 64], [48, 96]]}
   lr: {type: float, low: 0.005, high: 0.5, log: true}
+  momentum: {type: float, low: 0.85, high: 0.95, when: {nesterov: true}}
 search: {seed: 3, startup_trials: 3, max_concurrent: 2}
 scheduler: {type: asha, max_epochs: 4, grace_period: 1, reduction_factor: 2}
 resources: {cpus: 1, gpus: 0}
@@ -146,6 +148,10 @@ def test_sweep_with_asha_prunes_some_and_tells_optuna_pruned(workdir: Path, ray_
         history = client.get_metric_history(run.info.run_id, "val_acc")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
         assert "val_acc" not in run.data.params and run.data.params["widths"] in ("4,8", "8,16")
+        # momentum is drawn in every trial but is a trial's setting only where its `when:` holds
+        assert ("momentum" in run.data.params) == (run.data.params["nesterov"] == "True")
+    assert all("momentum" in t.params for t in launched)
+    assert {t.params["nesterov"] for t in launched} == {True, False}
     assert "registered as model version" in out
     # Ray's own noise stays off the console: a worker's teardown SystemExit (ASHA's stops end actors; see
     # test_a_workers_teardown_systemexit_stays_off_the_console) and ray.init's SIGTERM warning
