@@ -270,9 +270,9 @@ def log_scaled(study: Any) -> set[str]:
 
 
 def blank_unused(trials: pd.DataFrame, study: Any) -> pd.DataFrame:
-    """Searched parameters a trial was not sampled with set missing: an older sweep's study
-    drew a conditional parameter only where its condition held. Later studies hold every parameter in every trial
-    (tuner.space, SearchSpace.sample), and the trial runs leave out in MLflow what a trial did not use."""
+    """Searched parameters a trial was not sampled with set missing: an older sweep's study drew a conditional
+    parameter only where its condition held. Later studies hold every parameter in every trial (tuner.space,
+    SearchSpace.sample), and the trial runs leave out in MLflow what a trial did not use."""
     sampled = {t.user_attrs["ray_trial_id"]: {name.rsplit("_", 1)[0] if name[-1].isdigit() else name
                                               for name in t.params}
                for t in study.get_trials(deepcopy=False) if "ray_trial_id" in t.user_attrs}
